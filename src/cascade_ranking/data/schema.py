@@ -1,0 +1,269 @@
+"""Feature spec, dataset schema and the typed request batch.
+
+A *dataset* is a directory holding ``schema.json`` (a :class:`DatasetSchema`) and one Parquet file per
+partition (a day for RecFlow, a week for MovieLens). One row is one *request*: its user and context
+features, a behaviour history of ``history_length`` items, and ``num_candidates`` candidate items with a
+``mask`` (valid slots), a ``stage`` (funnel position: the deepest stage of the logged system the candidate
+reached, 0 = filtered first) and a graded ``label`` (higher is better).
+
+Conventions shared by every dataset:
+
+* every categorical field is an ``int64`` id in ``[0, vocab_size)``; id ``0`` means padding/unknown;
+* history fields are item fields of past items and share the embedding table of the item field they name
+  (``HistoryField.item_field``); a history slot is valid where its first field's id is non-zero;
+* candidate order carries no information (the store writes candidates in a seeded random order and the
+  loader shuffles again), so position can never leak the label.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_FILE = "schema.json"
+SCHEMA_VERSION = 1
+
+Role = Literal["user", "context", "item"]
+PartitionRole = Literal["train", "valid", "test"]
+
+
+class SchemaError(ValueError):
+    """A dataset's ``schema.json`` or its files do not match what the schema promises."""
+
+
+class CategoricalField(BaseModel):
+    """One categorical feature: ``name``, its ``role`` and ``vocab_size`` (ids in ``[0, vocab_size)``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    role: Role
+    vocab_size: int = Field(gt=1)
+    description: str = ""
+
+
+class HistoryField(BaseModel):
+    """One field of the behaviour history: ``[B, L]`` ids of the item field ``item_field`` (shared table)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    item_field: str
+
+
+class Partition(BaseModel):
+    """One partition file of the dataset (a day or a week), in time order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    role: PartitionRole
+    num_requests: int = Field(ge=0)
+    start: str = ""  # ISO date (UTC) of the partition's first day, for documentation
+    end: str = ""  # ISO date (UTC) of the partition's last day
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}.parquet"
+
+
+class TrainDefaults(BaseModel):
+    """Training defaults a dataset carries (RecFlow: one pass at batch 1024)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(default=1024, gt=0)
+    passes: int = Field(default=1, gt=0)
+
+
+class DatasetSchema(BaseModel):
+    """The contents of ``schema.json``: what every partition file of a dataset holds.
+
+    Attributes:
+        name: dataset name, e.g. ``"movielens-100k-2stage"``.
+        features: categorical user, context and item fields.
+        history: history fields (each names the item field whose embedding table it shares).
+        history_length: L, the number of history slots per request.
+        num_candidates: N, the number of candidate slots per request.
+        funnel_positions: names of the funnel positions, index = the integer stored in ``stage``
+            (0 = filtered first), e.g. ``["prerank_neg", "coarse_neg", "rank_neg", "rank_pos"]``.
+        keep: default number of candidates each cascade stage keeps, retrieval first.
+        gt_num: number of ground-truth candidates (top ``gt_num`` by label).
+        partitions: partition files in time order with their role.
+        train_defaults: the dataset's own training defaults.
+        provenance: free-form facts on how the dataset was built (seed, source, construction).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = SCHEMA_VERSION
+    name: str
+    features: list[CategoricalField]
+    history: list[HistoryField] = []
+    history_length: int = Field(ge=0)
+    num_candidates: int = Field(gt=0)
+    funnel_positions: list[str]
+    keep: list[int]
+    gt_num: int = Field(gt=0)
+    partitions: list[Partition]
+    train_defaults: TrainDefaults = TrainDefaults()
+    provenance: dict = {}
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"schema version {v} is not supported (this release reads version {SCHEMA_VERSION})")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSchema:
+        names = [f.name for f in self.features]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate feature names: {sorted(dup)}")
+        items = {f.name for f in self.features if f.role == "item"}
+        if not items:
+            raise ValueError("features: at least one field with role 'item' is required")
+        for h in self.history:
+            if h.item_field not in items:
+                raise ValueError(
+                    f"history field {h.name!r} names item_field {h.item_field!r}, "
+                    f"which is not an item feature (item features: {sorted(items)})"
+                )
+        validate_keep(self.keep, self.gt_num, self.num_candidates, what="schema.json 'keep'")
+        pnames = [p.name for p in self.partitions]
+        if len(set(pnames)) != len(pnames):
+            raise ValueError("partitions: duplicate partition names")
+        return self
+
+    # -- views ---------------------------------------------------------------------------------
+    def fields_with_role(self, role: Role) -> list[CategoricalField]:
+        return [f for f in self.features if f.role == role]
+
+    def feature(self, name: str) -> CategoricalField:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"no feature named {name!r}; features: {[f.name for f in self.features]}")
+
+    def partitions_with_role(self, role: PartitionRole) -> list[Partition]:
+        return [p for p in self.partitions if p.role == role]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.keep)
+
+    # -- io ------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, directory: str | Path) -> DatasetSchema:
+        """Read ``DIR/schema.json``. Raises :class:`SchemaError` naming the file and what is wrong."""
+        path = Path(directory) / SCHEMA_FILE
+        if not Path(directory).is_dir():
+            raise SchemaError(f"dataset directory {str(directory)!r} does not exist")
+        if not path.is_file():
+            raise SchemaError(f"{path}: missing; a dataset directory must hold schema.json and partition files")
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SchemaError(f"{path}: not readable JSON ({exc})") from exc
+        try:
+            return cls.model_validate(raw)
+        except ValueError as exc:
+            raise SchemaError(f"{path}: invalid schema: {exc}") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+def validate_keep(keep: list[int] | tuple[int, ...], gt_num: int, num_candidates: int, *, what: str = "keep") -> None:
+    """Check that cascade keep sizes fit ``num_candidates >= keep[0] > keep[1] > ... >= gt_num``.
+
+    Raises ``ValueError`` naming ``what`` when ``keep`` is empty or non-positive, not strictly decreasing,
+    when the first stage keeps more than N candidates, or when the last keeps fewer than ``gt_num``.
+    """
+    keep = list(keep)
+    if not keep:
+        raise ValueError(f"{what}: at least one stage is required")
+    if any(int(k) != k or k <= 0 for k in keep):
+        raise ValueError(f"{what}={keep}: keep sizes must be positive integers")
+    if keep[0] > num_candidates:
+        raise ValueError(
+            f"{what}={keep}: the first stage cannot keep {keep[0]} of only {num_candidates} candidates per request"
+        )
+    if any(b >= a for a, b in zip(keep, keep[1:])):
+        raise ValueError(f"{what}={keep}: keep sizes must strictly decrease from stage to stage")
+    if keep[-1] < gt_num:
+        raise ValueError(
+            f"{what}={keep}: the last stage keeps {keep[-1]} < gt_num={gt_num}, so joint recall could never reach 1"
+        )
+
+
+@dataclass
+class RequestBatch:
+    """A batch of B requests with N candidate slots each (typed; no positional tuples).
+
+    Attributes:
+        user: user fields, each ``[B]`` int64.
+        context: request context fields (weekday, hour, …), each ``[B]`` int64.
+        history: history fields, each ``[B, L]`` int64 (0 = padding).
+        history_mask: ``[B, L]`` bool, valid history slots.
+        item: candidate item fields, each ``[B, N]`` int64 (0 at padded slots).
+        mask: ``[B, N]`` bool, valid candidate slots.
+        stage: ``[B, N]`` int64 funnel position (0 = filtered first; padded slots hold 0).
+        label: ``[B, N]`` float32 graded relevance, higher is better (padded slots hold 0).
+        request_id: ``[B]`` int64.
+        soft_label: optional ``[B, N]`` float32, a ranking model's prediction (for distillation).
+    """
+
+    user: dict[str, torch.Tensor]
+    context: dict[str, torch.Tensor]
+    history: dict[str, torch.Tensor]
+    history_mask: torch.Tensor
+    item: dict[str, torch.Tensor]
+    mask: torch.Tensor
+    stage: torch.Tensor
+    label: torch.Tensor
+    request_id: torch.Tensor
+    soft_label: torch.Tensor | None = field(default=None)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def num_candidates(self) -> int:
+        return int(self.mask.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.mask.device
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> RequestBatch:
+        """Return a copy with every tensor on ``device``."""
+
+        def move(x):
+            if x is None:
+                return None
+            if isinstance(x, dict):
+                return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
+            return x.to(device, non_blocking=non_blocking)
+
+        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    def select(self, rows: torch.Tensor | slice) -> RequestBatch:
+        """Return the sub-batch of the given request rows (an index tensor, bool mask or slice)."""
+
+        def take(x):
+            if x is None:
+                return None
+            if isinstance(x, dict):
+                return {k: v[rows] for k, v in x.items()}
+            return x[rows]
+
+        return replace(self, **{f.name: take(getattr(self, f.name)) for f in fields(self)})

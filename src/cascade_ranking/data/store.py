@@ -1,0 +1,194 @@
+"""The on-disk request-list store: ``schema.json`` + one Parquet file per partition.
+
+One row per request. Columns (B = rows, L = ``history_length``, N = ``num_candidates``):
+
+=====================  ====================================  ==========================================
+column                 Arrow type                            meaning
+=====================  ====================================  ==========================================
+``request_id``         int64                                 unique request id
+``user.<f>``           int64                                 user field ``f``
+``context.<f>``        int64                                 context field ``f``
+``history.<f>``        fixed_size_list<int64>[L]             history field ``f`` (0 = padding)
+``item.<f>``           fixed_size_list<int64>[N]             candidate item field ``f`` (0 = padding)
+``mask``               fixed_size_list<bool>[N]              valid candidate slots
+``stage``              fixed_size_list<int8>[N]              funnel position (0 = filtered first)
+``label``              fixed_size_list<float32>[N]           graded relevance, higher is better
+``soft_label``         fixed_size_list<float32>[N] (opt.)    a ranking model's prediction
+=====================  ====================================  ==========================================
+
+Fixed-size list columns load into ``[B, N]`` numpy arrays by a reshape of the flat child array, with no
+per-request Python. Every write goes to a temporary file in the same directory and is renamed into place,
+so a crash never leaves a half-written partition or schema.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import SCHEMA_FILE, DatasetSchema, Partition, SchemaError
+
+_CANDIDATE_COLUMNS = {"mask": (np.bool_, pa.bool_()), "stage": (np.int8, pa.int8()), "label": (np.float32, pa.float32())}
+
+
+class StoreError(ValueError):
+    """A partition file does not match the dataset's schema (names the file and the column)."""
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def expected_columns(schema: DatasetSchema) -> dict[str, tuple[np.dtype, int | None]]:
+    """Map column name -> (numpy dtype, list width or None for scalars) that a partition must hold."""
+    cols: dict[str, tuple[np.dtype, int | None]] = {"request_id": (np.dtype(np.int64), None)}
+    for f in schema.features:
+        width = schema.num_candidates if f.role == "item" else None
+        cols[f"{f.role}.{f.name}"] = (np.dtype(np.int64), width)
+    for h in schema.history:
+        cols[f"history.{h.name}"] = (np.dtype(np.int64), schema.history_length)
+    for name, (dtype, _) in _CANDIDATE_COLUMNS.items():
+        cols[name] = (np.dtype(dtype), schema.num_candidates)
+    return cols
+
+
+def _arrow_type(dtype: np.dtype) -> pa.DataType:
+    for _, (np_t, pa_t) in _CANDIDATE_COLUMNS.items():
+        if np.dtype(np_t) == dtype:
+            return pa_t
+    return pa.from_numpy_dtype(dtype)
+
+
+def write_partition(
+    directory: str | Path, schema: DatasetSchema, partition: Partition, arrays: dict[str, np.ndarray]
+) -> Path:
+    """Write one partition's requests to ``DIR/<partition>.parquet`` atomically.
+
+    Args:
+        directory: dataset directory.
+        schema: the dataset schema (defines the expected columns, see the module docstring).
+        partition: which partition file to write.
+        arrays: column name -> array, ``[B]`` for scalar columns and ``[B, W]`` for list columns;
+            ``soft_label`` is optional.
+
+    Raises:
+        StoreError: a column is missing or unexpected, has the wrong shape, or ids fall outside the vocabulary.
+    """
+    expected = expected_columns(schema)
+    optional = {"soft_label": (np.dtype(np.float32), schema.num_candidates)}
+    missing = sorted(set(expected) - set(arrays))
+    unknown = sorted(set(arrays) - set(expected) - set(optional))
+    if missing or unknown:
+        raise StoreError(f"partition {partition.name!r}: missing columns {missing}, unexpected columns {unknown}")
+    num_rows = len(arrays["request_id"])
+    vocab = {f"{f.role}.{f.name}": f.vocab_size for f in schema.features}
+    vocab.update({f"history.{h.name}": schema.feature(h.item_field).vocab_size for h in schema.history})
+    columns = {}
+    for name, (dtype, width) in {**expected, **{k: v for k, v in optional.items() if k in arrays}}.items():
+        a = np.ascontiguousarray(arrays[name], dtype=dtype)
+        want = (num_rows,) if width is None else (num_rows, width)
+        if a.shape != want:
+            raise StoreError(f"partition {partition.name!r}, column {name!r}: shape {a.shape}, expected {want}")
+        if name in vocab and a.size and (a.min() < 0 or a.max() >= vocab[name]):
+            raise StoreError(
+                f"partition {partition.name!r}, column {name!r}: ids in [{a.min()}, {a.max()}] "
+                f"outside the vocabulary [0, {vocab[name]})"
+            )
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise StoreError(f"partition {partition.name!r}, column {name!r}: non-finite values")
+        if width is None:
+            columns[name] = pa.array(a)
+        else:
+            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), type=_arrow_type(dtype)), width)
+    table = pa.table(columns)
+    path = Path(directory) / partition.file_name
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path
+
+
+def write_schema(directory: str | Path, schema: DatasetSchema) -> Path:
+    """Write ``DIR/schema.json`` atomically."""
+    path = Path(directory) / SCHEMA_FILE
+    write_text_atomic(path, schema.to_json())
+    return path
+
+
+def read_partition(directory: str | Path, schema: DatasetSchema, partition: Partition) -> dict[str, np.ndarray]:
+    """Read one partition into numpy arrays (``[B]`` or ``[B, W]``), checking it against the schema.
+
+    Raises:
+        StoreError: the file is missing or unreadable (e.g. truncated), a column is missing, or a column has
+            the wrong width or type. The message names the file and the column.
+    """
+    path = Path(directory) / partition.file_name
+    if not path.is_file():
+        raise StoreError(f"{path}: partition file missing (listed in {SCHEMA_FILE})")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise StoreError(f"{path}: not a readable Parquet file ({exc})") from exc
+    out: dict[str, np.ndarray] = {}
+    expected = expected_columns(schema)
+    if "soft_label" in table.column_names:
+        expected["soft_label"] = (np.dtype(np.float32), schema.num_candidates)
+    for name, (dtype, width) in expected.items():
+        if name not in table.column_names:
+            raise StoreError(f"{path}: column {name!r} missing (columns: {table.column_names})")
+        col = table.column(name).combine_chunks()
+        if width is None:
+            if pa.types.is_list_like(col.type):
+                raise StoreError(f"{path}: column {name!r} holds lists, expected a scalar per request")
+            values = col
+        else:
+            if not pa.types.is_fixed_size_list(col.type) or col.type.list_size != width:
+                raise StoreError(f"{path}: column {name!r} has type {col.type}, expected a fixed-size list of {width}")
+            if col.null_count:
+                raise StoreError(f"{path}: column {name!r} has null rows")
+            values = col.flatten()
+        if values.null_count:
+            raise StoreError(f"{path}: column {name!r} has null values")
+        try:
+            a = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            raise StoreError(f"{path}: column {name!r} is not convertible to {dtype} ({exc})") from exc
+        out[name] = a if width is None else a.reshape(len(table), width)
+    if len(table) != partition.num_requests:
+        raise StoreError(
+            f"{path}: holds {len(table)} requests, {SCHEMA_FILE} says {partition.num_requests} (file replaced?)"
+        )
+    return out
+
+
+def open_dataset(directory: str | Path) -> DatasetSchema:
+    """Load and check a dataset directory's schema; every listed partition file must exist."""
+    schema = DatasetSchema.load(directory)
+    missing = [p.file_name for p in schema.partitions if not (Path(directory) / p.file_name).is_file()]
+    if missing:
+        raise SchemaError(f"{directory}: partition files listed in {SCHEMA_FILE} are missing: {missing}")
+    return schema

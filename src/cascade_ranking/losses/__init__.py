@@ -1,0 +1,68 @@
+"""Cascade losses: LCRON and its baselines behind one registry and one calling convention.
+
+>>> from cascade_ranking import losses
+>>> loss_fn = losses.build("lcron", keep=[30, 20], gt_num=10)
+>>> out = loss_fn([retrieval_logits, prerank_logits], label=label, mask=mask, stage=stage)  # doctest: +SKIP
+>>> out.loss.backward()  # doctest: +SKIP
+
+See :mod:`cascade_ranking.losses.base` for shapes and the reduction contract. Each method lives in its own
+module, citing its paper; the registry below maps a method name to ``module:Class`` and imports lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+from .base import CascadeLoss, LossOutput
+
+__all__ = ["build", "available", "CascadeLoss", "LossOutput", "REGISTRY"]
+
+#: method name -> "module:Class" (explicit; add a line here to add a method).
+REGISTRY: dict[str, str] = {
+    "lcron": "cascade_ranking.losses.lcron:LCRONLoss",
+    "bce": "cascade_ranking.losses.bce:BCELoss",
+    "icc": "cascade_ranking.losses.icc:ICCLoss",
+    "rankflow": "cascade_ranking.losses.rankflow:RankFlowLoss",
+    "fs_ranknet": "cascade_ranking.losses.fs_ranknet:FSRankNetLoss",
+    "fs_lambdaloss": "cascade_ranking.losses.fs_lambdaloss:FSLambdaLoss",
+    "arf": "cascade_ranking.losses.arf:ARFLoss",
+    "arf_v2": "cascade_ranking.losses.arf:ARFv2Loss",
+}
+
+
+def available() -> list[str]:
+    """Names of the registered methods whose module is importable, in registry order."""
+    out = []
+    for name, target in REGISTRY.items():
+        module = target.split(":")[0]
+        if importlib.util.find_spec(module) is not None:
+            out.append(name)
+    return out
+
+
+def build(name: str, *, keep: Sequence[int], gt_num: int = 10, **hyper) -> CascadeLoss:
+    """Build the loss module of method ``name`` for a cascade with ``len(keep)`` stages.
+
+    Args:
+        name: a registered method (see :func:`available`).
+        keep: number of candidates each stage keeps, retrieval first (e.g. ``[30, 20]``).
+        gt_num: number of ground-truth candidates (top ``gt_num`` by label).
+        **hyper: method hyper-parameters (each method documents its own and their defaults).
+
+    Raises:
+        ValueError: unknown method (the message lists the known ones) or invalid ``keep``/``gt_num``.
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(REGISTRY)}")
+    keep = tuple(int(k) for k in keep)
+    if not keep or any(k <= 0 for k in keep) or gt_num <= 0:
+        raise ValueError(f"{name}: keep={list(keep)} and gt_num={gt_num} must be positive")
+    if any(b >= a for a, b in zip(keep, keep[1:])):
+        raise ValueError(f"{name}: keep={list(keep)} must strictly decrease from stage to stage")
+    module_name, cls_name = REGISTRY[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"method {name!r} is registered but not installed ({exc})") from exc
+    return getattr(module, cls_name)(keep=keep, gt_num=gt_num, **hyper)
