@@ -162,7 +162,7 @@ def read_partition(directory: str | Path, schema: DatasetSchema, partition: Part
             raise StoreError(f"{path}: column {name!r} missing (columns: {table.column_names})")
         col = table.column(name).combine_chunks()
         if width is None:
-            if pa.types.is_list_like(col.type):
+            if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
                 raise StoreError(f"{path}: column {name!r} holds lists, expected a scalar per request")
             values = col
         else:
@@ -177,6 +177,8 @@ def read_partition(directory: str | Path, schema: DatasetSchema, partition: Part
             a = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
         except (pa.ArrowException, ValueError, TypeError) as exc:
             raise StoreError(f"{path}: column {name!r} is not convertible to {dtype} ({exc})") from exc
+        if not a.flags.writeable:  # Arrow buffers are immutable; callers get ordinary arrays
+            a = a.copy()
         out[name] = a if width is None else a.reshape(len(table), width)
     if len(table) != partition.num_requests:
         raise StoreError(

@@ -1,0 +1,271 @@
+"""The ``cascade-ranking`` command: prepare data, train, evaluate, compare with reference scorers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .data.schema import SchemaError
+from .data.store import StoreError
+
+app = typer.Typer(
+    help="Train multi-stage cascade ranking systems (retrieval -> pre-ranking -> ranking) as one network.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+prepare_app = typer.Typer(help="Download / convert datasets into the request-list store.", no_args_is_help=True)
+app.add_typer(prepare_app, name="prepare")
+
+console = Console()
+err_console = Console(stderr=True)
+
+#: Errors that are the user's to fix: printed as one clear line, exit code 2 (never a traceback).
+USER_ERRORS: tuple[type[BaseException], ...] = (SchemaError, StoreError, ValueError, FileNotFoundError, KeyError)
+
+MOVIELENS_SRC_ENV = "CASCADE_RANKING_MOVIELENS_SRC"
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def _user_errors():
+    from .data.movielens import DatasetUnavailableError
+    from .train import TrainingError
+
+    return USER_ERRORS + (DatasetUnavailableError, TrainingError)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)])
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+def default_dataset_dir(stages: int) -> Path:
+    from .data.cache import cache_dir
+    from .data.movielens import dataset_name
+
+    return cache_dir() / "datasets" / dataset_name(stages)
+
+
+def resolve_data(data: Path | None, stages: int, *, seed: int = 0) -> Path:
+    """``data`` if given; else the prepared MovieLens-100K copy for ``stages``, prepared on first use.
+
+    The raw data comes from ``$CASCADE_RANKING_MOVIELENS_SRC`` when set (a local copy), else the official
+    GroupLens download. Without network and local copy, ``DatasetUnavailableError`` says which command to run.
+    """
+    if data is not None:
+        return data
+    out = default_dataset_dir(stages)
+    if not (out / "schema.json").is_file():
+        from .data.movielens import prepare_movielens
+
+        src = os.environ.get(MOVIELENS_SRC_ENV)
+        logging.getLogger(__name__).info("preparing MovieLens-100K (%d stages) into %s", stages, out)
+        prepare_movielens(out, src=Path(src) if src else None, stages=stages, progress=True)
+    return out
+
+
+def _parse_loss_params(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--loss-param {item!r}: expected KEY=VALUE (e.g. tau=50)")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _csv_ints(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{what}={text!r}: expected comma-separated integers, e.g. 30,20") from None
+
+
+def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
+    """A table with one row per metric and one column per evaluated set (e.g. valid/test)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    keys: list[str] = []
+    for values in columns.values():
+        keys += [k for k in values if k not in keys]
+    for key in keys:
+        row = []
+        for values in columns.values():
+            v = values.get(key)
+            row.append("" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
+        table.add_row(key, *row)
+    return table
+
+
+@app.command()
+def train(
+    method: Annotated[str, typer.Option(help="Cascade method (lcron, bce, icc, rankflow, fs_ranknet, ...).")] = "lcron",
+    data: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: MovieLens-100K, prepared on first use).")] = None,
+    stages: Annotated[int, typer.Option(help="Stages of the default MovieLens-100K cascade (2 or 3).")] = 2,
+    models: Annotated[Optional[str], typer.Option(help="Stage models, retrieval first, e.g. dssm,din.")] = None,
+    keep: Annotated[Optional[str], typer.Option(help="Candidates each stage keeps, e.g. 30,20 (default: the dataset's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default: the dataset's).")] = None,
+    passes: Annotated[Optional[int], typer.Option(help="Passes over the training partitions (default: the dataset's).")] = None,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    loss_param: Annotated[list[str], typer.Option(help="Loss hyper-parameter KEY=VALUE (repeatable).")] = [],  # noqa: B006
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<method>-<stages>stage-seed<seed>-<time>).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads.")] = None,
+) -> None:
+    """Train a cascade end to end on the training partitions and evaluate it on validation and test."""
+    from .config import TrainConfig
+    from .data.store import open_dataset
+    from .train import default_run_dir
+    from .train import train as run_training
+
+    try:
+        config = TrainConfig(
+            method=method, data=data, stages=stages, models=models.split(",") if models else None,
+            keep=_csv_ints(keep, "--keep"), batch_size=batch_size, passes=passes, lr=lr, seed=seed,
+            device=device, loss=_parse_loss_params(loss_param), threads=threads,
+        )
+        data_dir = resolve_data(data, stages)
+        run_dir = out or default_run_dir(method, stages if data is None else len(open_dataset(data_dir).keep), seed)
+        with _progress() as progress:
+            task = progress.add_task("train", total=None, info="")
+            eval_task = progress.add_task("evaluate", total=None, info="", visible=False)
+
+            def on_step(step: int, total: int, loss: float) -> None:
+                progress.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
+
+            def on_eval(n: int) -> None:
+                progress.update(eval_task, advance=n, visible=True, info="requests")
+
+            result = run_training(config, data=data_dir, run_dir=run_dir, on_step=on_step, on_eval=on_eval)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    m = result.metrics
+    columns = {role: m[role] for role in ("valid", "test") if role in m}
+    console.print(metrics_table(f"{m['method']} on {m['dataset']} (seed {m['seed']})", columns))
+    console.print(
+        f"trained {m['steps']} steps in {m['train_seconds']:.1f}s "
+        f"({m['train_requests_per_second']:.0f} requests/s); run folder: {result.run_dir}"
+    )
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `train`.")],
+    data: Annotated[Optional[Path], typer.Option(help="Evaluate on another dataset folder (same schema).")] = None,
+    role: Annotated[str, typer.Option(help="Partitions to evaluate: test or valid.")] = "test",
+) -> None:
+    """Re-evaluate a saved run on its test (or validation) partitions."""
+    from .evaluate import evaluate as run_eval
+    from .train import load_run, resolve_device
+
+    try:
+        config, schema, data_dir, cascade = load_run(run_dir, data=data)
+        parts = schema.partitions_with_role(role)  # type: ignore[arg-type]
+        if not parts:
+            raise ValueError(f"{data_dir}: no partition with role {role!r}")
+        device = resolve_device(config.device)
+        values = run_eval(
+            cascade.to(device).eval(), data_dir, schema, parts, stage_names=[s.name for s in cascade.stages],
+            keep=config.keep, gt_num=config.gt_num, batch_size=config.eval_batch_size, seed=config.seed,
+            device=device,
+        )
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    console.print(metrics_table(f"{config.method}: {run_dir}", {role: values}))
+
+
+@app.command()
+def reference(
+    data: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: MovieLens-100K).")] = None,
+    stages: Annotated[int, typer.Option(help="Stages of the default MovieLens-100K cascade (2 or 3).")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Score the test partitions with reference scorers (random; item popularity), no training."""
+    from .config import stage_names
+    from .data.store import open_dataset
+    from .evaluate import PopularityScorer, RandomScorer
+    from .evaluate import evaluate as run_eval
+
+    try:
+        data_dir = resolve_data(data, stages)
+        schema = open_dataset(data_dir)
+        k = len(schema.keep)
+        scorers = {"random": RandomScorer(k, seed), "popularity": PopularityScorer.fit(data_dir, schema, k)}
+        columns = {
+            name: run_eval(scorer, data_dir, schema, schema.partitions_with_role("test"), stage_names=stage_names(k),
+                           keep=schema.keep, gt_num=schema.gt_num, seed=seed)
+            for name, scorer in scorers.items()
+        }
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    console.print(metrics_table(f"reference scorers on {schema.name} (test)", columns))
+
+
+@prepare_app.command("movielens-100k")
+def prepare_movielens_cmd(
+    src: Annotated[Optional[Path], typer.Option(help="Local copy: GroupLens (u.data...) or RecBole (.inter...) files, or the zip.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output dataset folder (default: the user cache).")] = None,
+    stages: Annotated[int, typer.Option(help="2 (4 groups x 10 candidates) or 3 (5 groups x 10).")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the funnel simulation (the dataset version is fixed by it).")] = 0,
+) -> None:
+    """Build the MovieLens-100K full-stage cascade dataset (downloads the official zip on first use)."""
+    from .data.movielens import prepare_movielens
+
+    try:
+        target = out or default_dataset_dir(stages)
+        schema = prepare_movielens(target, src=src, stages=stages, seed=seed, progress=True)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=f"{schema.name} -> {target}", title_justify="left")
+    for col in ("partition", "role", "requests", "from", "to"):
+        table.add_column(col)
+    for p in schema.partitions:
+        table.add_row(p.name, p.role, str(p.num_requests), p.start, p.end)
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
