@@ -240,6 +240,50 @@ def reference(
     console.print(metrics_table(f"reference scorers on {schema.name} (test)", columns))
 
 
+@app.command()
+def benchmark(
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated methods (default: all registered).")] = None,
+    stages: Annotated[int, typer.Option(help="Stages of the default MovieLens-100K cascade (2 or 3).")] = 2,
+    repeats: Annotated[int, typer.Option(help="Seeds per method.")] = 3,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: MovieLens-100K).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: benchmark-<K>stage).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default: the dataset's).")] = None,
+    passes: Annotated[Optional[int], typer.Option(help="Passes over the training partitions (default: the dataset's).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads.")] = None,
+) -> None:
+    """Train and evaluate every method x seed; print mean ± std; write results.{json,csv,md} and a PNG chart.
+
+    Finished (method, seed) runs in the output folder are reused, so an interrupted benchmark resumes.
+    """
+    from . import losses
+    from .benchmark import markdown_table, run_benchmark
+    from .config import TrainConfig
+
+    try:
+        names = methods.split(",") if methods else losses.available()
+        for name in names:
+            if name not in losses.REGISTRY:
+                raise ValueError(f"unknown method {name!r}; known methods: {', '.join(losses.REGISTRY)}")
+        data_dir = resolve_data(data, stages)
+        out_dir = out or Path(f"benchmark-{stages}stage" if data is None else f"benchmark-{data_dir.name}")
+        base = TrainConfig(data=data_dir, stages=stages, batch_size=batch_size, passes=passes, device=device,
+                           threads=threads)
+        with _progress() as progress:
+            task = progress.add_task("benchmark", total=len(names) * repeats, info="")
+
+            def on_run(method: str, seed: int, metrics: dict) -> None:
+                progress.update(task, advance=1, info=f"{method} seed {seed}: joint recall "
+                                f"{metrics['test']['joint_recall']:.4f}")
+
+            results = run_benchmark(methods=names, data=data_dir, out_dir=out_dir, repeats=repeats, base=base,
+                                    on_run=on_run)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    console.print(markdown_table(results["summary"]), markup=False, highlight=False)
+    console.print(f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png")
+
+
 @prepare_app.command("movielens-100k")
 def prepare_movielens_cmd(
     src: Annotated[Optional[Path], typer.Option(help="Local copy: GroupLens (u.data...) or RecBole (.inter...) files, or the zip.")] = None,
