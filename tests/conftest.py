@@ -10,7 +10,9 @@ import torch
 
 #: Where tests find MovieLens-100K: $CASCADE_RANKING_MOVIELENS_SRC, else ../shared/data/ml-100k beside the repo.
 ML100K_SRC = Path(
-    os.environ.get("CASCADE_RANKING_MOVIELENS_SRC", Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k")
+    os.environ.get(
+        "CASCADE_RANKING_MOVIELENS_SRC", Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+    )
 )
 
 
@@ -59,7 +61,13 @@ def make_tiny_dataset(
     """
     import numpy as np
 
-    from cascade_ranking.data.schema import CategoricalField, DatasetSchema, HistoryField, Partition, TrainDefaults
+    from cascade_ranking.data.schema import (
+        CategoricalField,
+        DatasetSchema,
+        HistoryField,
+        Partition,
+        TrainDefaults,
+    )
     from cascade_ranking.data.store import write_partition, write_schema
 
     rng = np.random.default_rng(seed)
@@ -73,7 +81,10 @@ def make_tiny_dataset(
             CategoricalField(name="item_id", role="item", vocab_size=40),
             CategoricalField(name="genre", role="item", vocab_size=6),
         ],
-        history=[HistoryField(name="item_id", item_field="item_id"), HistoryField(name="genre", item_field="genre")],
+        history=[
+            HistoryField(name="item_id", item_field="item_id"),
+            HistoryField(name="genre", item_field="genre"),
+        ],
         history_length=history_length,
         num_candidates=num_candidates,
         funnel_positions=[f"group_{g}" for g in range(groups)],

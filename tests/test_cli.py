@@ -13,8 +13,9 @@ runner = CliRunner()
 
 def test_train_prints_a_metrics_table_and_writes_the_run(tmp_path, tiny_dataset):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--method", "lcron", "--data", str(tiny_dataset), "--out", str(out),
-                                 "--device", "cpu"])
+    result = runner.invoke(
+        app, ["train", "--method", "lcron", "--data", str(tiny_dataset), "--out", str(out), "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     assert "joint_recall" in result.stdout and "test" in result.stdout
     assert json.loads((out / "metrics.json").read_text())["method"] == "lcron"

@@ -32,13 +32,17 @@ def _distinct_scores(b: int, n: int, seed: int, gap: float = 0.3) -> torch.Tenso
 
 def _partial_mask() -> torch.Tensor:
     return torch.tensor(
-        [[True, False, True, True, False, True], [True, True, True, True, True, True], [False, True, False, False, True, False]]
+        [
+            [True, False, True, True, False, True],
+            [True, True, True, True, True, True],
+            [False, True, False, False, True, False],
+        ]
     )
 
 
 # ----------------------------------------------------------------------------------------------- references
 def _np_neuralsort(s: np.ndarray, tau: float) -> np.ndarray:
-    """Grover et al. 2019, eq. 5, one request, descending: P[i, :] = softmax(((n + 1 - 2i) s - A_s 1) / tau)."""
+    """Grover et al. 2019, eq. 5, one request, descending: P[i] = softmax(((n + 1 - 2i) s - A_s 1) / tau)."""
     n = len(s)
     a_s = np.abs(s[:, None] - s[None, :])
     out = np.empty((n, n))
@@ -50,7 +54,7 @@ def _np_neuralsort(s: np.ndarray, tau: float) -> np.ndarray:
 def _np_softsort(s: np.ndarray, tau: float, power: float) -> np.ndarray:
     """Prillo & Eisenschlos 2020, eq. 2, descending: P[i, :] = softmax(-|sort(s)_i - s|^power / tau)."""
     srt = np.sort(s)[::-1]
-    return np.stack([softmax(-np.abs(v - s) ** power / tau) for v in srt])
+    return np.stack([softmax(-(np.abs(v - s) ** power) / tau) for v in srt])
 
 
 def _np_hard(s: np.ndarray) -> np.ndarray:
@@ -64,7 +68,9 @@ def _np_hard(s: np.ndarray) -> np.ndarray:
 def test_gradcheck_float64(op, masked):
     s = _distinct_scores(3, 6, seed=1).requires_grad_()
     mask = _partial_mask() if masked else None
-    assert torch.autograd.gradcheck(lambda x: SOFT_OPS[op](x, 0.7, mask), (s,), eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(
+        lambda x: SOFT_OPS[op](x, 0.7, mask), (s,), eps=1e-6, atol=1e-7, rtol=1e-5
+    )
 
 
 def test_gradgradcheck_neural_sort():
@@ -91,7 +97,7 @@ def test_soft_sort_matches_prillo_eq2(power):
 
 
 def test_neural_sort_hand_computed_two_items():
-    # n = 2, s = (0, 1), tau = 1: A_s 1 = (1, 1); row 1: softmax(1*s - 1) = softmax(0, 1); row 2: softmax(-s - 1).
+    # n = 2, s = (0, 1), tau = 1: A_s 1 = (1, 1); row 1 = softmax(s - 1); row 2 = softmax(-s - 1)
     p = neural_sort(torch.tensor([[0.0, 1.0]], dtype=torch.float64), tau=1.0)[0]
     e = np.e
     expected = np.array([[1 / (1 + e), e / (1 + e)], [e / (1 + e), 1 / (1 + e)]])
@@ -248,7 +254,9 @@ def test_soft_topk_membership_column_sum_is_detached():
     s = _distinct_scores(1, 5, seed=14).requires_grad_()
     soft_topk_membership(neural_sort(s, tau=1.0), 2).sum().backward()
     p = neural_sort(s, tau=1.0)
-    expected = torch.autograd.grad((p[:, :2].sum(-2) / (p.detach().sum(-2) + 1e-6)).sum(), s, retain_graph=True)[0]
+    expected = torch.autograd.grad(
+        (p[:, :2].sum(-2) / (p.detach().sum(-2) + 1e-6)).sum(), s, retain_graph=True
+    )[0]
     undetached = torch.autograd.grad((p[:, :2].sum(-2) / (p.sum(-2) + 1e-6)).sum(), s)[0]
     torch.testing.assert_close(s.grad, expected)
     assert not torch.allclose(s.grad, undetached)

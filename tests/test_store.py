@@ -43,10 +43,22 @@ def test_loader_shuffles_candidate_slots_consistently_across_columns(tiny_datase
     (batch,) = iterate_partition(tiny_dataset, schema, part, batch_size=100, shuffle=False)
     assert not torch.equal(batch.stage, torch.from_numpy(raw["stage"]).long())  # position is not the layout
     for r in range(50):  # same multiset of (item, stage, label, mask) tuples per request
-        got = sorted(zip(batch.item["item_id"][r].tolist(), batch.stage[r].tolist(), batch.label[r].tolist(),
-                         batch.mask[r].tolist()))
-        want = sorted(zip(raw["item.item_id"][r].tolist(), raw["stage"][r].tolist(), raw["label"][r].tolist(),
-                          raw["mask"][r].tolist()))
+        got = sorted(
+            zip(
+                batch.item["item_id"][r].tolist(),
+                batch.stage[r].tolist(),
+                batch.label[r].tolist(),
+                batch.mask[r].tolist(),
+            )
+        )
+        want = sorted(
+            zip(
+                raw["item.item_id"][r].tolist(),
+                raw["stage"][r].tolist(),
+                raw["label"][r].tolist(),
+                raw["mask"][r].tolist(),
+            )
+        )
         assert got == want
     # history is not permuted
     assert torch.equal(batch.history["item_id"], torch.from_numpy(raw["history.item_id"]))
@@ -67,7 +79,9 @@ def test_sharding_partitions_requests_without_loss_or_duplicates(tiny_dataset):
     seen = []
     for rank in range(3):
         rng = np.random.default_rng(7)
-        for b in iterate_partition(tiny_dataset, schema, part, batch_size=8, shuffle=True, rng=rng, shard=(rank, 3)):
+        for b in iterate_partition(
+            tiny_dataset, schema, part, batch_size=8, shuffle=True, rng=rng, shard=(rank, 3)
+        ):
             seen += b.request_id.tolist()
     assert sorted(seen) == sorted(range(50, 100))
 
@@ -124,8 +138,10 @@ def test_read_names_file_and_column_for_missing_or_wrong_columns(tiny_dataset):
     pq.write_table(table.drop(["label"]), path)
     with pytest.raises(StoreError, match=r"part-00\.parquet: column 'label' missing"):
         read_partition(tiny_dataset, schema, part)
-    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label",
-                                    pa.array([[1.0, 2.0]] * len(table))), path)
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("label"), "label", pa.array([[1.0, 2.0]] * len(table))),
+        path,
+    )
     with pytest.raises(StoreError, match="'label' has type .*fixed-size list of 12"):
         read_partition(tiny_dataset, schema, part)
 
@@ -165,8 +181,13 @@ def test_invalid_schema_json_names_the_field(tiny_dataset):
 
 @pytest.mark.parametrize(
     ("keep", "message"),
-    [([], "at least one stage"), ([50, 20], "cannot keep 50 of only 40"), ([20, 30], "strictly decrease"),
-     ([30, 5], "gt_num=10"), ([30, 0], "positive")],
+    [
+        ([], "at least one stage"),
+        ([50, 20], "cannot keep 50 of only 40"),
+        ([20, 30], "strictly decrease"),
+        ([30, 5], "gt_num=10"),
+        ([30, 0], "positive"),
+    ],
 )
 def test_keep_sizes_that_do_not_fit_are_rejected(keep, message):
     with pytest.raises(ValueError, match=message):

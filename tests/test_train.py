@@ -22,7 +22,9 @@ def test_train_writes_a_complete_run_folder(tmp_path, tiny_dataset):
     config = json.loads((run / "config.json").read_text())
     assert config["keep"] == [8, 5] and config["models"] == ["dssm", "din"] and config["batch_size"] == 16
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 2 * 4  # 2 passes x 1 train partition of 50 requests at batch 16 (last one partial)
+    assert (
+        metrics["steps"] == 2 * 4
+    )  # 2 passes x 1 train partition of 50 requests at batch 16 (last one partial)
     assert metrics["train_requests"] == 100
     assert metrics["test"]["requests"] == 50 and metrics["valid"]["requests"] == 50
     assert 0.0 <= metrics["test"]["joint_recall"] <= 1.0
@@ -34,9 +36,16 @@ def test_train_writes_a_complete_run_folder(tmp_path, tiny_dataset):
 def test_reevaluating_a_saved_run_gives_the_same_metrics(tmp_path, tiny_dataset):
     result = _train(tmp_path, tiny_dataset, method="lcron")
     config, schema, data, cascade = load_run(result.run_dir)
-    values = evaluate(cascade.eval(), data, schema, schema.partitions_with_role("test"),
-                      stage_names=[s.name for s in cascade.stages], keep=config.keep, gt_num=config.gt_num,
-                      seed=config.seed)
+    values = evaluate(
+        cascade.eval(),
+        data,
+        schema,
+        schema.partitions_with_role("test"),
+        stage_names=[s.name for s in cascade.stages],
+        keep=config.keep,
+        gt_num=config.gt_num,
+        seed=config.seed,
+    )
     assert values == pytest.approx(result.metrics["test"])
 
 

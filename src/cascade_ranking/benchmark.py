@@ -76,11 +76,25 @@ def run_benchmark(
     kw = dict(stage_names=stage_names(k), keep=keep, gt_num=gt_num)
     pop = PopularityScorer.fit(data, schema, k)
     for seed in range(repeats):
-        runs.append({"row": "random", "seed": seed, **evaluate(RandomScorer(k, seed), data, schema, test, seed=seed, **kw)})
+        runs.append(
+            {
+                "row": "random",
+                "seed": seed,
+                **evaluate(RandomScorer(k, seed), data, schema, test, seed=seed, **kw),
+            }
+        )
         runs.append({"row": "popularity", "seed": seed, **evaluate(pop, data, schema, test, seed=seed, **kw)})
     summary = summarize(runs)
-    results = {"dataset": schema.name, "data": str(data), "stages": stage_names(k), "keep": list(keep),
-               "gt_num": gt_num, "repeats": repeats, "runs": runs, "summary": summary}
+    results = {
+        "dataset": schema.name,
+        "data": str(data),
+        "stages": stage_names(k),
+        "keep": list(keep),
+        "gt_num": gt_num,
+        "repeats": repeats,
+        "runs": runs,
+        "summary": summary,
+    }
     write_results(out_dir, results)
     return results
 
@@ -139,9 +153,12 @@ def write_results(out_dir: Path, results: dict) -> None:
     writer = csv.writer(buf)
     writer.writerow(["method"] + [f"{c}_{s}" for c in cols for s in ("mean", "std")])
     for row, metrics in summary.items():
-        writer.writerow([row] + [f"{metrics[c][s]:.6f}" if c in metrics else "" for c in cols for s in ("mean", "std")])
+        writer.writerow(
+            [row] + [f"{metrics[c][s]:.6f}" if c in metrics else "" for c in cols for s in ("mean", "std")]
+        )
     write_text_atomic(out_dir / "results.csv", buf.getvalue())
-    title = f"{results['dataset']}: {len(results['stages'])}-stage cascade, keep {results['keep']}, {results['repeats']} seeds"
+    stages, keep, seeds = len(results["stages"]), results["keep"], results["repeats"]
+    title = f"{results['dataset']}: {stages}-stage cascade, keep {keep}, {seeds} seeds"
     write_text_atomic(out_dir / "results.md", f"# {title}\n\n" + markdown_table(summary))
     plot_joint_recall(out_dir / "joint_recall.png", summary, title)
 

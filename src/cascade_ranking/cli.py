@@ -6,12 +6,19 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from .data.schema import SchemaError
@@ -30,7 +37,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 #: Errors that are the user's to fix: printed as one clear line, exit code 2 (never a traceback).
-USER_ERRORS: tuple[type[BaseException], ...] = (SchemaError, StoreError, ValueError, FileNotFoundError, KeyError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    SchemaError,
+    StoreError,
+    ValueError,
+    FileNotFoundError,
+    KeyError,
+)
 
 MOVIELENS_SRC_ENV = "CASCADE_RANKING_MOVIELENS_SRC"
 
@@ -138,18 +151,27 @@ def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
 @app.command()
 def train(
     method: Annotated[str, typer.Option(help="Cascade method (lcron, bce, icc, rankflow, fs_ranknet, ...).")] = "lcron",
-    data: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: MovieLens-100K, prepared on first use).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset folder (default: MovieLens-100K, prepared on first use).")
+    ] = None,
     stages: Annotated[int, typer.Option(help="Stages of the default MovieLens-100K cascade (2 or 3).")] = 2,
-    models: Annotated[Optional[str], typer.Option(help="Stage models, retrieval first, e.g. dssm,din.")] = None,
-    keep: Annotated[Optional[str], typer.Option(help="Candidates each stage keeps, e.g. 30,20 (default: the dataset's).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default: the dataset's).")] = None,
-    passes: Annotated[Optional[int], typer.Option(help="Passes over the training partitions (default: the dataset's).")] = None,
+    models: Annotated[str | None, typer.Option(help="Stage models, retrieval first, e.g. dssm,din.")] = None,
+    keep: Annotated[
+        str | None, typer.Option(help="Candidates each stage keeps, e.g. 30,20 (default: the dataset's).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size (default: the dataset's).")] = None,
+    passes: Annotated[
+        int | None, typer.Option(help="Passes over the training partitions (default: the dataset's).")
+    ] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     loss_param: Annotated[list[str], typer.Option(help="Loss hyper-parameter KEY=VALUE (repeatable).")] = [],  # noqa: B006
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<method>-<stages>stage-seed<seed>-<time>).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder (default: runs/<method>-<stages>stage-seed<seed>-<time>)."),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
 ) -> None:
     """Train a cascade end to end on the training partitions and evaluate it on validation and test."""
     from .config import TrainConfig
@@ -159,9 +181,18 @@ def train(
 
     try:
         config = TrainConfig(
-            method=method, data=data, stages=stages, models=models.split(",") if models else None,
-            keep=_csv_ints(keep, "--keep"), batch_size=batch_size, passes=passes, lr=lr, seed=seed,
-            device=device, loss=_parse_loss_params(loss_param), threads=threads,
+            method=method,
+            data=data,
+            stages=stages,
+            models=models.split(",") if models else None,
+            keep=_csv_ints(keep, "--keep"),
+            batch_size=batch_size,
+            passes=passes,
+            lr=lr,
+            seed=seed,
+            device=device,
+            loss=_parse_loss_params(loss_param),
+            threads=threads,
         )
         data_dir = resolve_data(data, stages)
         run_dir = out or default_run_dir(method, stages if data is None else len(open_dataset(data_dir).keep), seed)
@@ -190,7 +221,7 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `train`.")],
-    data: Annotated[Optional[Path], typer.Option(help="Evaluate on another dataset folder (same schema).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Evaluate on another dataset folder (same schema).")] = None,
     role: Annotated[str, typer.Option(help="Partitions to evaluate: test or valid.")] = "test",
 ) -> None:
     """Re-evaluate a saved run on its test (or validation) partitions."""
@@ -204,8 +235,15 @@ def evaluate(
             raise ValueError(f"{data_dir}: no partition with role {role!r}")
         device = resolve_device(config.device)
         values = run_eval(
-            cascade.to(device).eval(), data_dir, schema, parts, stage_names=[s.name for s in cascade.stages],
-            keep=config.keep, gt_num=config.gt_num, batch_size=config.eval_batch_size, seed=config.seed,
+            cascade.to(device).eval(),
+            data_dir,
+            schema,
+            parts,
+            stage_names=[s.name for s in cascade.stages],
+            keep=config.keep,
+            gt_num=config.gt_num,
+            batch_size=config.eval_batch_size,
+            seed=config.seed,
             device=device,
         )
     except _user_errors() as exc:
@@ -215,7 +253,7 @@ def evaluate(
 
 @app.command()
 def reference(
-    data: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: MovieLens-100K).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (default: MovieLens-100K).")] = None,
     stages: Annotated[int, typer.Option(help="Stages of the default MovieLens-100K cascade (2 or 3).")] = 2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
@@ -231,8 +269,16 @@ def reference(
         k = len(schema.keep)
         scorers = {"random": RandomScorer(k, seed), "popularity": PopularityScorer.fit(data_dir, schema, k)}
         columns = {
-            name: run_eval(scorer, data_dir, schema, schema.partitions_with_role("test"), stage_names=stage_names(k),
-                           keep=schema.keep, gt_num=schema.gt_num, seed=seed)
+            name: run_eval(
+                scorer,
+                data_dir,
+                schema,
+                schema.partitions_with_role("test"),
+                stage_names=stage_names(k),
+                keep=schema.keep,
+                gt_num=schema.gt_num,
+                seed=seed,
+            )
             for name, scorer in scorers.items()
         }
     except _user_errors() as exc:
@@ -242,15 +288,17 @@ def reference(
 
 @app.command()
 def benchmark(
-    methods: Annotated[Optional[str], typer.Option(help="Comma-separated methods (default: all registered).")] = None,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default: all registered).")] = None,
     stages: Annotated[int, typer.Option(help="Stages of the default MovieLens-100K cascade (2 or 3).")] = 2,
     repeats: Annotated[int, typer.Option(help="Seeds per method.")] = 3,
-    data: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: MovieLens-100K).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: benchmark-<K>stage).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default: the dataset's).")] = None,
-    passes: Annotated[Optional[int], typer.Option(help="Passes over the training partitions (default: the dataset's).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (default: MovieLens-100K).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: benchmark-<K>stage).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size (default: the dataset's).")] = None,
+    passes: Annotated[
+        int | None, typer.Option(help="Passes over the training partitions (default: the dataset's).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
 ) -> None:
     """Train and evaluate every method x seed; print mean ± std; write results.{json,csv,md} and a PNG chart.
 
@@ -267,17 +315,22 @@ def benchmark(
                 raise ValueError(f"unknown method {name!r}; known methods: {', '.join(losses.REGISTRY)}")
         data_dir = resolve_data(data, stages)
         out_dir = out or Path(f"benchmark-{stages}stage" if data is None else f"benchmark-{data_dir.name}")
-        base = TrainConfig(data=data_dir, stages=stages, batch_size=batch_size, passes=passes, device=device,
-                           threads=threads)
+        base = TrainConfig(
+            data=data_dir, stages=stages, batch_size=batch_size, passes=passes, device=device, threads=threads
+        )
         with _progress() as progress:
             task = progress.add_task("benchmark", total=len(names) * repeats, info="")
 
             def on_run(method: str, seed: int, metrics: dict) -> None:
-                progress.update(task, advance=1, info=f"{method} seed {seed}: joint recall "
-                                f"{metrics['test']['joint_recall']:.4f}")
+                progress.update(
+                    task,
+                    advance=1,
+                    info=f"{method} seed {seed}: joint recall {metrics['test']['joint_recall']:.4f}",
+                )
 
-            results = run_benchmark(methods=names, data=data_dir, out_dir=out_dir, repeats=repeats, base=base,
-                                    on_run=on_run)
+            results = run_benchmark(
+                methods=names, data=data_dir, out_dir=out_dir, repeats=repeats, base=base, on_run=on_run
+            )
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     console.print(markdown_table(results["summary"]), markup=False, highlight=False)
@@ -286,8 +339,11 @@ def benchmark(
 
 @prepare_app.command("movielens-100k")
 def prepare_movielens_cmd(
-    src: Annotated[Optional[Path], typer.Option(help="Local copy: GroupLens (u.data...) or RecBole (.inter...) files, or the zip.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output dataset folder (default: the user cache).")] = None,
+    src: Annotated[
+        Path | None,
+        typer.Option(help="Local copy: GroupLens (u.data...) or RecBole (.inter...) files, or the zip."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output dataset folder (default: the user cache).")] = None,
     stages: Annotated[int, typer.Option(help="2 (4 groups x 10 candidates) or 3 (5 groups x 10).")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the funnel simulation (the dataset version is fixed by it).")] = 0,
 ) -> None:

@@ -47,7 +47,9 @@ def evaluate(
     """
     metrics = CascadeMetrics(list(stage_names), list(keep), gt_num)
     rng = np.random.default_rng(seed)
-    for batch in iterate_partitions(directory, schema, partitions, batch_size=batch_size, shuffle=False, rng=rng):
+    for batch in iterate_partitions(
+        directory, schema, partitions, batch_size=batch_size, shuffle=False, rng=rng
+    ):
         batch = batch.to(device)
         logits = [x.float() for x in score(batch)]
         metrics.update(logits, batch.label, batch.mask)

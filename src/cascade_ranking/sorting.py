@@ -114,9 +114,13 @@ def hard_sort(scores: torch.Tensor, *, mask: torch.Tensor | None = None) -> torc
     mask = _check(scores, mask, 1.0)
     with torch.no_grad():
         low = torch.finfo(scores.dtype).min
-        order = torch.sort(torch.where(mask, scores, torch.full_like(scores, low)), dim=-1, descending=True, stable=True)[1]
+        order = torch.sort(
+            torch.where(mask, scores, torch.full_like(scores, low)), dim=-1, descending=True, stable=True
+        )[1]
         p = torch.nn.functional.one_hot(order, scores.shape[-1]).to(scores.dtype)
-        row_valid = torch.arange(scores.shape[-1], device=scores.device).unsqueeze(0) < mask.sum(-1, keepdim=True)
+        row_valid = torch.arange(scores.shape[-1], device=scores.device).unsqueeze(0) < mask.sum(
+            -1, keepdim=True
+        )
         return p * row_valid.unsqueeze(-1).to(p.dtype)
 
 

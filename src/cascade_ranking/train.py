@@ -64,7 +64,9 @@ def resolve_config(config: TrainConfig, schema: DatasetSchema, data: Path) -> Tr
     """Fill every ``None`` of ``config`` from the dataset; validate keep sizes and stage models against it."""
     keep = list(config.keep) if config.keep is not None else list(schema.keep)
     gt_num = config.gt_num if config.gt_num is not None else schema.gt_num
-    validate_keep(keep, gt_num, schema.num_candidates, what=f"keep (dataset {data} has N={schema.num_candidates})")
+    validate_keep(
+        keep, gt_num, schema.num_candidates, what=f"keep (dataset {data} has N={schema.num_candidates})"
+    )
     models = list(config.models) if config.models is not None else DEFAULT_MODELS.get(len(keep))
     if models is None or len(models) != len(keep):
         raise ValueError(f"models={models}: give one stage model per keep size (keep={keep})")
@@ -153,8 +155,15 @@ def train(
     total_steps = steps_per_pass * config.passes
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / CONFIG_FILE, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
-    log.info("training %s on %s: %d stages %s, keep %s, %d steps", config.method, data, len(config.keep),
-             config.models, config.keep, total_steps)
+    log.info(
+        "training %s on %s: %d stages %s, keep %s, %d steps",
+        config.method,
+        data,
+        len(config.keep),
+        config.models,
+        config.keep,
+        total_steps,
+    )
 
     step = 0
     loss_curve: list[float] = []
@@ -163,7 +172,9 @@ def train(
     t0 = time.perf_counter()
     for _ in range(config.passes):
         for partition in train_parts:
-            batches = iterate_partition(data, schema, partition, batch_size=config.batch_size, shuffle=True, rng=rng)
+            batches = iterate_partition(
+                data, schema, partition, batch_size=config.batch_size, shuffle=True, rng=rng
+            )
             for batch in batches:
                 batch = batch.to(device)
                 out = loss_fn(cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage)
@@ -190,8 +201,16 @@ def train(
         parts = schema.partitions_with_role(role)
         if parts:
             evaluation[role] = evaluate(
-                cascade, data, schema, parts, stage_names=[s.name for s in cascade.stages], keep=config.keep,
-                gt_num=config.gt_num, batch_size=config.eval_batch_size, seed=config.seed, device=device,
+                cascade,
+                data,
+                schema,
+                parts,
+                stage_names=[s.name for s in cascade.stages],
+                keep=config.keep,
+                gt_num=config.gt_num,
+                batch_size=config.eval_batch_size,
+                seed=config.seed,
+                device=device,
                 on_batch=on_eval,
             )
     eval_seconds = time.perf_counter() - t1
@@ -240,7 +259,9 @@ def load_run(run_dir: Path, *, data: Path | None = None) -> tuple[TrainConfig, D
     """
     for name in (CONFIG_FILE, CHECKPOINT_FILE):
         if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name}: missing; is {run_dir} a run folder written by `train`?")
+            raise FileNotFoundError(
+                f"{run_dir / name}: missing; is {run_dir} a run folder written by `train`?"
+            )
     config = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
     data = Path(data) if data is not None else config.data
     schema = open_dataset(data)

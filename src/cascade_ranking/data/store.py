@@ -35,7 +35,11 @@ import pyarrow.parquet as pq
 
 from .schema import SCHEMA_FILE, DatasetSchema, Partition, SchemaError
 
-_CANDIDATE_COLUMNS = {"mask": (np.bool_, pa.bool_()), "stage": (np.int8, pa.int8()), "label": (np.float32, pa.float32())}
+_CANDIDATE_COLUMNS = {
+    "mask": (np.bool_, pa.bool_()),
+    "stage": (np.int8, pa.int8()),
+    "label": (np.float32, pa.float32()),
+}
 
 
 class StoreError(ValueError):
@@ -104,7 +108,9 @@ def write_partition(
     missing = sorted(set(expected) - set(arrays))
     unknown = sorted(set(arrays) - set(expected) - set(optional))
     if missing or unknown:
-        raise StoreError(f"partition {partition.name!r}: missing columns {missing}, unexpected columns {unknown}")
+        raise StoreError(
+            f"partition {partition.name!r}: missing columns {missing}, unexpected columns {unknown}"
+        )
     num_rows = len(arrays["request_id"])
     vocab = {f"{f.role}.{f.name}": f.vocab_size for f in schema.features}
     vocab.update({f"history.{h.name}": schema.feature(h.item_field).vocab_size for h in schema.history})
@@ -113,7 +119,9 @@ def write_partition(
         a = np.ascontiguousarray(arrays[name], dtype=dtype)
         want = (num_rows,) if width is None else (num_rows, width)
         if a.shape != want:
-            raise StoreError(f"partition {partition.name!r}, column {name!r}: shape {a.shape}, expected {want}")
+            raise StoreError(
+                f"partition {partition.name!r}, column {name!r}: shape {a.shape}, expected {want}"
+            )
         if name in vocab and a.size and (a.min() < 0 or a.max() >= vocab[name]):
             raise StoreError(
                 f"partition {partition.name!r}, column {name!r}: ids in [{a.min()}, {a.max()}] "
@@ -124,7 +132,9 @@ def write_partition(
         if width is None:
             columns[name] = pa.array(a)
         else:
-            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), type=_arrow_type(dtype)), width)
+            columns[name] = pa.FixedSizeListArray.from_arrays(
+                pa.array(a.reshape(-1), type=_arrow_type(dtype)), width
+            )
     table = pa.table(columns)
     path = Path(directory) / partition.file_name
     with atomic_path(path) as tmp:
@@ -139,7 +149,9 @@ def write_schema(directory: str | Path, schema: DatasetSchema) -> Path:
     return path
 
 
-def read_partition(directory: str | Path, schema: DatasetSchema, partition: Partition) -> dict[str, np.ndarray]:
+def read_partition(
+    directory: str | Path, schema: DatasetSchema, partition: Partition
+) -> dict[str, np.ndarray]:
     """Read one partition into numpy arrays (``[B]`` or ``[B, W]``), checking it against the schema.
 
     Raises:
@@ -162,12 +174,18 @@ def read_partition(directory: str | Path, schema: DatasetSchema, partition: Part
             raise StoreError(f"{path}: column {name!r} missing (columns: {table.column_names})")
         col = table.column(name).combine_chunks()
         if width is None:
-            if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
+            if (
+                pa.types.is_list(col.type)
+                or pa.types.is_fixed_size_list(col.type)
+                or pa.types.is_large_list(col.type)
+            ):
                 raise StoreError(f"{path}: column {name!r} holds lists, expected a scalar per request")
             values = col
         else:
             if not pa.types.is_fixed_size_list(col.type) or col.type.list_size != width:
-                raise StoreError(f"{path}: column {name!r} has type {col.type}, expected a fixed-size list of {width}")
+                raise StoreError(
+                    f"{path}: column {name!r} has type {col.type}, expected a fixed-size list of {width}"
+                )
             if col.null_count:
                 raise StoreError(f"{path}: column {name!r} has null rows")
             values = col.flatten()

@@ -68,7 +68,9 @@ def check_inputs(
     if isinstance(logits, torch.Tensor) or not isinstance(logits, Sequence):
         raise TypeError(f"{name}: logits must be a list of [B, N] tensors (one per stage, retrieval first)")
     if len(logits) != num_stages:
-        raise ValueError(f"{name}: got logits for {len(logits)} stages, the loss was built for {num_stages} (keep)")
+        raise ValueError(
+            f"{name}: got logits for {len(logits)} stages, the loss was built for {num_stages} (keep)"
+        )
     shape = tuple(label.shape)
     if len(shape) != 2:
         raise ValueError(f"{name}: label must be [B, N], got shape {shape}")
@@ -78,7 +80,9 @@ def check_inputs(
         if not x.is_floating_point():
             raise TypeError(f"{name}: logits[{i}] must be floating point, got {x.dtype}")
     if tuple(mask.shape) != shape or mask.dtype != torch.bool:
-        raise ValueError(f"{name}: mask must be a bool tensor of shape {shape}, got {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"{name}: mask must be a bool tensor of shape {shape}, got {mask.dtype} {tuple(mask.shape)}"
+        )
     if tuple(stage.shape) != shape:
         raise ValueError(f"{name}: stage must have shape {shape}, got {tuple(stage.shape)}")
     if not label.is_floating_point():

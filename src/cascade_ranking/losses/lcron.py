@@ -1,25 +1,26 @@
-"""LCRON: Learning Cascade Ranking as One Network (Wang et al., ICML 2025), for an N-stage cascade.
+r"""LCRON: Learning Cascade Ranking as One Network (Wang et al., ICML 2025), for an N-stage cascade.
 
 Notation (per request, ``V`` = its valid candidates, ``n = |V|``, ``g = gt_num``, ``eps = 1e-6``):
 
 .. math::
 
-    Y &= \\mathrm{NeuralSort}(\\text{label}, 10^{-4}),\\quad
-    y^+(j) = \\sum_{r \\le g} Y[r, j],\\quad y^-(j) = \\sum_{r > g} Y[r, j] \\\\
-    P_i &= \\mathrm{NeuralSort}(s_i, \\tau),\\quad c_i(j) = \\mathrm{sg}\\big(\\textstyle\\sum_r P_i[r, j]\\big) \\\\
-    a_i(j) &= \\frac{\\sum_{r \\le q_i} P_i[r, j]}{c_i(j) + \\epsilon},\\quad
-    b_i(j) = \\frac{\\sum_{r > q_i} P_i[r, j]}{c_i(j) + \\epsilon}
-    \\qquad (p_i = a_i,\\ \\tilde p_i = 1 - b_i) \\\\
-    L_{e2e} &= \\frac1n \\sum_{j \\in V} -y^+ \\log\\big(\\textstyle\\prod_i a_i + \\epsilon\\big)
-        - \\mathrm{clip}(1 - y^+, 0, 1) \\log\\big(1 - \\textstyle\\prod_i (1 - b_i) + \\epsilon\\big) \\\\
-    L_{single,i} &= \\mathbb 1[n > q_i]\\, \\frac1n \\sum_{j \\in V} -y^+ \\log(a_i + \\epsilon)
-        - y^- \\log(b_i + \\epsilon) \\\\
-    L &= L_{e2e} + \\sum_i \\frac{L_{single,i}}{2 w_i^2} + \\log \\prod_i |w_i|
+    Y &= \mathrm{NeuralSort}(\text{label}, 10^{-4}),\quad
+    y^+(j) = \sum_{r \le g} Y[r, j],\quad y^-(j) = \sum_{r > g} Y[r, j] \\
+    P_i &= \mathrm{NeuralSort}(s_i, \tau),\quad
+    c_i(j) = \mathrm{sg}\big(\textstyle\sum_r P_i[r, j]\big) \\
+    a_i(j) &= \frac{\sum_{r \le q_i} P_i[r, j]}{c_i(j) + \epsilon},\quad
+    b_i(j) = \frac{\sum_{r > q_i} P_i[r, j]}{c_i(j) + \epsilon}
+    \qquad (p_i = a_i,\ \tilde p_i = 1 - b_i) \\
+    L_{e2e} &= \frac1n \sum_{j \in V} -y^+ \log\big(\textstyle\prod_i a_i + \epsilon\big)
+        - \mathrm{clip}(1 - y^+, 0, 1) \log\big(1 - \textstyle\prod_i (1 - b_i) + \epsilon\big) \\
+    L_{single,i} &= \mathbb 1[n > q_i]\, \frac1n \sum_{j \in V} -y^+ \log(a_i + \epsilon)
+        - y^- \log(b_i + \epsilon) \\
+    L &= L_{e2e} + \sum_i \frac{L_{single,i}}{2 w_i^2} + \log \prod_i |w_i|
 
-``L_e2e`` is the negative log of the paper's lower bound on the probability that a ground-truth item survives
-every stage (Sec. 3.2: the joint top-``q`` membership is the product of the stages' memberships), with the
-symmetric term for the non-ground-truth items; ``L_single,i`` is the per-stage auxiliary loss that tightens the
-bound (Sec. 3.3); the ``w_i`` are learnable (uncertainty weighting, Kendall et al. 2018; paper Sec. 3.4).
+``L_e2e`` is the paper's end-to-end surrogate: the negative log of its lower bound on the probability that a
+ground-truth item survives every stage (the product of the stages' soft top-``q`` memberships), with the
+symmetric term for the other items; ``L_single,i`` is its per-stage auxiliary loss, which tightens that
+bound; the ``w_i`` are learnable loss weights (uncertainty weighting in the style of Kendall et al. 2018).
 
 Behaviour matched to the released implementation (kwai/LCRON, ``deep_components/loss/{two,three}_stage/
 lcron.py``) where the paper is silent; with every candidate valid the value equals the released one:
@@ -32,8 +33,9 @@ lcron.py``) where the paper is silent; with every candidate valid the value equa
   ``eps``, but its gradient flows through the places below ``q_i``).
 * ``Y`` is the NeuralSort matrix of the labels at ``tau = 1e-4`` (ties share their places' mass). The
   released *three*-stage script binarises it (``Y > 1e-3``), which gives each candidate of a tied label group
-  ``y^-`` = the number of places of its group below ``g`` instead of 1; pass ``label_threshold=1e-3`` to
-  reproduce that script, leave it ``None`` (default) for the two-stage script and DESIGN.md.
+  ``y^-`` = the number of places of its group below ``g`` instead of 1. The default
+  ``label_threshold="released"`` reproduces both scripts: no threshold for two stages, ``1e-3`` for three or
+  more; pass ``None`` for the soft matrix of DESIGN.md at any depth, or a float to choose.
 * ``L_single,i`` of a request with ``n <= q_i`` valid candidates is 0, but that request still counts in the
   batch mean (the released code averages over the whole batch).
 
@@ -46,8 +48,8 @@ Deviations, all invisible when every candidate is valid:
 * The batch mean is over requests with at least one valid candidate; a batch with none gives exactly 0 (the
   ``log |w_i|`` term included) with zero gradients.
 * ``log prod_i |w_i|`` instead of ``log prod_i w_i``: the same value for positive weights, finite otherwise.
-* The argument of ``log(1 - prod_i(1 - b_i) + eps)`` is clipped at 0 before ``eps`` is added, against
-  rounding; this changes no value the released code computes finitely.
+* The argument of ``log(1 - prod_i(1 - b_i) + eps)`` is clipped at 0 before ``eps`` is added: it can only
+  be negative through rounding (``b_i < 1``), where the released code may give NaN.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def lcron_terms(
     joint_in = None  # prod_i a_i
     joint_out = None  # prod_i (1 - b_i)
     singles = []
-    for x, q_i in zip(logits, q):
+    for x, q_i in zip(logits, q, strict=True):
         p = neural_sort(x.to(dtype), tau=tau, mask=mask)
         a, b = _membership(p, q_i, eps)
         joint_in = a if joint_in is None else joint_in * a
@@ -122,7 +124,9 @@ def lcron_terms(
         singles.append(request_mean(per_req, has_valid))
 
     neg_target = (1.0 - y_pos).clamp(0.0, 1.0)
-    per_cand = -y_pos * torch.log(joint_in + eps) - neg_target * torch.log((1.0 - joint_out).clamp_min(0.0) + eps)
+    per_cand = -y_pos * torch.log(joint_in + eps) - neg_target * torch.log(
+        (1.0 - joint_out).clamp_min(0.0) + eps
+    )
     l_e2e = request_mean((per_cand * m).sum(-1) * inv_n, has_valid)
     return l_e2e, singles
 
@@ -140,8 +144,8 @@ class LCRONLoss(torch.nn.Module):
         tau: NeuralSort temperature of the stage scores (default 50, as released).
         q: ``"gt_num"`` (default, as released: ``q_i = g`` for every stage) or ``"keep"`` (``q_i = keep[i]``,
             the paper's formulation).
-        label_threshold: ``None`` (default) or a threshold binarising the label matrix (``1e-3`` reproduces
-            the released three-stage script).
+        label_threshold: ``"released"`` (default: ``None`` for two stages, ``1e-3`` for three or more, as
+            the released scripts), ``None`` (soft label matrix) or a float threshold binarising it.
 
     Returns (when called):
         :class:`LossOutput` with ``loss`` (scalar) and ``parts``: ``"l_e2e"``, ``"l_single/<i>"`` and
@@ -153,7 +157,7 @@ class LCRONLoss(torch.nn.Module):
         TypeError: non-float logits or labels, non-list logits.
 
     Reference:
-        Wang et al., "Learning Cascade Ranking as One Network", ICML 2025 (arXiv 2503.09492), Sec. 3.
+        Wang et al., "Learning Cascade Ranking as One Network", ICML 2025 (arXiv 2503.09492).
     """
 
     def __init__(
@@ -163,7 +167,7 @@ class LCRONLoss(torch.nn.Module):
         gt_num: int = 10,
         tau: float = 50.0,
         q: str = "gt_num",
-        label_threshold: float | None = None,
+        label_threshold: float | str | None = "released",
     ) -> None:
         super().__init__()
         keep = tuple(int(k) for k in keep)
@@ -175,7 +179,9 @@ class LCRONLoss(torch.nn.Module):
             raise ValueError(f"lcron: tau must be positive, got {tau}")
         if q not in _Q_CHOICES:
             raise ValueError(f"lcron: q must be one of {_Q_CHOICES}, got {q!r}")
-        if label_threshold is not None and not 0 <= label_threshold < 1:
+        if label_threshold == "released":
+            label_threshold = 1e-3 if len(keep) >= 3 else None
+        if label_threshold is not None and (isinstance(label_threshold, str) or not 0 <= label_threshold < 1):
             raise ValueError(f"lcron: label_threshold must be None or in [0, 1), got {label_threshold}")
         self.keep = keep
         self.gt_num = int(gt_num)

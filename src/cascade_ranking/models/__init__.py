@@ -1,0 +1,73 @@
+"""Stage models: every model maps a :class:`~cascade_ranking.data.schema.RequestBatch` to ``[B, N]`` logits.
+
+Registry (explicit; add a model by adding a line to ``_REGISTRY``):
+
+========  ==========================================================  ===========================
+name      model                                                        LCRON experiments role
+========  ==========================================================  ===========================
+``dssm``  :class:`DSSM` two-tower (user tower . item tower)            retrieval
+``mlp``   :class:`MLP` per-candidate MLP over pooled history           pre-ranking (three stages)
+``din``   :class:`DIN` target attention over the history + MLP         pre-ranking / ranking
+========  ==========================================================  ===========================
+
+Every model scores all N candidate slots of every request in one pass (padded slots get a score too;
+losses, :meth:`~cascade_ranking.cascade.Cascade.select` and the metrics mask them). The device and dtype
+follow the model's parameters (``model.to(device)``, ``model.double()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from ..data.schema import DatasetSchema, RequestBatch
+from .din import DIN
+from .dssm import DSSM
+from .embedding import FeatureEncoder, feed_forward
+from .mlp import MLP
+
+__all__ = ["DIN", "DSSM", "MLP", "FeatureEncoder", "StageModel", "available_models", "build_model", "feed_forward"]
+
+
+@runtime_checkable
+class StageModel(Protocol):
+    """What a cascade stage needs: ``model(batch) -> [B, N]`` float logits (higher = better)."""
+
+    def __call__(self, batch: RequestBatch) -> torch.Tensor: ...
+
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "dssm": DSSM,
+    "din": DIN,
+    "mlp": MLP,
+}
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`build_model`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, schema: DatasetSchema, *, emb_dim: int = 8, hidden: int = 128, **options) -> nn.Module:
+    """Build the stage model ``name`` for ``schema``.
+
+    Args:
+        name: one of :func:`available_models` (case-insensitive).
+        schema: dataset schema (fields, roles, vocabulary sizes, history fields).
+        emb_dim: embedding dimension (8 in the LCRON experiments).
+        hidden: first hidden width (128 in the LCRON experiments).
+        **options: model-specific keyword arguments (e.g. DIN's ``attention_hidden``).
+
+    Returns:
+        an ``nn.Module`` whose ``forward(batch)`` returns ``[B, N]`` logits.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the available models) or bad sizes.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {available_models()}")
+    return _REGISTRY[key](schema, emb_dim=emb_dim, hidden=hidden, **options)

@@ -1,0 +1,148 @@
+"""Private helpers shared by the baseline cascade losses (BCE, ICC, RankFlow, FS-RankNet, FS-LambdaLoss, ARF).
+
+Conventions (see :mod:`cascade_ranking.losses.base`): ``[B, N]`` tensors, ``mask`` bool (``True`` = valid),
+``stage`` int64 funnel position (0 = filtered first). Every helper here is order-invariant: nothing depends
+on the slot order of the candidates, only on their values, so the shuffled slots of our loader give the same
+loss as the grouped layout of the released experiments.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+
+from .base import LossOutput, check_inputs
+
+__all__ = [
+    "StageLoss",
+    "promoted_dtype",
+    "zero_masked",
+    "weighted_request_mean",
+    "topk_weights",
+    "default_top_position",
+    "stage_ints",
+]
+
+
+def promoted_dtype(logits: Sequence[torch.Tensor]) -> torch.dtype:
+    """The common floating dtype of the stage logits (float64 wins over float32)."""
+    return functools.reduce(torch.promote_types, [x.dtype for x in logits])
+
+
+def zero_masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` with padded slots replaced by 0: they never enter arithmetic and get exactly zero gradient."""
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def weighted_request_mean(values: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-request weighted mean over the last axis and whether the request has any weight.
+
+    Args:
+        values: ``[B, N]`` float.
+        weights: ``[B, N]`` float, non-negative (0 at padded slots).
+
+    Returns:
+        ``(mean [B], has [B] bool)``; ``mean`` is 0 where the request has no weight.
+    """
+    total = weights.sum(-1)
+    has = total > 0
+    return (values * weights).sum(-1) / total.clamp_min(1e-12), has
+
+
+def topk_weights(scores: torch.Tensor, weights: torch.Tensor, k: int) -> torch.Tensor:
+    """Membership of the hard top ``k`` by ``scores`` among the candidates of a (fractional) set ``weights``.
+
+    Candidates are taken in descending score order until their total weight reaches ``k``. A group of tied
+    scores straddling the cut-off is shared: each of its members keeps the same fraction of its weight, so
+    the result never depends on slot order. With 0/1 weights and no tie at the cut-off this is exactly the
+    ``torch.topk`` selection of the released code; with fewer than ``k`` candidates all are kept.
+
+    Args:
+        scores: ``[B, N]`` float (only compared; no gradient flows).
+        weights: ``[B, N]`` float in ``[0, 1]``, 0 at candidates outside the set (padded ones included).
+        k: number of candidates to keep, ``k >= 0``.
+
+    Returns:
+        ``[B, N]`` weights ``w'`` with ``0 <= w' <= weights`` and ``w'.sum(-1) = min(k, weights.sum(-1))``.
+    """
+    with torch.no_grad():
+        s_j = scores.unsqueeze(-1)  # [B, N(j), 1]
+        s_l = scores.unsqueeze(-2)  # [B, 1, N(l)]
+        w_l = weights.unsqueeze(-2)
+        above = ((s_l > s_j).to(weights.dtype) * w_l).sum(-1)  # weight strictly above j
+        tied = ((s_l == s_j).to(weights.dtype) * w_l).sum(-1)  # weight of j's tie group (j included)
+        frac = ((k - above) / tied.clamp_min(1e-12)).clamp(0.0, 1.0)
+        return weights * frac
+
+
+def default_top_position(num_stages: int) -> int:
+    """Funnel position of the top group (the logged system's exposures) in the RecFlow layout.
+
+    RecFlow has ``num_stages + 2`` funnel positions (two-stage: prerank_neg=0, coarse_neg=1, rank_neg=2,
+    rank_pos=3; three-stage adds rerank_neg=3, rerank_pos=4), so the top group is ``num_stages + 1``.
+    """
+    return num_stages + 1
+
+
+def stage_ints(method: str, name: str, value: Sequence[int], num_stages: int, *, minimum: int) -> tuple[int, ...]:
+    """Validate a per-stage sequence of integers (one per stage, each ``>= minimum``)."""
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{method}: {name} must be a sequence of integers, got {value!r}") from exc
+    if len(out) != num_stages or any(v != w for v, w in zip(out, value, strict=False)):
+        raise ValueError(f"{method}: {name} must hold {num_stages} integers (one per stage), got {list(value)}")
+    if any(v < minimum for v in out):
+        raise ValueError(f"{method}: every entry of {name} must be >= {minimum}, got {list(out)}")
+    return out
+
+
+class StageLoss(torch.nn.Module):
+    """Template of a baseline loss: validates ``keep``/``gt_num`` and the call, then runs ``_compute``.
+
+    Subclasses set ``method`` (the registry name, used in error messages) and implement
+    ``_compute(logits, label, mask, stage) -> LossOutput`` on inputs already validated, with ``logits`` and
+    ``label`` cast to one floating dtype (float64 if any stage's logits are float64).
+    """
+
+    method: str = "?"
+
+    def __init__(self, *, keep: Sequence[int], gt_num: int = 10) -> None:
+        super().__init__()
+        try:
+            keep = tuple(int(k) for k in keep)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.method}: keep must be a sequence of positive integers, got {keep!r}") from exc
+        if not keep or any(k <= 0 for k in keep):
+            raise ValueError(f"{self.method}: keep must be a non-empty list of positive integers, got {list(keep)}")
+        if any(b >= a for a, b in zip(keep, keep[1:], strict=False)):
+            raise ValueError(f"{self.method}: keep={list(keep)} must strictly decrease from stage to stage")
+        if int(gt_num) <= 0:
+            raise ValueError(f"{self.method}: gt_num must be positive, got {gt_num}")
+        self.keep = keep
+        self.gt_num = int(gt_num)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.keep)
+
+    def forward(
+        self,
+        logits: Sequence[torch.Tensor],
+        *,
+        label: torch.Tensor,
+        mask: torch.Tensor,
+        stage: torch.Tensor,
+    ) -> LossOutput:
+        check_inputs(self.method, logits, label, mask, stage, self.num_stages)
+        if stage.is_floating_point() or stage.dtype == torch.bool:
+            raise TypeError(f"{self.method}: stage must be an integer tensor (funnel positions), got {stage.dtype}")
+        dtype = promoted_dtype(logits)
+        return self._compute([x.to(dtype) for x in logits], label.to(dtype), mask, stage)
+
+    def _compute(
+        self, logits: list[torch.Tensor], label: torch.Tensor, mask: torch.Tensor, stage: torch.Tensor
+    ) -> LossOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
