@@ -88,9 +88,7 @@ def topk_mask(
     return _topk_mask(scores, pool, int(k), generator)
 
 
-def _topk_mask(
-    scores: torch.Tensor, pool: torch.Tensor, k: int, generator: torch.Generator | None
-) -> torch.Tensor:
+def _topk_mask(scores: torch.Tensor, pool: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
     b, n = scores.shape
     with torch.no_grad():
         if generator is None:

@@ -101,7 +101,7 @@ FUNNEL_POSITIONS: dict[int, list[str]] = {
 }
 
 NegativeSource = Literal["cooccurrence", "popularity", "uniform"]
-_SOURCES = ("cooccurrence", "popularity", "uniform")
+_SOURCES = ("cooccurrence", "popularity", "uniform", "cooc_sampled", "cosine")
 _DEFAULT_SOURCES: dict[int, tuple[str, ...]] = {
     2: ("cooccurrence", "popularity", "uniform"),
     3: ("cooccurrence", "cooccurrence", "popularity", "uniform"),
@@ -505,6 +505,18 @@ def sample_negatives(
                 # exact lexicographic key: co-occurrence count, then popularity, then a random tie break
                 cooc_scores = np.asarray(h @ state.cooccurrence, dtype=np.float64) * (pop.max() + 1.0) + pop
             keys = cooc_scores + noise
+        elif source == "cooc_sampled":
+            h_rows = np.repeat(np.arange(b), history.shape[1]); h_items = history.reshape(-1); keep = h_items > 0
+            h = _binary(h_rows[keep], h_items[keep], (b, num_items))
+            raw = np.asarray(h @ state.cooccurrence, dtype=np.float64)
+            beta = float(os.environ.get("BETA", "1"))
+            keys = beta * np.log(raw + 1.0) - np.log(-np.log(noise + np.finfo(np.float64).tiny))
+        elif source == "cosine":
+            h_rows = np.repeat(np.arange(b), history.shape[1]); h_items = history.reshape(-1); keep = h_items > 0
+            h = _binary(h_rows[keep], h_items[keep], (b, num_items))
+            nrm = 1.0 / np.sqrt(pop + 1.0)
+            raw = np.asarray(h @ (state.cooccurrence * nrm[None, :] * nrm[:, None]), dtype=np.float64)
+            keys = raw + 1e-9 * noise
         elif source == "popularity":
             keys = log_weight - np.log(-np.log(noise + np.finfo(np.float64).tiny))  # Gumbel-top-k
         else:  # uniform

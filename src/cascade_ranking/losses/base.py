@@ -83,6 +83,8 @@ def check_inputs(
         raise ValueError(
             f"{name}: mask must be a bool tensor of shape {shape}, got {mask.dtype} {tuple(mask.shape)}"
         )
+    if stage.dtype.is_floating_point or stage.dtype == torch.bool or stage.is_complex():
+        raise TypeError(f"{name}: stage must be an integer tensor (funnel positions), got {stage.dtype}")
     if tuple(stage.shape) != shape:
         raise ValueError(f"{name}: stage must have shape {shape}, got {tuple(stage.shape)}")
     if not label.is_floating_point():

@@ -1,9 +1,10 @@
 """BCE: every stage trained alone with a pointwise binary cross-entropy (the standard baseline).
 
 Source: the pointwise baseline of the LCRON paper (Wang et al., "Learning Cascade Ranking as One Network",
-ICML 2025, arXiv 2503.09492, experiments: the "BCE" baseline): each stage model is a binary classifier of "exposed by the logged system", trained
-on the candidates the logged system showed that stage. Per stage ``i`` with visible set
-``V_i = {j valid : stage_j >= f_i}`` and target ``t_j = 1[stage_j >= T]`` (``T`` = the top funnel position):
+ICML 2025, arXiv 2503.09492, experiments: the "BCE" baseline): each stage model is a binary classifier of
+"exposed by the logged system", trained on the candidates the logged system showed that stage.
+Per stage ``i``, with visible set ``V_i = {j valid : stage_j >= f_i}`` and target ``t_j = 1[stage_j >= T]``
+(``T`` = the top funnel position):
 
 .. math::
 

@@ -117,7 +117,9 @@ class DIN(nn.Module):
     ) -> None:
         super().__init__()
         if int(hidden) != hidden or hidden < 4:
-            raise ValueError(f"hidden must be an integer >= 4 (layers hidden -> hidden -> hidden/4 -> 1), got {hidden!r}")
+            raise ValueError(
+                f"hidden must be an integer >= 4 (layers hidden -> hidden -> hidden/4 -> 1), got {hidden!r}"
+            )
         self.encoder = FeatureEncoder(schema, emb_dim)
         enc = self.encoder
         d = enc.history_dim

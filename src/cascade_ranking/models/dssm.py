@@ -34,7 +34,9 @@ class DSSM(nn.Module):
     def __init__(self, schema: DatasetSchema, *, emb_dim: int = 8, hidden: int = 128) -> None:
         super().__init__()
         if int(hidden) != hidden or hidden < 4:
-            raise ValueError(f"hidden must be an integer >= 4 (towers are hidden -> hidden/2 -> hidden/4), got {hidden!r}")
+            raise ValueError(
+                f"hidden must be an integer >= 4 (towers are hidden -> hidden/2 -> hidden/4), got {hidden!r}"
+            )
         self.encoder = FeatureEncoder(schema, emb_dim)
         enc = self.encoder
         sizes = [hidden, hidden // 2, hidden // 4]

@@ -158,7 +158,9 @@ def _get(feats: Mapping[str, torch.Tensor], name: str, role: str) -> torch.Tenso
     try:
         return feats[name]
     except KeyError:
-        raise KeyError(f"batch.{role} has no field {name!r} (it has {sorted(feats)}); does it match the schema?") from None
+        raise KeyError(
+            f"batch.{role} has no field {name!r} (it has {sorted(feats)}); does it match the schema?"
+        ) from None
 
 
 def feed_forward(sizes: Sequence[int], *, final_activation: bool = False) -> nn.Sequential:

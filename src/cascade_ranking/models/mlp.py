@@ -31,7 +31,9 @@ class MLP(nn.Module):
     def __init__(self, schema: DatasetSchema, *, emb_dim: int = 8, hidden: int = 128) -> None:
         super().__init__()
         if int(hidden) != hidden or hidden < 4:
-            raise ValueError(f"hidden must be an integer >= 4 (layers hidden -> hidden/2 -> hidden/4 -> 1), got {hidden!r}")
+            raise ValueError(
+                f"hidden must be an integer >= 4 (layers hidden -> hidden/2 -> hidden/4 -> 1), got {hidden!r}"
+            )
         self.encoder = FeatureEncoder(schema, emb_dim)
         enc = self.encoder
         in_dim = enc.user_context_dim + enc.history_dim + enc.item_dim
