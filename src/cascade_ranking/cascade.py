@@ -24,9 +24,6 @@ from .data.schema import RequestBatch
 
 __all__ = ["Cascade", "Stage", "check_keep", "select_chain", "topk_mask"]
 
-#: Stage names used by the LCRON experiments, by number of stages.
-DEFAULT_STAGE_NAMES = {1: ("retrieval",), 2: ("retrieval", "prerank"), 3: ("retrieval", "prerank", "rank")}
-
 
 def check_keep(keep: Sequence[int], *, what: str = "keep") -> tuple[int, ...]:
     """Validate cascade keep sizes: non-empty, positive integers, strictly decreasing.

@@ -15,14 +15,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["CACHE_ENV_VAR", "cache_root", "source_cache_dir"]
+__all__ = ["CACHE_ENV_VAR", "cache_dir", "source_cache_dir"]
 
 #: Environment variable that overrides the cache root.
 CACHE_ENV_VAR = "CASCADE_RANKING_CACHE"
 _APP_DIR = "cascade-ranking"
 
 
-def cache_root() -> Path:
+def cache_dir() -> Path:
     """Return the cache root (see the module docstring for the precedence); the directory may not exist."""
     explicit = os.environ.get(CACHE_ENV_VAR, "").strip()
     if explicit:
@@ -38,12 +38,12 @@ def source_cache_dir(name: str, cache_dir: str | Path | None = None) -> Path:
 
     Args:
         name: a plain folder name (no path separators).
-        cache_dir: an explicit cache root that replaces :func:`cache_root` (tests, custom setups).
+        cache_dir: an explicit cache root that replaces :func:`cache_dir` (tests, custom setups).
 
     Raises:
         ValueError: ``name`` is empty or contains a path separator.
     """
     if not name or "/" in name or "\\" in name or name in {".", ".."}:
         raise ValueError(f"name={name!r}: expected a plain folder name")
-    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_dir()
     return root / name

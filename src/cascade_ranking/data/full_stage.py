@@ -101,10 +101,10 @@ FUNNEL_POSITIONS: dict[int, list[str]] = {
 }
 
 NegativeSource = Literal["cooccurrence", "popularity", "uniform"]
-_SOURCES = ("cooccurrence", "popularity", "uniform", "cooc_sampled", "cosine")
+_SOURCES = ("cooccurrence", "popularity", "uniform")
 _DEFAULT_SOURCES: dict[int, tuple[str, ...]] = {
     2: ("cooccurrence", "popularity", "uniform"),
-    3: ("cooccurrence", "cooccurrence", "popularity", "uniform"),
+    3: ("cooccurrence", "popularity", "popularity", "uniform"),
 }
 
 _SECONDS_PER_DAY = 86_400
@@ -491,36 +491,24 @@ def sample_negatives(
     blocked = rated[users].toarray()
     blocked[:, 0] = True  # the padding item
     pop = state.popularity.astype(np.float64)
-    log_weight = np.log(pop + 1.0)
-    cooc_scores = None
+    source_keys: dict[str, np.ndarray] = {}  # a repeated source continues down its own ranking
     out_items, out_valid = [], []
     for source in sources:
-        noise = rng.random((b, num_items))
-        if source == "cooccurrence":
-            if cooc_scores is None:
+        if source not in source_keys:
+            noise = rng.random((b, num_items))
+            if source == "cooccurrence":
                 h_rows = np.repeat(np.arange(b), history.shape[1])
                 h_items = history.reshape(-1)
                 keep = h_items > 0
                 h = _binary(h_rows[keep], h_items[keep], (b, num_items))
                 # exact lexicographic key: co-occurrence count, then popularity, then a random tie break
-                cooc_scores = np.asarray(h @ state.cooccurrence, dtype=np.float64) * (pop.max() + 1.0) + pop
-            keys = cooc_scores + noise
-        elif source == "cooc_sampled":
-            h_rows = np.repeat(np.arange(b), history.shape[1]); h_items = history.reshape(-1); keep = h_items > 0
-            h = _binary(h_rows[keep], h_items[keep], (b, num_items))
-            raw = np.asarray(h @ state.cooccurrence, dtype=np.float64)
-            beta = float(os.environ.get("BETA", "1"))
-            keys = beta * np.log(raw + 1.0) - np.log(-np.log(noise + np.finfo(np.float64).tiny))
-        elif source == "cosine":
-            h_rows = np.repeat(np.arange(b), history.shape[1]); h_items = history.reshape(-1); keep = h_items > 0
-            h = _binary(h_rows[keep], h_items[keep], (b, num_items))
-            nrm = 1.0 / np.sqrt(pop + 1.0)
-            raw = np.asarray(h @ (state.cooccurrence * nrm[None, :] * nrm[:, None]), dtype=np.float64)
-            keys = raw + 1e-9 * noise
-        elif source == "popularity":
-            keys = log_weight - np.log(-np.log(noise + np.finfo(np.float64).tiny))  # Gumbel-top-k
-        else:  # uniform
-            keys = noise
+                score = np.asarray(h @ state.cooccurrence, dtype=np.float64)
+                source_keys[source] = score * (pop.max() + 1.0) + pop + noise
+            elif source == "popularity":  # Gumbel-top-k with weights count + 1
+                source_keys[source] = np.log(pop + 1.0) - np.log(-np.log(noise + np.finfo(np.float64).tiny))
+            else:  # uniform
+                source_keys[source] = noise
+        keys = source_keys[source]
         keys = np.where(blocked, -np.inf, keys)
         idx, valid = _top_k(keys, group_size)
         np.put_along_axis(blocked, idx, True, axis=1)

@@ -671,6 +671,8 @@ def _fetch(url: str, dest: Path, *, progress: bool, timeout: float) -> None:
             finally:
                 if bar is not None:
                     bar.stop()
+    except urllib.error.HTTPError as exc:
+        raise _unavailable(url, f"HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise _unavailable(url, f"{type(exc).__name__}: {reason}") from exc

@@ -1,14 +1,11 @@
 """Stage models: every model maps a :class:`~cascade_ranking.data.schema.RequestBatch` to ``[B, N]`` logits.
 
-Registry (explicit; add a model by adding a line to ``_REGISTRY``):
+Registry (explicit; add a model by adding a line to ``_REGISTRY``), with each model's role in the LCRON
+experiments (Wang et al., ICML 2025):
 
-========  ==========================================================  ===========================
-name      model                                                        LCRON experiments role
-========  ==========================================================  ===========================
-``dssm``  :class:`DSSM` two-tower (user tower . item tower)            retrieval
-``mlp``   :class:`MLP` per-candidate MLP over pooled history           pre-ranking (three stages)
-``din``   :class:`DIN` target attention over the history + MLP         pre-ranking / ranking
-========  ==========================================================  ===========================
+* ``"dssm"``: :class:`DSSM`, two-tower (user tower . item tower) — retrieval;
+* ``"mlp"``: :class:`MLP`, per-candidate MLP over the pooled history — pre-ranking of three stages;
+* ``"din"``: :class:`DIN`, target attention over the history + MLP — pre-ranking (two stages) or ranking.
 
 Every model scores all N candidate slots of every request in one pass (padded slots get a score too;
 losses, :meth:`~cascade_ranking.cascade.Cascade.select` and the metrics mask them). The device and dtype

@@ -93,6 +93,7 @@ def pairwise_relu_projection(
         raise ValueError(f"hh must be [B, L, A] and cc [B, N, A], got {tuple(hh.shape)} and {tuple(cc.shape)}")
     if w.shape != (hh.shape[2],):
         raise ValueError(f"w must be [A]=[{hh.shape[2]}], got {tuple(w.shape)}")
+    cc, w = cc.to(hh.dtype), w.to(hh.dtype)  # one dtype inside the kernel (e.g. under autocast)
     if chunk is None:
         budget = _CPU_CHUNK_ELEMENTS if hh.device.type == "cpu" else _GPU_CHUNK_ELEMENTS
         chunk = max(1, budget // max(1, cc.shape[1] * hh.shape[1] * hh.shape[2]))

@@ -1,0 +1,819 @@
+"""RecFlow's published files -> the request-list store (vectorized, one partition per day).
+
+RecFlow (Liu et al., "RecFlow: An Industrial Full Flow Recommendation Dataset", ICLR 2025, arXiv 2410.20868)
+logs Kuaishou's whole recommendation funnel for 37 days (9.3M requests). LCRON (Wang et al., "Learning Cascade
+Ranking as One Network", ICML 2025, arXiv 2503.09492) trains on 2024-01-13 ... 2024-02-03 and tests on
+2024-02-04. :func:`convert_recflow` turns the published layout into our store (:mod:`.store`).
+
+**Published layout** (``SRC/``; ``<day>`` is a file stem such as ``2024-01-13``):
+
+* ``all_stage/<day>.feather``: one row per (request, logged video). Read: the request columns
+  ``request_id``, ``request_timestamp`` (ms), ``user_id``, ``device_id``, ``age``, ``gender``, ``province``;
+  ``video_id``; the top group's flag and rank column (two-stage ``rank_pos`` / ``rank_index``, three-stage
+  ``rerank_pos`` / ``rerank_index``). Other columns are ignored.
+* ``request_id_dict/<day>.pkl``: ``{request_id: {flow: int64[n, 8]}}``, flows ``realshow``, ``rerank_pos``,
+  ``rerank_neg``, ``rank_pos``, ``rank_neg``, ``coarse_neg``, ``prerank_neg``; columns :data:`FLOW_COLUMNS`.
+  A flow missing from a request's dict is an empty flow.
+* ``seq_effective_50_dict/<day>.pkl``: ``{request_id: int64[L, 10]}`` (L = 50), the effective-view history,
+  left-padded; columns :data:`SEQ_COLUMNS`; a row is valid where its ``request_timestamp`` is > 0.
+* ``others/id_cnt.pkl``: vocabulary counts. Accepted key spellings: ``video_id`` or ``photo_id``;
+  ``category_level_two`` with or without surrounding white space (both occur in the wild).
+
+**Request list** (matches the released LCRON data code, ``deep_components/dataset3.py`` of kwai/LCRON, and the
+two-stage layout described in the paper; written here from that description, not copied):
+
+* requests = the distinct ``request_id`` of the day's feather file, in order of first appearance (the release
+  takes ``drop_duplicates`` of the request columns; a request whose rows disagree on them is kept once, with
+  the values of its first row, and a warning is logged);
+* candidates = the first 10 videos of each flow in the pickle's order (``GROUP_SIZE``), groups best first:
+  two-stage ``rank_pos, rank_neg, coarse_neg, prerank_neg`` (funnel positions 3, 2, 1, 0; N = 40);
+  three-stage ``rerank_pos, rerank_neg, rank_neg, coarse_neg, prerank_neg`` (positions 4 ... 0; N = 50).
+  A flow with fewer than 10 videos leaves padded slots (``mask`` False, every column 0);
+* label = ``30 - rank_index`` for the top group, where ``rank_index`` (three-stage: ``rerank_index``) is looked
+  up in the feather file by (request, video) among rows whose ``rank_pos`` (``rerank_pos``) flag is 1, first
+  row wins; a video not found gets the release's default index 500 (label -470, a warning counts them). The
+  lower groups get constant labels, two-stage 7, 6, 5 and three-stage 8, 7, 6, 5 (the release's default
+  indices 23, 24, 25 and 22, 23, 24, 25 subtracted from 30);
+* keep: two-stage retrieval keeps 30 of 40, pre-ranking 20; three-stage 40 of 50, 30, 20; ``gt_num`` 10.
+
+**Features** (every id is the raw RecFlow id + 1, so that 0 is padding, as the release's embedding tables do;
+vocabulary = ``id_cnt`` count + 2):
+
+* user: ``user_id``, ``device_id``, ``age``, ``gender``, ``province`` (from the feather file);
+* context: the request's ``weekday`` (Monday = 1), ``hour`` + 1, ``minute`` + 1 from ``request_timestamp``;
+* item: ``video_id``, ``author_id``, ``cate_two``, ``cate_one``, ``upload_type`` and ``upload_weekday``,
+  ``upload_hour``, ``upload_minute`` from the flow's ``upload_timestamp`` (seconds);
+* history: ``video_id``, ``author_id``, ``cate_two``, ``cate_one``, ``upload_type`` of the effective-view
+  sequence (sharing the item tables), in the file's order (left-padded, oldest first), 0 at invalid rows.
+
+Deviations from the release, all without effect on what a model can learn: times are converted in **UTC**,
+vectorized (the release calls ``time.localtime``, which depends on the machine's time zone); ``cate_one``
+is shifted by 1 like every other id (the release leaves it unshifted with padding id 2, a bijection of ids);
+the upload time fields have their own tables (the release shares the request-time tables); candidate slots
+are written in a seeded random order per day (the loader shuffles them again), so position never leaks the
+label; padded slots hold 0 in every column.
+
+**Partitions**: one per day, named after the day; the last ``test_days`` days are ``test``, the
+``valid_days`` before them ``valid``, the rest ``train``; training defaults: batch 1024, one pass.
+
+**Speed and memory**: a day is read whole (the pickles are Python dicts; ``pickle.load`` of their many small
+arrays is the dominant cost). The dict traversal is one list comprehension per flow; everything else is
+numpy on ``[R, 10, 8]`` arrays. Peak memory is about one day's pickles plus ~5 kB per request.
+
+Bad input raises :class:`RecFlowFormatError` naming the file and the field; nothing is written to ``out``
+unless every day converts (partitions go to a temporary folder that replaces ``out`` at the end).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.feather as feather
+
+from .loader import shuffle_candidates
+from .schema import SCHEMA_FILE, CategoricalField, DatasetSchema, HistoryField, Partition, TrainDefaults
+from .store import write_partition, write_schema
+
+__all__ = [
+    "FLOWS",
+    "FLOW_COLUMNS",
+    "FUNNELS",
+    "GROUP_SIZE",
+    "ID_CNT_KEYS",
+    "SEQ_COLUMNS",
+    "FunnelSpec",
+    "RecFlowDay",
+    "RecFlowFormatError",
+    "convert_recflow",
+    "list_days",
+    "parse_days",
+    "read_id_cnt",
+    "recflow_schema",
+    "to_store_arrays",
+    "utc_time_fields",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Sub-folders and files of the published layout.
+FEATHER_DIR, REQUEST_DIR, SEQ_DIR, ID_CNT_FILE = (
+    "all_stage",
+    "request_id_dict",
+    "seq_effective_50_dict",
+    "others/id_cnt.pkl",
+)
+#: Columns of a flow array in ``request_id_dict/<day>.pkl``.
+FLOW_COLUMNS = (
+    "video_id", "author_id", "duration", "cate_two", "upload_type", "upload_timestamp", "cate_one", "effective_view"
+)  # fmt: skip
+#: Columns of a history array in ``seq_effective_50_dict/<day>.pkl``.
+SEQ_COLUMNS = (
+    "video_id", "author_id", "cate_two", "cate_one", "upload_type", "upload_timestamp", "duration",
+    "request_timestamp", "playing_time", "request_id",
+)  # fmt: skip
+#: Flows of the request pickle, shown first.
+FLOWS = ("realshow", "rerank_pos", "rerank_neg", "rank_pos", "rank_neg", "coarse_neg", "prerank_neg")
+#: Request columns read from the feather file (the user fields follow the first two).
+REQUEST_COLUMNS = ("request_id", "request_timestamp", "user_id", "device_id", "age", "gender", "province")
+USER_FIELDS = REQUEST_COLUMNS[2:]
+#: Item fields taken from the flow arrays (store name -> flow column) and the history fields.
+ITEM_ID_FIELDS = {f: FLOW_COLUMNS.index(f) for f in ("video_id", "author_id", "cate_two", "cate_one", "upload_type")}
+HISTORY_FIELDS = {f: SEQ_COLUMNS.index(f) for f in ITEM_ID_FIELDS}
+#: Canonical id_cnt key -> accepted spellings (keys are also matched after stripping white space).
+ID_CNT_KEYS = {
+    "user_id": ("user_id",),
+    "device_id": ("device_id",),
+    "age": ("age",),
+    "gender": ("gender",),
+    "province": ("province",),
+    "video_id": ("video_id", "photo_id"),
+    "author_id": ("author_id",),
+    "cate_two": ("category_level_two",),
+    "cate_one": ("category_level_one",),
+    "upload_type": ("upload_type",),
+}
+#: Candidates taken from each flow.
+GROUP_SIZE = 10
+#: The top group's label is ``RANK_INDEX_BASE - rank_index``; unmatched videos get ``MISSING_RANK_INDEX``.
+RANK_INDEX_BASE = 30
+MISSING_RANK_INDEX = 500
+#: Context vocabularies: 1-based weekday (Monday = 1), hour + 1, minute + 1; 0 = padding.
+TIME_VOCAB = {"weekday": 8, "hour": 25, "minute": 61}
+#: Seed of the per-day candidate slot shuffle (combined with the CRC-32 of the day name).
+SHUFFLE_SEED = 20240113
+DATASET_VERSION = 1
+
+
+class RecFlowFormatError(ValueError):
+    """A RecFlow source file is missing or malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class FunnelSpec:
+    """How a cascade of ``stages`` stages reads RecFlow's flows.
+
+    Attributes:
+        stages: number of cascade stages (2 or 3).
+        groups: flows taken as candidate groups, best first (funnel position ``len(groups) - 1 - g``).
+        top_flag: feather column flagging the top group's rows (e.g. ``"rank_pos"``).
+        top_index: feather column holding the top group's rank index (label ``30 - index``).
+        lower_labels: constant labels of the groups after the first.
+        keep: default keep sizes of the cascade, retrieval first.
+    """
+
+    stages: int
+    groups: tuple[str, ...]
+    top_flag: str
+    top_index: str
+    lower_labels: tuple[float, ...]
+    keep: tuple[int, ...]
+
+    @property
+    def num_candidates(self) -> int:
+        return GROUP_SIZE * len(self.groups)
+
+    @property
+    def funnel_positions(self) -> list[str]:
+        """Position names, index = the stored ``stage`` integer (0 = filtered first)."""
+        return list(reversed(self.groups))
+
+
+FUNNELS = {
+    2: FunnelSpec(2, ("rank_pos", "rank_neg", "coarse_neg", "prerank_neg"), "rank_pos", "rank_index",
+                  (7.0, 6.0, 5.0), (30, 20)),
+    3: FunnelSpec(3, ("rerank_pos", "rerank_neg", "rank_neg", "coarse_neg", "prerank_neg"), "rerank_pos",
+                  "rerank_index", (8.0, 7.0, 6.0, 5.0), (40, 30, 20)),
+}  # fmt: skip
+
+
+def funnel_spec(stages: int) -> FunnelSpec:
+    """The :class:`FunnelSpec` of ``stages``; raises ``ValueError`` naming ``stages`` unless it is 2 or 3."""
+    if stages not in FUNNELS:
+        raise ValueError(f"stages={stages!r}: RecFlow supports 2 or 3 stages")
+    return FUNNELS[stages]
+
+
+# ------------------------------------------------------------------------------------------------------
+# small helpers
+# ------------------------------------------------------------------------------------------------------
+def utc_time_fields(seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-based UTC weekday (Monday = 1), hour + 1 and minute + 1 of Unix times in seconds (any shape, int)."""
+    s = np.asarray(seconds, dtype=np.int64)
+    days = np.floor_divide(s, 86_400)
+    sec_of_day = s - days * 86_400
+    weekday = (days + 3) % 7 + 1  # 1970-01-01 was a Thursday (Monday = 0 -> Thursday = 3)
+    return weekday, sec_of_day // 3_600 + 1, (sec_of_day % 3_600) // 60 + 1
+
+
+_DAY_RANGE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.\.(\d{4}-\d{2}-\d{2})$")
+
+
+def parse_days(spec: str | Sequence[str]) -> list[str]:
+    """Expand a day list: ``"2024-01-13..2024-02-04"`` (inclusive ISO range), comma lists, or a sequence.
+
+    Raises ``ValueError`` naming the bad element (an empty list, a malformed or reversed range).
+    """
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    days: list[str] = []
+    for raw in parts:
+        item = str(raw).strip()
+        if not item:
+            continue
+        m = _DAY_RANGE.match(item)
+        if m:
+            try:
+                a, b = np.datetime64(m.group(1), "D"), np.datetime64(m.group(2), "D")
+            except ValueError as exc:
+                raise ValueError(f"days: {item!r} is not a range of ISO dates ({exc})") from exc
+            if b < a:
+                raise ValueError(f"days: range {item!r} ends before it starts")
+            days.extend(str(d) for d in np.arange(a, b + np.timedelta64(1, "D")))
+        else:
+            days.append(item)
+    if not days:
+        raise ValueError(f"days={spec!r}: no day given")
+    dup = sorted({d for d in days if days.count(d) > 1})
+    if dup:
+        raise ValueError(f"days: listed more than once: {dup}")
+    return days
+
+
+def list_days(src: str | Path) -> list[str]:
+    """The days of a RecFlow folder: the sorted stems of ``SRC/all_stage/*.feather``."""
+    folder = Path(src) / FEATHER_DIR
+    if not folder.is_dir():
+        raise RecFlowFormatError(f"{folder}: missing; a RecFlow folder holds {FEATHER_DIR}/<day>.feather files")
+    return sorted(p.stem for p in folder.glob("*.feather"))
+
+
+def _load_pickle(path: Path, what: str):
+    if not path.is_file():
+        raise RecFlowFormatError(f"{path}: {what} file missing")
+    try:
+        with path.open("rb") as fh:
+            return pickle.load(fh)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
+        raise RecFlowFormatError(f"{path}: not a readable pickle of {what} (truncated or corrupt?): {exc}") from exc
+
+
+def read_id_cnt(path: str | Path) -> dict[str, int]:
+    """Read ``others/id_cnt.pkl`` into canonical keys (:data:`ID_CNT_KEYS`) -> count.
+
+    Raises:
+        RecFlowFormatError: the file is missing or unreadable, not a dict, a key is missing under every
+            accepted spelling, or a count is not a positive integer.
+    """
+    path = Path(path)
+    raw = _load_pickle(path, "vocabulary counts (id_cnt)")
+    if not isinstance(raw, dict):
+        raise RecFlowFormatError(f"{path}: expected a dict of vocabulary counts, got {type(raw).__name__}")
+    norm = {str(k).strip(): v for k, v in raw.items()}
+    out: dict[str, int] = {}
+    missing = []
+    for key, spellings in ID_CNT_KEYS.items():
+        found = [s for s in spellings if s in norm]
+        if not found:
+            missing.append(" or ".join(repr(s) for s in spellings))
+            continue
+        value = norm[found[0]]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) <= 0:
+            raise RecFlowFormatError(f"{path}: key {found[0]!r} holds {value!r}, expected a positive integer count")
+        out[key] = int(value)
+    if missing:
+        raise RecFlowFormatError(f"{path}: missing key(s) {', '.join(missing)}; keys present: {sorted(map(str, raw))}")
+    return out
+
+
+def recflow_schema(
+    *,
+    stages: int,
+    id_cnt: dict[str, int],
+    history_length: int,
+    partitions: list[Partition],
+    name: str | None = None,
+    provenance: dict | None = None,
+) -> DatasetSchema:
+    """The store schema of a RecFlow-layout dataset (see the module docstring for the fields)."""
+    spec = funnel_spec(stages)
+    vocab = {k: v + 2 for k, v in id_cnt.items()}
+    features = [CategoricalField(name=f, role="user", vocab_size=vocab[f]) for f in USER_FIELDS]
+    features += [CategoricalField(name=f, role="context", vocab_size=v) for f, v in TIME_VOCAB.items()]
+    features += [CategoricalField(name=f, role="item", vocab_size=vocab[f]) for f in ITEM_ID_FIELDS]
+    features += [CategoricalField(name=f"upload_{f}", role="item", vocab_size=v) for f, v in TIME_VOCAB.items()]
+    return DatasetSchema(
+        name=name or f"recflow-{stages}stage",
+        features=features,
+        history=[HistoryField(name=f, item_field=f) for f in HISTORY_FIELDS],
+        history_length=history_length,
+        num_candidates=spec.num_candidates,
+        funnel_positions=spec.funnel_positions,
+        keep=list(spec.keep),
+        gt_num=GROUP_SIZE,
+        partitions=partitions,
+        train_defaults=TrainDefaults(batch_size=1024, passes=1),
+        provenance=provenance or {},
+    )
+
+
+def assign_roles(days: Sequence[str], test_days: int, valid_days: int) -> list[str]:
+    """Roles of ``days`` in time order: the last ``test_days`` test, ``valid_days`` before valid, rest train."""
+    if test_days < 0 or valid_days < 0:
+        raise ValueError(f"test_days={test_days}, valid_days={valid_days}: must be >= 0")
+    if test_days + valid_days > len(days):
+        raise ValueError(
+            f"test_days={test_days} + valid_days={valid_days} exceed the {len(days)} day(s) to convert"
+        )
+    n_train = len(days) - test_days - valid_days
+    return ["train"] * n_train + ["valid"] * valid_days + ["test"] * test_days
+
+
+def day_partition(day: str, role: str, num_requests: int) -> Partition:
+    """A :class:`Partition` named after ``day`` (start/end filled when the name is an ISO date)."""
+    iso = bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", day))
+    return Partition(name=day, role=role, num_requests=num_requests, start=day if iso else "", end=day if iso else "")
+
+
+def day_shuffle_rng(day: str) -> np.random.Generator:
+    """The generator of a day's candidate-slot shuffle (depends only on the day's name)."""
+    return np.random.default_rng([SHUFFLE_SEED, zlib.crc32(day.encode())])
+
+
+# ------------------------------------------------------------------------------------------------------
+# one day in array form, and its store columns
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class RecFlowDay:
+    """One day of RecFlow requests as arrays (raw RecFlow ids, before the +1 shift). R requests.
+
+    Attributes:
+        name: the day (partition name).
+        request_id: ``[R]`` int64.
+        request_timestamp: ``[R]`` int64 milliseconds since the Unix epoch.
+        user: ``USER_FIELDS`` -> ``[R]`` int64 raw ids.
+        flows: flow -> ``[R, GROUP_SIZE, 8]`` int64, the flow's first videos in file order (0 beyond count).
+        counts: flow -> ``[R]`` int64, number of valid rows of ``flows[flow]`` (at most ``GROUP_SIZE``).
+        top_rank_index: ``[R, GROUP_SIZE]`` float64 rank index of the top group's slots (label ``30 - x``).
+        history: ``[R, L, 10]`` int64 raw history rows (:data:`SEQ_COLUMNS`).
+        sources: ``"user"``, ``"item"``, ``"history"`` -> file named in error messages.
+    """
+
+    name: str
+    request_id: np.ndarray
+    request_timestamp: np.ndarray
+    user: dict[str, np.ndarray]
+    flows: dict[str, np.ndarray]
+    counts: dict[str, np.ndarray]
+    top_rank_index: np.ndarray
+    history: np.ndarray
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.request_id)
+
+
+def _shift_ids(values: np.ndarray, valid: np.ndarray, vocab: int, *, where: str, field_name: str) -> np.ndarray:
+    """``values + 1`` at valid slots (0 elsewhere), checked to fall in ``[0, vocab)``."""
+    shifted = np.where(valid, values + 1, 0)
+    bad = valid & ((shifted < 0) | (shifted >= vocab))
+    if bad.any():
+        raw = values[bad]
+        raise RecFlowFormatError(
+            f"{where}: field {field_name!r} holds ids in [{raw.min()}, {raw.max()}], outside [-1, {vocab - 2}] "
+            f"allowed by id_cnt (count {vocab - 2}); {int(bad.sum())} value(s) out of range"
+        )
+    return shifted
+
+
+def to_store_arrays(day: RecFlowDay, spec: FunnelSpec, schema: DatasetSchema) -> dict[str, np.ndarray]:
+    """The store columns of one day (grouped slot order; shuffle with :func:`shuffle_candidates`).
+
+    Returns ``[R]`` columns ``request_id``, ``user.*``, ``context.*``; ``[R, L]`` ``history.*``;
+    ``[R, N]`` ``item.*``, ``mask`` (bool), ``stage`` (int8), ``label`` (float32), N = ``spec.num_candidates``.
+
+    Raises:
+        RecFlowFormatError: an id outside its vocabulary (names the source file and the field).
+    """
+    r, g = day.num_requests, GROUP_SIZE
+    vocab = {f.name: f.vocab_size for f in schema.features}
+    src = day.sources
+    arrays: dict[str, np.ndarray] = {"request_id": np.asarray(day.request_id, dtype=np.int64)}
+    ones = np.ones(r, dtype=bool)
+    for f in USER_FIELDS:
+        arrays[f"user.{f}"] = _shift_ids(day.user[f], ones, vocab[f], where=src.get("user", "user"), field_name=f)
+    for f, values in zip(TIME_VOCAB, utc_time_fields(np.floor_divide(day.request_timestamp, 1000))):
+        arrays[f"context.{f}"] = values
+
+    # candidates: [R, groups, G, 8] -> [R, N, 8], groups best first
+    items = np.stack([day.flows[f] for f in spec.groups], axis=1).reshape(r, spec.num_candidates, len(FLOW_COLUMNS))
+    counts = np.stack([day.counts[f] for f in spec.groups], axis=1)  # [R, groups]
+    mask = (np.arange(g)[None, None, :] < counts[:, :, None]).reshape(r, spec.num_candidates)
+    where_items = src.get("item", "items")
+    for f, col in ITEM_ID_FIELDS.items():
+        arrays[f"item.{f}"] = _shift_ids(items[:, :, col], mask, vocab[f], where=where_items, field_name=f)
+    upload = utc_time_fields(items[:, :, FLOW_COLUMNS.index("upload_timestamp")])
+    for f, values in zip(TIME_VOCAB, upload):
+        arrays[f"item.upload_{f}"] = np.where(mask, values, 0)
+    positions = np.arange(len(spec.groups) - 1, -1, -1, dtype=np.int8)  # best group = highest position
+    arrays["mask"] = mask
+    arrays["stage"] = np.where(mask, np.repeat(positions, g)[None, :], 0).astype(np.int8)
+    group_label = np.concatenate(
+        [RANK_INDEX_BASE - day.top_rank_index, np.repeat(np.asarray(spec.lower_labels), g)[None, :].repeat(r, 0)],
+        axis=1,
+    )
+    arrays["label"] = np.where(mask, group_label, 0.0).astype(np.float32)
+
+    hist = day.history
+    hist_valid = hist[:, :, SEQ_COLUMNS.index("request_timestamp")] > 0
+    where_hist = src.get("history", "history")
+    for f, col in HISTORY_FIELDS.items():
+        arrays[f"history.{f}"] = _shift_ids(hist[:, :, col], hist_valid, vocab[f], where=where_hist, field_name=f)
+    return arrays
+
+
+# ------------------------------------------------------------------------------------------------------
+# reading one day of the published layout
+# ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DayFiles:
+    day: str
+    feather: Path
+    requests: Path
+    history: Path
+
+    @classmethod
+    def of(cls, src: Path, day: str) -> DayFiles:
+        return cls(
+            day,
+            src / FEATHER_DIR / f"{day}.feather",
+            src / REQUEST_DIR / f"{day}.pkl",
+            src / SEQ_DIR / f"{day}.pkl",
+        )
+
+    def check_exist(self) -> None:
+        for path, what in ((self.feather, "feather"), (self.requests, "request flows"), (self.history, "history")):
+            if not path.is_file():
+                raise RecFlowFormatError(f"{path}: {what} file of day {self.day!r} missing")
+
+
+def _read_feather(path: Path, columns: Sequence[str]) -> pa.Table:
+    """Read ``columns`` of a feather file; errors name the file (truncated) or the missing column."""
+    if not path.is_file():
+        raise RecFlowFormatError(f"{path}: feather file missing")
+    try:
+        with pa.memory_map(str(path)) as source:
+            names = pa.ipc.open_file(source).schema.names
+    except (pa.ArrowException, OSError) as exc:
+        try:  # Feather V1 files are not Arrow IPC files
+            names = feather.read_table(path).column_names
+        except (pa.ArrowException, OSError):
+            raise RecFlowFormatError(f"{path}: not a readable Feather file (truncated or corrupt?): {exc}") from exc
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise RecFlowFormatError(f"{path}: column(s) {missing} missing (columns present: {names})")
+    try:
+        return feather.read_table(path, columns=list(columns))
+    except (pa.ArrowException, OSError) as exc:
+        raise RecFlowFormatError(f"{path}: not a readable Feather file (truncated or corrupt?): {exc}") from exc
+
+
+def _int_column(table: pa.Table, name: str, path: Path, *, null: int | None = None) -> np.ndarray:
+    col = table.column(name)
+    if col.null_count:
+        if null is None:
+            raise RecFlowFormatError(f"{path}: column {name!r} has {col.null_count} null value(s)")
+        col = pc.fill_null(col, null)
+    try:
+        return col.cast(pa.int64()).to_numpy()
+    except (pa.ArrowException, ValueError) as exc:
+        raise RecFlowFormatError(f"{path}: column {name!r} ({col.type}) is not an integer column: {exc}") from exc
+
+
+@dataclass
+class _FeatherDay:
+    request_id: np.ndarray  # [R] first-appearance order
+    columns: dict[str, np.ndarray]  # REQUEST_COLUMNS -> [R]
+    top_request: np.ndarray  # [T] dense request index of the top group's rows
+    top_video: np.ndarray  # [T] raw video id
+    top_index: np.ndarray  # [T] float64 rank index (NaN where null)
+
+
+def _read_requests(path: Path, spec: FunnelSpec) -> _FeatherDay:
+    table = _read_feather(path, [*REQUEST_COLUMNS, "video_id", spec.top_flag, spec.top_index])
+    rid = _int_column(table, "request_id", path)
+    uniq, first, inverse = np.unique(rid, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # first-appearance order
+    dense = np.empty_like(order)
+    dense[order] = np.arange(len(order))
+    row_request = dense[inverse.reshape(-1)]
+    first_rows = first[order]
+    columns = {"request_id": uniq[order]}
+    for name in REQUEST_COLUMNS[1:]:
+        values = _int_column(table, name, path, null=None if name == "request_timestamp" else -1)
+        columns[name] = values[first_rows]
+        disagree = int((values != columns[name][row_request]).sum())
+        if disagree:
+            logger.warning("%s: %d row(s) disagree with their request's first row on %r", path, disagree, name)
+    flag_col = table.column(spec.top_flag)
+    try:
+        flag = pc.fill_null(pc.equal(flag_col.cast(pa.float64()), 1.0), False).to_numpy()
+        index = pc.fill_null(table.column(spec.top_index).cast(pa.float64()), np.nan).to_numpy()
+    except (pa.ArrowException, ValueError) as exc:
+        raise RecFlowFormatError(f"{path}: column {spec.top_flag!r} or {spec.top_index!r} is not numeric: {exc}") from exc
+    video = _int_column(table, "video_id", path, null=-1)
+    return _FeatherDay(
+        request_id=columns["request_id"],
+        columns=columns,
+        top_request=row_request[flag],
+        top_video=video[flag],
+        top_index=index[flag],
+    )
+
+
+def _lookup_top_index(fd: _FeatherDay, video: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rank index of each valid ``[R, G]`` (request, video) slot among the feather's top-group rows.
+
+    First matching row wins; unmatched slots get :data:`MISSING_RANK_INDEX`. Returns (index, misses).
+    """
+    r, g = video.shape
+    out = np.zeros((r, g), dtype=np.float64)
+    q_req = np.broadcast_to(np.arange(r)[:, None], (r, g))[valid]
+    q_vid = video[valid]
+    values, inv = np.unique(np.concatenate([fd.top_video, q_vid]), return_inverse=True)
+    m = max(len(values), 1)
+    row_key = fd.top_request * m + inv[: len(fd.top_video)]
+    q_key = q_req * m + inv[len(fd.top_video) :]
+    keys, first = np.unique(row_key, return_index=True)
+    pos = np.minimum(np.searchsorted(keys, q_key), max(len(keys) - 1, 0))
+    if len(keys):
+        found = keys[pos] == q_key
+        idx = np.where(found, fd.top_index[first[pos]], np.nan)
+    else:
+        idx = np.full(len(q_key), np.nan)
+    missing = np.isnan(idx)
+    out[valid] = np.where(missing, MISSING_RANK_INDEX, idx)
+    return out, int(missing.sum())
+
+
+def _first_rows(arrays: list, width: int, *, path: Path, what: str, rids: list) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the first ``GROUP_SIZE`` rows of R ``[n_i, width]`` arrays into ``[R, GROUP_SIZE, width]`` + counts."""
+    r = len(arrays)
+    counts = np.fromiter(map(len, arrays), dtype=np.int64, count=r)
+    try:
+        flat = np.concatenate(arrays, axis=0) if r else np.zeros((0, width), np.int64)
+    except ValueError:
+        flat = None
+    if flat is None or flat.ndim != 2 or flat.shape[1] != width:
+        bad = next(
+            (i for i, a in enumerate(arrays) if np.ndim(a) != 2 or np.shape(a)[1] != width),
+            0,
+        )
+        raise RecFlowFormatError(
+            f"{path}: request {rids[bad]}: {what} has shape {np.shape(arrays[bad])}, expected (n, {width})"
+        )
+    try:
+        flat = flat.astype(np.int64, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise RecFlowFormatError(f"{path}: {what} is not an integer array: {exc}") from exc
+    starts = np.cumsum(counts) - counts
+    slot = np.arange(GROUP_SIZE)
+    valid = slot[None, :] < counts[:, None]
+    idx = np.where(valid, starts[:, None] + slot[None, :], 0)
+    out = flat[idx] if len(flat) else np.zeros((r, GROUP_SIZE, width), np.int64)
+    out[~valid] = 0
+    return out, counts
+
+
+def _read_day(files: DayFiles, spec: FunnelSpec) -> tuple[RecFlowDay, int]:
+    """Read one day of the published layout into a :class:`RecFlowDay`; returns it and the lookup misses."""
+    fd = _read_requests(files.feather, spec)
+    rids = fd.request_id.tolist()
+    request_dict = _load_pickle(files.requests, "request flows")
+    if not isinstance(request_dict, dict):
+        raise RecFlowFormatError(f"{files.requests}: expected a dict keyed by request_id")
+    try:
+        entries = [request_dict[x] for x in rids]
+    except KeyError:
+        absent = [x for x in rids if x not in request_dict]
+        raise RecFlowFormatError(
+            f"{files.requests}: request_id {absent[0]} (in {files.feather.name}) missing; "
+            f"{len(absent)} of {len(rids)} requests missing"
+        ) from None
+    bad = next((i for i, e in enumerate(entries) if not isinstance(e, dict)), None)
+    if bad is not None:
+        raise RecFlowFormatError(f"{files.requests}: request {rids[bad]}: expected a dict of flows")
+    flows, counts = {}, {}
+    empty = np.zeros((0, len(FLOW_COLUMNS)), dtype=np.int64)
+    for flow in spec.groups:
+        arrays = [e.get(flow, empty)[:GROUP_SIZE] for e in entries]
+        flows[flow], counts[flow] = _first_rows(
+            arrays, len(FLOW_COLUMNS), path=files.requests, what=f"flow {flow!r}", rids=rids
+        )
+    del request_dict, entries
+
+    seq_dict = _load_pickle(files.history, "history")
+    if not isinstance(seq_dict, dict):
+        raise RecFlowFormatError(f"{files.history}: expected a dict keyed by request_id")
+    try:
+        seqs = [seq_dict[x] for x in rids]
+    except KeyError:
+        absent = [x for x in rids if x not in seq_dict]
+        raise RecFlowFormatError(
+            f"{files.history}: request_id {absent[0]} (in {files.feather.name}) missing; "
+            f"{len(absent)} of {len(rids)} requests missing"
+        ) from None
+    try:
+        history = np.stack(seqs) if seqs else np.zeros((0, 50, len(SEQ_COLUMNS)), np.int64)
+    except ValueError:
+        history = None
+    if history is None or history.ndim != 3 or history.shape[2] != len(SEQ_COLUMNS):
+        shape0 = np.shape(seqs[0])
+        bad = next((i for i, s in enumerate(seqs) if np.shape(s) != shape0 or len(shape0) != 2), 0)
+        raise RecFlowFormatError(
+            f"{files.history}: request {rids[bad]}: history has shape {np.shape(seqs[bad])}, "
+            f"expected (L, {len(SEQ_COLUMNS)}) columns {SEQ_COLUMNS} with the same L for every request"
+        )
+    del seq_dict, seqs
+    history = history.astype(np.int64, copy=False)
+
+    top = spec.groups[0]
+    top_video = flows[top][:, :, FLOW_COLUMNS.index("video_id")]
+    top_valid = np.arange(GROUP_SIZE)[None, :] < counts[top][:, None]
+    top_rank_index, misses = _lookup_top_index(fd, top_video, top_valid)
+    if misses:
+        logger.warning(
+            "%s: %d %s video(s) have no %s row with %s == 1; they get rank index %d (as the release does)",
+            files.day, misses, top, files.feather.name, spec.top_flag, MISSING_RANK_INDEX,
+        )  # fmt: skip
+    day = RecFlowDay(
+        name=files.day,
+        request_id=fd.request_id,
+        request_timestamp=fd.columns["request_timestamp"],
+        user={f: fd.columns[f] for f in USER_FIELDS},
+        flows=flows,
+        counts=counts,
+        top_rank_index=top_rank_index,
+        history=history,
+        sources={"user": str(files.feather), "item": str(files.requests), "history": str(files.history)},
+    )
+    return day, misses
+
+
+def shuffled_store_arrays(day: RecFlowDay, spec: FunnelSpec, schema: DatasetSchema) -> dict[str, np.ndarray]:
+    """:func:`to_store_arrays` with the candidate slots shuffled by the day's seeded generator."""
+    arrays = to_store_arrays(day, spec, schema)
+    shuffle_candidates(arrays, spec.num_candidates, day_shuffle_rng(day.name))
+    return arrays
+
+
+# ------------------------------------------------------------------------------------------------------
+# output folder handling and progress
+# ------------------------------------------------------------------------------------------------------
+@contextmanager
+def staged_output(out: Path, *, marker: str) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on error it is deleted.
+
+    ``out`` may be missing, empty, or a previous output (holding ``marker``); any other folder is refused
+    (``ValueError``), so that a typo never deletes unrelated files.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
+        raise ValueError(f"out={str(out)!r} exists and is not a previous output (no {marker}); refusing to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "previous")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def day_progress(enabled: bool, total: int, description: str) -> Iterator[Callable[[str], None]]:
+    """Yield ``advance(day)``: a rich progress bar over days when ``enabled``, else a no-op."""
+    if not enabled:
+        yield lambda day: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[day]}"),
+    ) as bar:  # fmt: skip
+        task = bar.add_task(description, total=total, day="")
+        yield lambda day: bar.update(task, advance=1, day=day)
+
+
+# ------------------------------------------------------------------------------------------------------
+# the converter
+# ------------------------------------------------------------------------------------------------------
+def convert_recflow(
+    src: Path,
+    out: Path,
+    *,
+    stages: int = 2,
+    days: Sequence[str] | None = None,
+    test_days: int = 1,
+    valid_days: int = 0,
+    progress: bool = False,
+) -> DatasetSchema:
+    """Convert RecFlow's published files into a store dataset, one partition per day.
+
+    LCRON protocol: ``days=parse_days("2024-01-13..2024-02-04")``, ``test_days=1`` (train on 2024-01-13 ...
+    2024-02-03, test on 2024-02-04).
+
+    Args:
+        src: RecFlow folder holding ``all_stage/``, ``request_id_dict/``, ``seq_effective_50_dict/``, ``others/``.
+        out: dataset folder to write (replaced atomically if it holds a previous dataset).
+        stages: 2 (4 groups x 10 candidates) or 3 (5 groups x 10).
+        days: the days to convert, in time order (file stems; ``"A..B"`` ranges accepted, see
+            :func:`parse_days`); default every ``all_stage/*.feather`` day, sorted.
+        test_days: the last ``test_days`` days are test partitions.
+        valid_days: the ``valid_days`` days before them are validation partitions; the rest train.
+        progress: show a progress bar over days.
+
+    Returns:
+        The written :class:`DatasetSchema`.
+
+    Raises:
+        RecFlowFormatError: a missing day file or ``id_cnt.pkl``, a truncated or corrupt file, a missing
+            column or id_cnt key, a request missing from a pickle, an array of the wrong width, an id outside
+            its vocabulary. The message names the file and the field. Nothing is written then.
+        ValueError: bad ``stages``, ``days``, ``test_days``/``valid_days``, or ``out`` is ``src`` or an
+            unrelated non-empty folder.
+    """
+    spec = funnel_spec(stages)
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise RecFlowFormatError(f"src={str(src)!r}: RecFlow folder missing")
+    if out.resolve() == src.resolve() or src.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"out={str(out)!r} would replace the source folder {str(src)!r}")
+    day_list = parse_days(days) if days is not None else list_days(src)
+    if not day_list:
+        raise RecFlowFormatError(f"{src / FEATHER_DIR}: no <day>.feather file")
+    roles = assign_roles(day_list, test_days, valid_days)
+    files = [DayFiles.of(src, d) for d in day_list]
+    for f in files:  # fail before any work
+        f.check_exist()
+    id_cnt = read_id_cnt(src / ID_CNT_FILE)
+
+    partitions: list[Partition] = []
+    stats: dict[str, dict[str, int]] = {}
+    history_length: int | None = None
+    with staged_output(out, marker=SCHEMA_FILE) as tmp, day_progress(progress, len(files), "recflow") as advance:
+        for f, role in zip(files, roles):
+            day, misses = _read_day(f, spec)
+            if history_length is None:
+                history_length = int(day.history.shape[1])
+            elif day.history.shape[1] != history_length:
+                raise RecFlowFormatError(
+                    f"{f.history}: history length {day.history.shape[1]}, earlier days have {history_length}"
+                )
+            part = day_partition(f.day, role, day.num_requests)
+            schema = recflow_schema(stages=stages, id_cnt=id_cnt, history_length=history_length, partitions=[part])
+            write_partition(tmp, schema, part, shuffled_store_arrays(day, spec, schema))
+            partitions.append(part)
+            stats[f.day] = {"requests": day.num_requests, "rank_index_misses": misses}
+            logger.info("%s: %d requests (%s)", f.day, day.num_requests, role)
+            advance(f.day)
+        schema = recflow_schema(
+            stages=stages,
+            id_cnt=id_cnt,
+            history_length=history_length or 0,
+            partitions=partitions,
+            provenance={
+                "source": "RecFlow published files (Liu et al. 2024, arXiv 2410.20868)",
+                "src": str(src),
+                "converter_version": DATASET_VERSION,
+                "stages": stages,
+                "groups": list(spec.groups),
+                "group_size": GROUP_SIZE,
+                "labels": f"{RANK_INDEX_BASE} - {spec.top_index} for {spec.groups[0]}, then {list(spec.lower_labels)}",
+                "time_zone": "UTC",
+                "id_cnt": id_cnt,
+                "days": stats,
+            },
+        )
+        write_schema(tmp, schema)
+    logger.info("recflow: wrote %d day(s) to %s", len(partitions), out)
+    return schema
