@@ -333,9 +333,7 @@ def assign_roles(days: Sequence[str], test_days: int, valid_days: int) -> list[s
     if test_days < 0 or valid_days < 0:
         raise ValueError(f"test_days={test_days}, valid_days={valid_days}: must be >= 0")
     if test_days + valid_days > len(days):
-        raise ValueError(
-            f"test_days={test_days} + valid_days={valid_days} exceed the {len(days)} day(s) to convert"
-        )
+        raise ValueError(f"test_days={test_days} + valid_days={valid_days} exceed the {len(days)} day(s) to convert")
     n_train = len(days) - test_days - valid_days
     return ["train"] * n_train + ["valid"] * valid_days + ["test"] * test_days
 
@@ -532,7 +530,9 @@ def _read_requests(path: Path, spec: FunnelSpec) -> _FeatherDay:
         flag = pc.fill_null(pc.equal(flag_col.cast(pa.float64()), 1.0), False).to_numpy()
         index = pc.fill_null(table.column(spec.top_index).cast(pa.float64()), np.nan).to_numpy()
     except (pa.ArrowException, ValueError) as exc:
-        raise RecFlowFormatError(f"{path}: column {spec.top_flag!r} or {spec.top_index!r} is not numeric: {exc}") from exc
+        raise RecFlowFormatError(
+            f"{path}: column {spec.top_flag!r} or {spec.top_index!r} is not numeric: {exc}"
+        ) from exc
     video = _int_column(table, "video_id", path, null=-1)
     return _FeatherDay(
         request_id=columns["request_id"],

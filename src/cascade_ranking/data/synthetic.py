@@ -1,0 +1,574 @@
+"""A seeded simulation of a production recommendation funnel, written as RecFlow files or as our store.
+
+The world (:func:`build_world`): users with attributes (device, age, gender, province), three favourite
+second-level categories and a latent factor (the mean of their favourite categories' factors plus noise);
+items with an author, a second-level category (and its first-level parent), an upload type, an upload time,
+a duration, a latent factor (category + author + noise) and a log-normal popularity.
+
+One request (:func:`simulate_days`, vectorized over chunks of requests): a user drawn by activity at a time
+uniform over the day; a pool of ``pool_size`` distinct items drawn by popularity; true relevance
+``u.v / scale + 0.5 z(log popularity) + noise``; then four noisy stage scorers in sequence, each scoring its
+survivors with relevance plus Gaussian noise of decreasing width and keeping its top ``stage_keep[i]``:
+
+    pool -> prerank (keeps 100) -> coarse (50) -> rank (20) -> rerank (10 shown)
+
+An item's funnel position is the deepest stage it passed: ``prerank_neg`` (filtered by prerank),
+``coarse_neg``, ``rank_neg``, ``rerank_neg`` (passed rank, filtered by rerank), ``rerank_pos`` (shown);
+``rank_pos`` = passed rank (rerank_neg or rerank_pos). ``rank_index`` / ``rerank_index`` are the 0-based
+positions in the rank / rerank stage's order. ``realshow`` is the first few shown items (a random number of
+them), with ``effective_view`` drawn from the relevance. Every flow records a random subset of its items
+(``flow_size`` items, clipped to what exists; realshow records all, in shown order) in random order, so
+flows are sometimes shorter and sometimes longer than the 10 slots a converter keeps. The behaviour history
+(50 rows, left-padded, oldest first, a random number valid) mixes items of the user's favourite categories
+(70 %) and popular items.
+
+Layouts (:func:`simulate`): ``"recflow"`` writes RecFlow's published layout (``all_stage/<day>.feather``,
+``request_id_dict/<day>.pkl``, ``seq_effective_50_dict/<day>.pkl``, ``others/id_cnt.pkl``) so that
+:mod:`.recflow` can be tested on files it did not write; ``"store"`` writes our store directly with the same
+schema and the same arrays as converting those files (the same code assembles the columns). Days are
+generated and written one at a time, in chunks of ``chunk_size`` requests, so memory is bounded by one day.
+Every random draw comes from a generator seeded by ``(seed, day, chunk)``: the same seed gives byte-identical
+files.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.feather as feather
+
+from .recflow import (
+    FEATHER_DIR,
+    FLOW_COLUMNS,
+    FLOWS,
+    GROUP_SIZE,
+    ID_CNT_FILE,
+    REQUEST_DIR,
+    SEQ_COLUMNS,
+    SEQ_DIR,
+    USER_FIELDS,
+    RecFlowDay,
+    assign_roles,
+    day_partition,
+    day_progress,
+    funnel_spec,
+    recflow_schema,
+    shuffled_store_arrays,
+    staged_output,
+)
+from .schema import SCHEMA_FILE, DatasetSchema, Partition
+from .store import write_partition, write_schema, write_text_atomic
+
+__all__ = ["SimulatedDay", "SimulatorConfig", "World", "build_world", "simulate", "simulate_days"]
+
+logger = logging.getLogger(__name__)
+
+#: Funnel depth of a pool item: the number of stages it passed.
+PRERANK_NEG, COARSE_NEG, RANK_NEG, RERANK_NEG, RERANK_POS = range(5)
+_MS_PER_DAY = 86_400_000
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Sizes and noise levels of the simulated world and funnel.
+
+    Attributes:
+        num_users, num_items, num_authors, num_devices: population sizes.
+        num_cate_two, num_cate_one, num_upload_types, num_ages, num_genders, num_provinces: vocabularies.
+        latent_dim: dimension of user/item factors.
+        pool_size: items entering the funnel per request.
+        stage_keep: items kept by prerank, coarse, rank, rerank (strictly decreasing, last = items shown).
+        stage_noise: standard deviation of each stage scorer's noise (relevance has about unit scale).
+        flow_size: (min, max) items recorded per flow, inclusive, clipped to the flow's size.
+        history_length: rows of the behaviour history.
+        start: ISO date (UTC) of the first day.
+        chunk_size: requests simulated at once (bounds memory within a day).
+    """
+
+    num_users: int = 2_000
+    num_items: int = 20_000
+    num_authors: int = 1_000
+    num_devices: int = 2_200
+    num_cate_two: int = 120
+    num_cate_one: int = 20
+    num_upload_types: int = 6
+    num_ages: int = 8
+    num_genders: int = 3
+    num_provinces: int = 34
+    latent_dim: int = 8
+    pool_size: int = 200
+    stage_keep: tuple[int, int, int, int] = (100, 50, 20, 10)
+    stage_noise: tuple[float, float, float, float] = (1.0, 0.7, 0.45, 0.25)
+    flow_size: tuple[int, int] = (6, 14)
+    history_length: int = 50
+    start: str = "2024-01-13"
+    chunk_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        keep = self.stage_keep
+        if len(keep) != 4 or any(b >= a for a, b in zip(keep, keep[1:])) or keep[-1] <= 0:
+            raise ValueError(f"stage_keep={keep}: four strictly decreasing positive sizes are required")
+        if keep[0] >= self.pool_size:
+            raise ValueError(f"stage_keep[0]={keep[0]} must be < pool_size={self.pool_size}")
+        if self.num_items < 2 * self.pool_size or self.num_items < self.num_cate_two:
+            raise ValueError(f"num_items={self.num_items} must be >= 2 * pool_size and >= num_cate_two")
+        if self.num_cate_one > self.num_cate_two:
+            raise ValueError("num_cate_one must be <= num_cate_two")
+        lo, hi = self.flow_size
+        if not 0 < lo <= hi:
+            raise ValueError(f"flow_size={self.flow_size}: need 0 < min <= max")
+        if len(self.stage_noise) != 4 or self.history_length <= 0 or self.chunk_size <= 0:
+            raise ValueError("stage_noise needs 4 values; history_length and chunk_size must be positive")
+        np.datetime64(self.start, "D")  # raises ValueError on a bad date
+
+    @classmethod
+    def for_requests(cls, requests: int, **overrides) -> SimulatorConfig:
+        """Population sizes that grow with the number of requests (about 20 requests per user)."""
+        users = int(np.clip(requests // 20, 100, 1_000_000))
+        items = int(np.clip(requests // 4, 5_000, 2_000_000))
+        sizes = {"num_users": users, "num_devices": users + users // 10, "num_items": items,
+                 "num_authors": max(50, items // 20)}  # fmt: skip
+        return cls(**{**sizes, **overrides})
+
+    def id_cnt(self) -> dict[str, int]:
+        """The RecFlow ``id_cnt.pkl`` of this world (published key spellings)."""
+        return {
+            "user_id": self.num_users, "device_id": self.num_devices, "age": self.num_ages,
+            "gender": self.num_genders, "province": self.num_provinces, "video_id": self.num_items,
+            "author_id": self.num_authors, "category_level_two": self.num_cate_two,
+            "category_level_one": self.num_cate_one, "upload_type": self.num_upload_types,
+        }  # fmt: skip
+
+    def canonical_id_cnt(self) -> dict[str, int]:
+        """:meth:`id_cnt` under the converter's canonical keys (see :func:`.recflow.read_id_cnt`)."""
+        c = self.id_cnt()
+        c["cate_two"], c["cate_one"] = c.pop("category_level_two"), c.pop("category_level_one")
+        return c
+
+
+@dataclass
+class World:
+    """The seeded population. Ids are raw RecFlow-style ids, 0-based. U users, I items, d latent dims."""
+
+    config: SimulatorConfig
+    user_attr: dict[str, np.ndarray]  # device_id, age, gender, province: [U] int64
+    user_fav: np.ndarray  # [U, 3] favourite cate_two
+    user_factor: np.ndarray  # [U, d] float32
+    user_cdf: np.ndarray  # [U] activity CDF
+    item_attr: dict[str, np.ndarray]  # author_id, cate_two, cate_one, upload_type, upload_timestamp, duration
+    item_factor: np.ndarray  # [I, d] float32
+    item_pop_z: np.ndarray  # [I] standardised log popularity
+    item_cdf: np.ndarray  # [I] popularity CDF
+    cate_items: np.ndarray  # [I] item ids sorted by cate_two
+    cate_offsets: np.ndarray  # [C2 + 1] start of each category in cate_items
+    affinity_scale: float
+
+
+def _cdf(weights: np.ndarray) -> np.ndarray:
+    c = np.cumsum(weights, dtype=np.float64)
+    return c / c[-1]
+
+
+def _draw(cdf: np.ndarray, rng: np.random.Generator, size) -> np.ndarray:
+    return np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), len(cdf) - 1).astype(np.int64)
+
+
+def build_world(config: SimulatorConfig, seed: int) -> World:
+    """Draw the users and items of a world (deterministic in ``seed``)."""
+    c, rng = config, np.random.default_rng([seed, 0])
+    d = c.latent_dim
+    cate_factor = rng.normal(size=(c.num_cate_two, d)).astype(np.float32)
+    cate_parent = np.concatenate(
+        [np.arange(c.num_cate_one), rng.integers(0, c.num_cate_one, c.num_cate_two - c.num_cate_one)]
+    )
+    author_factor = rng.normal(size=(c.num_authors, d)).astype(np.float32)
+    # every category holds at least one item
+    item_cate = np.concatenate([np.arange(c.num_cate_two), _draw(_cdf(rng.lognormal(0, 1, c.num_cate_two)), rng,
+                                                                   c.num_items - c.num_cate_two)])  # fmt: skip
+    item_author = rng.integers(0, c.num_authors, c.num_items)
+    item_factor = (cate_factor[item_cate] + 0.5 * author_factor[item_author]
+                   + 0.5 * rng.normal(size=(c.num_items, d))).astype(np.float32)  # fmt: skip
+    log_pop = rng.normal(0.0, 1.0, c.num_items)
+    start_s = int(np.datetime64(c.start, "s").astype(np.int64))
+    item_attr = {
+        "author_id": item_author,
+        "cate_two": item_cate,
+        "cate_one": cate_parent[item_cate].astype(np.int64),
+        "upload_type": rng.integers(0, c.num_upload_types, c.num_items),
+        "upload_timestamp": start_s - rng.integers(3_600, 90 * 86_400, c.num_items),
+        "duration": np.round(rng.lognormal(3.5, 0.8, c.num_items)).astype(np.int64) + 1,
+    }
+    user_fav = rng.integers(0, c.num_cate_two, (c.num_users, 3))
+    user_factor = (cate_factor[user_fav].mean(axis=1) + 0.5 * rng.normal(size=(c.num_users, d))).astype(np.float32)
+    user_attr = {
+        "device_id": rng.integers(0, c.num_devices, c.num_users),
+        "age": rng.integers(0, c.num_ages, c.num_users),
+        "gender": rng.integers(0, c.num_genders, c.num_users),
+        "province": rng.integers(0, c.num_provinces, c.num_users),
+    }
+    sample_u = rng.integers(0, c.num_users, 4096)
+    sample_i = rng.integers(0, c.num_items, 4096)
+    affinity = np.einsum("nd,nd->n", user_factor[sample_u], item_factor[sample_i])
+    order = np.argsort(item_cate, kind="stable")
+    return World(
+        config=c,
+        user_attr=user_attr,
+        user_fav=user_fav,
+        user_factor=user_factor,
+        user_cdf=_cdf(rng.lognormal(0.0, 1.0, c.num_users)),
+        item_attr=item_attr,
+        item_factor=item_factor,
+        item_pop_z=log_pop,
+        item_cdf=_cdf(np.exp(log_pop)),
+        cate_items=order.astype(np.int64),
+        cate_offsets=np.searchsorted(item_cate[order], np.arange(c.num_cate_two + 1)),
+        affinity_scale=float(affinity.std() + 1e-6),
+    )
+
+
+@dataclass
+class SimulatedDay:
+    """The ground truth of one simulated day (raw ids). R requests, M = ``flow_size[1]`` flow slots.
+
+    Attributes:
+        name: ISO date of the day.
+        request_id, request_timestamp: ``[R]`` int64 (timestamp in ms, sorted).
+        user: ``user_id``, ``device_id``, ``age``, ``gender``, ``province`` -> ``[R]`` int64.
+        flow_items: flow -> ``[R, M, 8]`` int64 rows (:data:`.recflow.FLOW_COLUMNS`) in the recorded order,
+            0 beyond ``flow_counts``.
+        flow_counts: flow -> ``[R]`` int64 recorded items.
+        flow_rank_index / flow_rerank_index: flow -> ``[R, M]`` int64 position in the rank / rerank
+            stage's order, -1 where the item did not pass that stage.
+        history: ``[R, L, 10]`` int64 (:data:`.recflow.SEQ_COLUMNS`), left-padded, oldest first.
+        feather: columns of ``all_stage/<day>.feather`` (one row per recorded (request, item)), or ``None``.
+    """
+
+    name: str
+    request_id: np.ndarray
+    request_timestamp: np.ndarray
+    user: dict[str, np.ndarray]
+    flow_items: dict[str, np.ndarray]
+    flow_counts: dict[str, np.ndarray]
+    flow_rank_index: dict[str, np.ndarray]
+    flow_rerank_index: dict[str, np.ndarray]
+    history: np.ndarray
+    feather: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.request_id)
+
+    def to_recflow_day(self, stages: int) -> RecFlowDay:
+        """What a converter reads from this day: each flow's first 10 items, the top group's rank index."""
+        spec = funnel_spec(stages)
+        flows = {f: np.ascontiguousarray(self.flow_items[f][:, :GROUP_SIZE]) for f in spec.groups}
+        counts = {f: np.minimum(self.flow_counts[f], GROUP_SIZE) for f in spec.groups}
+        ranks = self.flow_rank_index if spec.top_index == "rank_index" else self.flow_rerank_index
+        return RecFlowDay(
+            name=self.name,
+            request_id=self.request_id,
+            request_timestamp=self.request_timestamp,
+            user=self.user,
+            flows=flows,
+            counts=counts,
+            top_rank_index=ranks[spec.groups[0]][:, :GROUP_SIZE].astype(np.float64),
+            history=self.history,
+            sources={
+                "user": f"simulated day {self.name}",
+                "item": f"simulated day {self.name}",
+                "history": f"simulated day {self.name}",
+            },  # fmt: skip
+        )
+
+
+def _concat(parts: list[dict]) -> dict:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _simulate_chunk(
+    world: World, rng: np.random.Generator, users: np.ndarray, ts: np.ndarray, rids: np.ndarray, with_feather: bool
+) -> dict:
+    """Simulate the funnel of ``len(users)`` requests; returns flat dicts of the chunk's arrays."""
+    c = world.config
+    n, p, m = len(users), c.pool_size, c.flow_size[1]
+    rows = np.arange(n)[:, None]
+
+    # pool: oversample by popularity, drop repeats, keep the first `pool_size` distinct items per request
+    draw = _draw(world.item_cdf, rng, (n, p + p // 2))
+    order = np.argsort(draw, axis=1, kind="stable")
+    sorted_draw = np.take_along_axis(draw, order, axis=1)
+    repeat = np.zeros(draw.shape, dtype=bool)
+    np.put_along_axis(repeat, order[:, 1:], sorted_draw[:, 1:] == sorted_draw[:, :-1], axis=1)
+    keep_first = np.argsort(repeat, axis=1, kind="stable")[:, :p]
+    pool = np.take_along_axis(draw, keep_first, axis=1)  # [n, p]
+    in_pool = ~np.take_along_axis(repeat, keep_first, axis=1)
+
+    affinity = np.einsum("nd,npd->np", world.user_factor[users], world.item_factor[pool]) / world.affinity_scale
+    relevance = affinity + 0.5 * world.item_pop_z[pool] + 0.3 * rng.normal(size=(n, p))
+
+    depth = np.zeros((n, p), dtype=np.int64)
+    alive = in_pool
+    stage_pos = []
+    for keep, noise in zip(c.stage_keep, c.stage_noise):
+        score = np.where(alive, relevance + noise * rng.normal(size=(n, p)), -np.inf)
+        ranked = np.argsort(-score, axis=1, kind="stable")
+        pos = np.empty_like(ranked)
+        np.put_along_axis(pos, ranked, np.broadcast_to(np.arange(p), (n, p)), axis=1)
+        alive = alive & (pos < keep)
+        depth += alive
+        stage_pos.append(np.where(alive, pos, -1))
+    rank_index, rerank_index = stage_pos[2], stage_pos[3]
+    n_show = rng.integers(0, c.stage_keep[3] + 1, n)
+    realshow = (depth == RERANK_POS) & (rerank_index < n_show[:, None])
+    effective = realshow & (rng.random((n, p)) < 1.0 / (1.0 + np.exp(-(relevance - 0.5))))
+
+    members = {
+        "realshow": realshow,
+        "rerank_pos": depth == RERANK_POS,
+        "rerank_neg": depth == RERANK_NEG,
+        "rank_pos": depth >= RERANK_NEG,
+        "rank_neg": depth == RANK_NEG,
+        "coarse_neg": depth == COARSE_NEG,
+        "prerank_neg": (depth == PRERANK_NEG) & in_pool,
+    }
+    attr = world.item_attr
+    columns = {
+        "video_id": pool, "author_id": attr["author_id"][pool], "duration": attr["duration"][pool],
+        "cate_two": attr["cate_two"][pool], "upload_type": attr["upload_type"][pool],
+        "upload_timestamp": attr["upload_timestamp"][pool], "cate_one": attr["cate_one"][pool],
+        "effective_view": effective.astype(np.int64),
+    }  # fmt: skip
+    pool_rows = np.stack([columns[name] for name in FLOW_COLUMNS], axis=-1)  # [n, p, 8]
+    out: dict = {"flow_items": {}, "flow_counts": {}, "flow_rank_index": {}, "flow_rerank_index": {}}
+    recorded = np.zeros((n, p), dtype=bool)
+    for flow in FLOWS:
+        member = members[flow]
+        available = member.sum(axis=1)
+        if flow == "realshow":  # all shown items, in shown order
+            key = np.where(member, rerank_index, p + 1).astype(np.float64)
+            count = np.minimum(available, m)
+        else:
+            key = np.where(member, rng.random((n, p)), 2.0)
+            count = np.minimum(rng.integers(c.flow_size[0], c.flow_size[1] + 1, n), available)
+        slots = np.argsort(key, axis=1, kind="stable")[:, :m]
+        valid = np.arange(m)[None, :] < count[:, None]
+        np.put_along_axis(recorded, slots, valid | np.take_along_axis(recorded, slots, axis=1), axis=1)
+        out["flow_items"][flow] = np.where(valid[:, :, None], pool_rows[rows, slots], 0)
+        out["flow_counts"][flow] = count.astype(np.int64)
+        out["flow_rank_index"][flow] = np.where(valid, np.take_along_axis(rank_index, slots, axis=1), -1)
+        out["flow_rerank_index"][flow] = np.where(valid, np.take_along_axis(rerank_index, slots, axis=1), -1)
+
+    out["history"] = _simulate_history(world, rng, users, ts)
+    if with_feather:
+        r_idx, j_idx = np.nonzero(recorded)
+        d = depth[r_idx, j_idx]
+        feat = {
+            "request_id": rids[r_idx], "request_timestamp": ts[r_idx], "user_id": users[r_idx],
+            **{k: world.user_attr[k][users[r_idx]] for k in ("device_id", "age", "gender", "province")},
+            "video_id": pool[r_idx, j_idx], "author_id": columns["author_id"][r_idx, j_idx],
+            "category_level_two": columns["cate_two"][r_idx, j_idx],
+            "category_level_one": columns["cate_one"][r_idx, j_idx],
+            "upload_type": columns["upload_type"][r_idx, j_idx],
+            "upload_timestamp": columns["upload_timestamp"][r_idx, j_idx],
+            "duration": columns["duration"][r_idx, j_idx],
+            "realshow": realshow[r_idx, j_idx].astype(np.int8),
+            "rerank_pos": (d == RERANK_POS).astype(np.int8), "rerank_neg": (d == RERANK_NEG).astype(np.int8),
+            "rank_pos": (d >= RERANK_NEG).astype(np.int8), "rank_neg": (d == RANK_NEG).astype(np.int8),
+            "coarse_neg": (d == COARSE_NEG).astype(np.int8),
+            "prerank_neg": (d == PRERANK_NEG).astype(np.int8),
+            "rank_index": rank_index[r_idx, j_idx], "rerank_index": rerank_index[r_idx, j_idx],
+            "effective_view": effective[r_idx, j_idx].astype(np.int8),
+        }  # fmt: skip
+        out["feather"] = feat
+    return out
+
+
+def _simulate_history(world: World, rng: np.random.Generator, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """``[n, L, 10]`` left-padded effective-view histories (oldest first), 70 % from favourite categories."""
+    c = world.config
+    n, length = len(users), c.history_length
+    fav = world.user_fav[users[:, None], rng.integers(0, 3, (n, length))]  # [n, L]
+    start, size = world.cate_offsets[fav], np.diff(world.cate_offsets)[fav]
+    from_fav = world.cate_items[start + (rng.random((n, length)) * size).astype(np.int64)]
+    popular = _draw(world.item_cdf, rng, (n, length))
+    item = np.where(rng.random((n, length)) < 0.7, from_fav, popular)
+    n_valid = rng.integers(0, length + 1, n)
+    valid = np.arange(length)[None, :] >= (length - n_valid)[:, None]
+    age_ms = -np.sort(-rng.integers(60_000, 30 * _MS_PER_DAY, (n, length)), axis=1)  # oldest first
+    attr = world.item_attr
+    cols = {
+        "video_id": item, "author_id": attr["author_id"][item], "cate_two": attr["cate_two"][item],
+        "cate_one": attr["cate_one"][item], "upload_type": attr["upload_type"][item],
+        "upload_timestamp": attr["upload_timestamp"][item], "duration": attr["duration"][item],
+        "request_timestamp": ts[:, None] - age_ms, "playing_time": rng.integers(1, 300, (n, length)),
+        "request_id": rng.integers(1, 2**40, (n, length)),
+    }  # fmt: skip
+    hist = np.stack([cols[name] for name in SEQ_COLUMNS], axis=-1)
+    return np.where(valid[:, :, None], hist, 0).astype(np.int64)
+
+
+def _day_sizes(requests: int, days: int) -> np.ndarray:
+    if days <= 0 or requests < days:
+        raise ValueError(f"requests={requests}, days={days}: need days >= 1 and at least one request per day")
+    return np.full(days, requests // days) + (np.arange(days) < requests % days)
+
+
+def simulate_days(
+    *, requests: int, days: int, seed: int = 0, config: SimulatorConfig | None = None, with_feather: bool = False
+) -> Iterator[SimulatedDay]:
+    """Yield the simulated days in order (``requests`` spread evenly over ``days``); the ground truth.
+
+    ``config`` defaults to :meth:`SimulatorConfig.for_requests`. ``with_feather`` also builds the rows of
+    ``all_stage/<day>.feather``. Raises ``ValueError`` for ``requests < days`` or ``days < 1``.
+    """
+    sizes = _day_sizes(requests, days)
+    config = config or SimulatorConfig.for_requests(requests)
+    world = build_world(config, seed)
+    start = np.datetime64(config.start, "D")
+    first_id = 1
+    for day_index, size in enumerate(sizes.tolist()):
+        name = str(start + np.timedelta64(day_index, "D"))
+        day_rng = np.random.default_rng([seed, 1, day_index])
+        day_ms = int((start + np.timedelta64(day_index, "D")).astype("datetime64[ms]").astype(np.int64))
+        ts = np.sort(day_ms + day_rng.integers(0, _MS_PER_DAY, size))
+        users = _draw(world.user_cdf, day_rng, size)
+        rids = np.arange(first_id, first_id + size, dtype=np.int64)
+        first_id += size
+        parts = []
+        for chunk, lo in enumerate(range(0, size, config.chunk_size)):
+            hi = min(lo + config.chunk_size, size)
+            rng = np.random.default_rng([seed, 2, day_index, chunk])
+            parts.append(_simulate_chunk(world, rng, users[lo:hi], ts[lo:hi], rids[lo:hi], with_feather))
+        yield SimulatedDay(
+            name=name,
+            request_id=rids,
+            request_timestamp=ts,
+            user={"user_id": users, **{k: world.user_attr[k][users] for k in USER_FIELDS[1:]}},
+            flow_items=_concat([q["flow_items"] for q in parts]),
+            flow_counts=_concat([q["flow_counts"] for q in parts]),
+            flow_rank_index=_concat([q["flow_rank_index"] for q in parts]),
+            flow_rerank_index=_concat([q["flow_rerank_index"] for q in parts]),
+            history=np.concatenate([q["history"] for q in parts]),
+            feather=_concat([q["feather"] for q in parts]) if with_feather else None,
+        )
+
+
+# ------------------------------------------------------------------------------------------------------
+# writers
+# ------------------------------------------------------------------------------------------------------
+def _dump(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        pickle.dump(obj, fh, protocol=4)
+
+
+def write_recflow_day(root: Path, day: SimulatedDay) -> None:
+    """Write one day in RecFlow's published layout under ``root`` (feather + two pickles)."""
+    if day.feather is None:
+        raise ValueError("write_recflow_day: the day was simulated without feather rows (with_feather=False)")
+    path = root / FEATHER_DIR / f"{day.name}.feather"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    feather.write_feather(pa.table(day.feather), str(path))
+    rids = day.request_id.tolist()
+    per_flow = {}
+    for flow in FLOWS:
+        counts = day.flow_counts[flow]
+        valid = np.arange(day.flow_items[flow].shape[1])[None, :] < counts[:, None]
+        per_flow[flow] = np.split(day.flow_items[flow][valid], np.cumsum(counts)[:-1])
+    requests = {
+        rid: {flow: per_flow[flow][i] for flow in FLOWS if len(per_flow[flow][i])} for i, rid in enumerate(rids)
+    }
+    _dump(requests, root / REQUEST_DIR / f"{day.name}.pkl")
+    _dump({rid: day.history[i] for i, rid in enumerate(rids)}, root / SEQ_DIR / f"{day.name}.pkl")
+
+
+def simulate(
+    out: Path,
+    *,
+    requests: int,
+    days: int,
+    stages: int = 2,
+    layout: str = "store",
+    seed: int = 0,
+    progress: bool = False,
+    test_days: int = 1,
+    valid_days: int = 0,
+    config: SimulatorConfig | None = None,
+) -> DatasetSchema | None:
+    """Simulate ``requests`` requests over ``days`` days and write them to ``out``.
+
+    Args:
+        out: output folder (replaced atomically if it holds a previous output of the same layout).
+        requests: total number of requests (spread evenly over the days).
+        days: number of days (one partition each), starting at ``config.start``.
+        stages: 2 or 3, the cascade the store layout is built for (the RecFlow layout holds every flow).
+        layout: ``"store"`` (our request-list store) or ``"recflow"`` (RecFlow's published files).
+        seed: seed of the world and the funnel; the same seed gives identical files.
+        progress: show a progress bar over days.
+        test_days, valid_days: partition roles of the store layout (as :func:`.recflow.convert_recflow`).
+        config: world and funnel sizes (default :meth:`SimulatorConfig.for_requests`).
+
+    Returns:
+        The store schema for ``layout="store"``; ``None`` for ``layout="recflow"``.
+
+    Raises:
+        ValueError: a bad ``layout``, ``stages``, ``requests``/``days`` or roles, or ``out`` is an unrelated
+            non-empty folder. Nothing is written then.
+    """
+    if layout not in ("store", "recflow"):
+        raise ValueError(f"layout={layout!r}: expected 'store' or 'recflow'")
+    spec = funnel_spec(stages)
+    _day_sizes(requests, days)
+    config = config or SimulatorConfig.for_requests(requests)
+    roles = assign_roles([str(i) for i in range(days)], test_days, valid_days)
+    out = Path(out)
+    generated = simulate_days(requests=requests, days=days, seed=seed, config=config, with_feather=layout == "recflow")
+    marker = SCHEMA_FILE if layout == "store" else ID_CNT_FILE
+    with staged_output(out, marker=marker) as tmp, day_progress(progress, days, f"simulate ({layout})") as advance:
+        partitions: list[Partition] = []
+        id_cnt = config.canonical_id_cnt()
+        for day, role in zip(generated, roles):
+            if layout == "recflow":
+                write_recflow_day(tmp, day)
+            else:
+                part = day_partition(day.name, role, day.num_requests)
+                schema = recflow_schema(
+                    stages=stages, id_cnt=id_cnt, history_length=config.history_length, partitions=[part]
+                )
+                write_partition(tmp, schema, part, shuffled_store_arrays(day.to_recflow_day(stages), spec, schema))
+                partitions.append(part)
+            logger.info("simulated %s: %d requests", day.name, day.num_requests)
+            advance(day.name)
+        if layout == "recflow":
+            _dump(config.id_cnt(), tmp / ID_CNT_FILE)
+            write_text_atomic(tmp / "SIMULATED.txt", f"cascade-ranking synthetic funnel, seed {seed}\n")
+            return None
+        schema = recflow_schema(
+            stages=stages,
+            id_cnt=id_cnt,
+            history_length=config.history_length,
+            partitions=partitions,
+            name=f"synthetic-{stages}stage",
+            provenance={
+                "source": "cascade_ranking.data.synthetic (simulated production funnel)",
+                "seed": int(seed),
+                "requests": int(requests),
+                "days": int(days),
+                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+            },
+        )
+        write_schema(tmp, schema)
+    return schema
+
+
+def small_config(**overrides) -> SimulatorConfig:
+    """A tiny world for tests and examples (fast to build)."""
+    base = SimulatorConfig(num_users=60, num_devices=70, num_items=2_000, num_authors=100, num_cate_two=30,
+                           num_cate_one=6, history_length=50)  # fmt: skip
+    return replace(base, **overrides)
