@@ -177,7 +177,8 @@ def train(
             )
             for batch in batches:
                 batch = batch.to(device)
-                out = loss_fn(cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage)
+                extra = {"soft_label": batch.soft_label} if getattr(loss_fn, "needs_soft_label", False) else {}
+                out = loss_fn(cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage, **extra)
                 if not torch.isfinite(out.loss):
                     raise TrainingError(
                         f"non-finite loss {out.loss.item()} at step {step} (method {config.method}, "

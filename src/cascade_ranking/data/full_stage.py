@@ -78,6 +78,7 @@ __all__ = [
     "FUNNEL_POSITIONS",
     "Attribute",
     "FullStageConfig",
+    "FunnelState",
     "InteractionLog",
     "RequestTable",
     "build_full_stage",
