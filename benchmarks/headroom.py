@@ -122,7 +122,9 @@ def train_two_tower(schema: DatasetSchema, train: dict, test: dict, *, seed: int
         def __init__(self) -> None:
             super().__init__()
             self.emb = nn.ModuleDict({f.name: nn.Embedding(f.vocab_size, dim) for f in schema.features})
-            n_user = len(schema.fields_with_role("user")) + len(schema.fields_with_role("context")) + len(schema.history)
+            n_user = (
+                len(schema.fields_with_role("user")) + len(schema.fields_with_role("context")) + len(schema.history)
+            )
             n_item = len(schema.fields_with_role("item"))
             self.user = nn.Sequential(nn.Linear(n_user * dim, hidden), nn.ReLU(), nn.Linear(hidden, out))
             self.item = nn.Sequential(nn.Linear(n_item * dim, hidden), nn.ReLU(), nn.Linear(hidden, out))

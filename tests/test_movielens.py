@@ -353,6 +353,15 @@ def test_no_network_error_says_what_to_run(tmp_path, no_proxy):
     assert not (tmp_path / "out").exists()
 
 
+def test_corrupted_cache_says_to_delete_it(tmp_path):
+    cached = tmp_path / "movielens-100k" / "ml-100k.zip"
+    cached.parent.mkdir()
+    cached.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(DatasetUnavailableError, match="delete it") as err:
+        prepare_movielens(tmp_path / "out", url="http://127.0.0.1:9/never-fetched.zip", cache_dir=tmp_path)
+    assert str(cached) in str(err.value) and PREPARE_HINT in str(err.value)
+
+
 def test_prepare_from_download_equals_prepare_from_recbole_copy(server, ml100k_dataset, tmp_path, no_proxy):
     """The downloaded GroupLens zip and the RecBole copy build byte-identical partition files."""
     out = tmp_path / "ds"

@@ -35,7 +35,14 @@ The ratings span 1997-09-20 to 1998-04-22, which gives 32 weekly partitions, ``w
 * valid: 2 weeks, 1998-03-16 to 1998-03-29 (410 requests);
 * test: 4 weeks, 1998-03-30 to 1998-04-26 (1,224 requests; the data ends on 1998-04-22).
 
-9,596 requests of 10 ratings in total; 4,040 ratings in users' final partial chunks are dropped.
+9,596 requests of 10 ratings in total; 4,040 ratings in users' final partial chunks are in no request.
+
+**Headroom** (``python benchmarks/headroom.py``, seed 0, joint recall on the 1,224 test requests of one fixed
+scorer at every stage; scorers fitted on the training weeks only; two-stage top 20 of 40 / three-stage top
+20 of 50): random 0.508 / 0.394; item popularity 0.515 / 0.401; co-occurrence with the history 0.571 /
+0.469; logistic regression on both 0.527 / 0.413; non-personalised item prior (impression rate among the
+item's training candidates) 0.715 / 0.560; a small two-tower model trained with BCE (3 passes, batch 256)
+0.740 / 0.646.
 """
 
 from __future__ import annotations
@@ -62,14 +69,17 @@ from .full_stage import Attribute, FullStageConfig, InteractionLog, build_full_s
 from .schema import DatasetSchema, TrainDefaults
 
 __all__ = [
+    "DATASET_VERSION",
     "GENRES",
     "ML100K_COUNTS",
     "ML100K_URL",
+    "PREPARE_HINT",
     "DataFormatError",
     "DatasetUnavailableError",
     "MovieLensTables",
     "RecBoleTables",
     "check_ml100k",
+    "dataset_name",
     "download_movielens",
     "movielens_log",
     "prepare_movielens",
@@ -113,10 +123,8 @@ class DatasetUnavailableError(RuntimeError):
 # ------------------------------------------------------------------------------------------------------
 # csv helpers (pyarrow.csv; no per-line Python)
 # ------------------------------------------------------------------------------------------------------
-def _read_csv(
-    source: Path | bytes, what: str, *, delimiter: str, names: list[str] | None, encoding: str = "utf8"
-) -> pa.Table:
-    """Read a delimited file with every column as a string; ``names=None`` reads the header row."""
+def _read_csv(source: Path | bytes, what: str, *, delimiter: str, names: list[str], encoding: str = "utf8") -> pa.Table:
+    """Read a header-less delimited file (``names`` = its columns) with every column as a string."""
     stream = pa.BufferReader(source) if isinstance(source, bytes) else source
     try:
         return pacsv.read_csv(
@@ -124,7 +132,7 @@ def _read_csv(
             read_options=pacsv.ReadOptions(column_names=names, encoding=encoding, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False, double_quote=False),
             convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.string()) if names else None,
+                column_types=dict.fromkeys(names, pa.string()),
                 strings_can_be_null=False,
                 auto_dict_encode=False,
             ),
@@ -235,18 +243,14 @@ def _grouplens_files(src: Path) -> tuple[dict[str, bytes | Path], str]:
     if src.is_dir():
         missing = [n for n in names if not (src / n).is_file()]
         if missing:
-            raise DataFormatError(
-                f"{src}: GroupLens file(s) {missing} missing (expected u.data, u.user, u.item)"
-            )
+            raise DataFormatError(f"{src}: GroupLens file(s) {missing} missing (expected u.data, u.user, u.item)")
         return {n: src / n for n in names}, str(src)
     try:
         with zipfile.ZipFile(src) as zf:
             members = {Path(m).name: m for m in zf.namelist() if Path(m).name in names}
             missing = [n for n in names if n not in members]
             if missing:
-                raise DataFormatError(
-                    f"{src}: the archive has no {missing} (expected ml-100k/u.data, u.user, u.item)"
-                )
+                raise DataFormatError(f"{src}: the archive has no {missing} (expected ml-100k/u.data, u.user, u.item)")
             return {n: zf.read(members[n]) for n in names}, str(src)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise DataFormatError(f"{src}: not a readable zip archive ({exc})") from exc
@@ -283,12 +287,10 @@ def read_grouplens(src: str | Path) -> MovieLensTables:
             **{c: _strings(u, c, what("u.user")) for c in ("gender", "occupation", "zip_code")},
         }
     )
-    it = _read_csv(
-        files["u.item"], what("u.item"), delimiter="|", names=_GROUPLENS_ITEM_COLUMNS, encoding="latin-1"
+    it = _read_csv(files["u.item"], what("u.item"), delimiter="|", names=_GROUPLENS_ITEM_COLUMNS, encoding="latin-1")
+    flags = np.stack([_parse(it, f"genre_{i}", pa.int8(), what("u.item")) for i in range(len(GENRES))], axis=1).astype(
+        bool
     )
-    flags = np.stack(
-        [_parse(it, f"genre_{i}", pa.int8(), what("u.item")) for i in range(len(GENRES))], axis=1
-    ).astype(bool)
     first = np.argmax(flags, axis=1)
     genre = np.where(flags.any(axis=1), np.asarray(GENRES, dtype=object)[first], "")
     items = pa.table(
@@ -410,9 +412,7 @@ def _read_recbole_movielens(folder: Path) -> MovieLensTables:
     rb = read_recbole(folder)
     if rb.user is None or rb.item is None:
         missing = [k for k in ("user", "item") if k not in rb.paths]
-        raise DataFormatError(
-            f"{folder}: MovieLens needs the RecBole .user and .item files; missing: {missing}"
-        )
+        raise DataFormatError(f"{folder}: MovieLens needs the RecBole .user and .item files; missing: {missing}")
     pu, pi = str(rb.paths["user"]), str(rb.paths["item"])
     users = pa.table(
         {
@@ -428,9 +428,7 @@ def _read_recbole_movielens(folder: Path) -> MovieLensTables:
             "genre": _first_token(_strings(rb.item, "class", pi)),
         }
     )
-    return MovieLensTables(
-        ratings=_recbole_ratings(rb), users=users, items=items, source=str(folder), layout="recbole"
-    )
+    return MovieLensTables(ratings=_recbole_ratings(rb), users=users, items=items, source=str(folder), layout="recbole")
 
 
 def read_movielens(src: str | Path) -> MovieLensTables:
@@ -538,9 +536,7 @@ def movielens_log(tables: MovieLensTables) -> InteractionLog:
 
     genre_col = tables.items.column("genre").combine_chunks()
     genre_codes = _index(genre_col, pa.array(GENRES[1:], pa.string()))
-    bad = np.flatnonzero(
-        (genre_codes == 0) & ~np.isin(genre_col.to_numpy(zero_copy_only=False), ["", "unknown"])
-    )
+    bad = np.flatnonzero((genre_codes == 0) & ~np.isin(genre_col.to_numpy(zero_copy_only=False), ["", "unknown"]))
     if len(bad):
         raise DataFormatError(
             f"{tables.source}: item genre {genre_col[int(bad[0])].as_py()!r} (item "
@@ -607,9 +603,7 @@ def recbole_log(
                 raise DataFormatError(f"{path}: column {col!r} missing (columns: {table.column_names})")
             if types[col] not in ("token", "token_seq"):
                 if wanted is not None:
-                    raise DataFormatError(
-                        f"{path}: column {col!r} has type {types[col]}, not token/token_seq"
-                    )
+                    raise DataFormatError(f"{path}: column {col!r} has type {types[col]}, not token/token_seq")
                 logger.info("%s: column %r (%s) skipped: not categorical", path, col, types[col])
                 continue
             values = _strings(table, col, path)
@@ -617,9 +611,7 @@ def recbole_log(
                 values = _first_token(values)
             codes, size = _categorical_codes(values)
             if wanted is None and size - 1 > max_distinct_fraction * max(table.num_rows, 1):
-                logger.info(
-                    "%s: column %r skipped: %d distinct values (near-identifier)", path, col, size - 1
-                )
+                logger.info("%s: column %r skipped: %d distinct values (near-identifier)", path, col, size - 1)
                 continue
             if size < 2:
                 continue
@@ -717,9 +709,7 @@ def download_movielens(
         try:
             check_ml100k(read_grouplens(tmp))
         except DataFormatError as exc:
-            raise _unavailable(
-                url, f"the downloaded file is corrupted or not MovieLens-100K ({exc})"
-            ) from exc
+            raise _unavailable(url, f"the downloaded file is corrupted or not MovieLens-100K ({exc})") from exc
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -767,8 +757,17 @@ def prepare_movielens(
     """
     if stages not in (2, 3):
         raise ValueError(f"stages={stages}: MovieLens-100K is laid out for 2 or 3 stages")
-    source = Path(src) if src is not None else download_movielens(url, cache_dir, progress=progress)
-    tables = read_movielens(source)
+    if src is not None:
+        tables = read_movielens(src)
+    else:
+        cached = download_movielens(url, cache_dir, progress=progress)
+        try:
+            tables = read_movielens(cached)
+        except DataFormatError as exc:
+            raise DatasetUnavailableError(
+                f"the cached MovieLens-100K archive {cached} is unreadable ({exc}); delete it to download it "
+                f"again, or run: {PREPARE_HINT}"
+            ) from exc
     check_ml100k(tables)
     log = movielens_log(tables)
     ratings, users, items = tables.counts()

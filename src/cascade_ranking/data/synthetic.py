@@ -3,7 +3,8 @@
 The world (:func:`build_world`): users with attributes (device, age, gender, province), three favourite
 second-level categories and a latent factor (the mean of their favourite categories' factors plus noise);
 items with an author, a second-level category (and its first-level parent), an upload type, an upload time,
-a duration, a latent factor (category + author + noise) and a log-normal popularity.
+a duration, a latent factor (category + author + noise) and a popularity rank (the item of rank ``k`` of ``I``
+is drawn with density proportional to ``(k / I) ** (-1 / 3)``; users are drawn by activity the same way).
 
 One request (:func:`simulate_days`, vectorized over chunks of requests): a user drawn by activity at a time
 uniform over the day; a pool of ``pool_size`` distinct items drawn by popularity; true relevance
@@ -36,12 +37,11 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.feather as feather
 
 from .recflow import (
     FEATHER_DIR,
@@ -105,7 +105,7 @@ class SimulatorConfig:
     pool_size: int = 200
     stage_keep: tuple[int, int, int, int] = (100, 50, 20, 10)
     stage_noise: tuple[float, float, float, float] = (1.0, 0.7, 0.45, 0.25)
-    flow_size: tuple[int, int] = (6, 14)
+    flow_size: tuple[int, int] = (8, 16)
     history_length: int = 50
     start: str = "2024-01-13"
     chunk_size: int = 10_000
@@ -121,8 +121,10 @@ class SimulatorConfig:
         if self.num_cate_one > self.num_cate_two:
             raise ValueError("num_cate_one must be <= num_cate_two")
         lo, hi = self.flow_size
-        if not 0 < lo <= hi:
-            raise ValueError(f"flow_size={self.flow_size}: need 0 < min <= max")
+        if not 0 < lo <= hi < self.pool_size - keep[0] or hi < keep[-1]:
+            raise ValueError(
+                f"flow_size={self.flow_size}: need 0 < min <= max, stage_keep[-1] <= max < pool_size - stage_keep[0]"
+            )
         if len(self.stage_noise) != 4 or self.history_length <= 0 or self.chunk_size <= 0:
             raise ValueError("stage_noise needs 4 values; history_length and chunk_size must be positive")
         np.datetime64(self.start, "D")  # raises ValueError on a bad date
@@ -160,23 +162,31 @@ class World:
     user_attr: dict[str, np.ndarray]  # device_id, age, gender, province: [U] int64
     user_fav: np.ndarray  # [U, 3] favourite cate_two
     user_factor: np.ndarray  # [U, d] float32
-    user_cdf: np.ndarray  # [U] activity CDF
+    user_by_activity: np.ndarray  # [U] users, most active first
     item_attr: dict[str, np.ndarray]  # author_id, cate_two, cate_one, upload_type, upload_timestamp, duration
     item_factor: np.ndarray  # [I, d] float32
     item_pop_z: np.ndarray  # [I] standardised log popularity
-    item_cdf: np.ndarray  # [I] popularity CDF
+    item_by_popularity: np.ndarray  # [I] items, most popular first
     cate_items: np.ndarray  # [I] item ids sorted by cate_two
     cate_offsets: np.ndarray  # [C2 + 1] start of each category in cate_items
     affinity_scale: float
 
 
-def _cdf(weights: np.ndarray) -> np.ndarray:
-    c = np.cumsum(weights, dtype=np.float64)
-    return c / c[-1]
+#: Popularity skew: the item of popularity rank ``k`` of ``I`` is drawn with density ``~ (k / I) ** (1 / a - 1)``.
+_SKEW = 1.5
 
 
-def _draw(cdf: np.ndarray, rng: np.random.Generator, size) -> np.ndarray:
-    return np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), len(cdf) - 1).astype(np.int64)
+def _draw(ranked: np.ndarray, rng: np.random.Generator, size) -> np.ndarray:
+    """Draw from ``ranked`` (most popular first) with the power-law rank density of ``_SKEW`` (O(1) a draw)."""
+    rank = (rng.random(size) ** _SKEW * len(ranked)).astype(np.int64)
+    return ranked[np.minimum(rank, len(ranked) - 1)]
+
+
+def _log_popularity(num: int) -> np.ndarray:
+    """Standardised log density of popularity ranks ``0 .. num - 1`` under :func:`_draw`."""
+    x = (np.arange(num) + 0.5) / num
+    log_density = (1.0 / _SKEW - 1.0) * np.log(x)
+    return (log_density - log_density.mean()) / (log_density.std() + 1e-12)
 
 
 def build_world(config: SimulatorConfig, seed: int) -> World:
@@ -189,12 +199,14 @@ def build_world(config: SimulatorConfig, seed: int) -> World:
     )
     author_factor = rng.normal(size=(c.num_authors, d)).astype(np.float32)
     # every category holds at least one item
-    item_cate = np.concatenate([np.arange(c.num_cate_two), _draw(_cdf(rng.lognormal(0, 1, c.num_cate_two)), rng,
-                                                                   c.num_items - c.num_cate_two)])  # fmt: skip
+    item_cate = np.concatenate([np.arange(c.num_cate_two),
+                                _draw(rng.permutation(c.num_cate_two), rng, c.num_items - c.num_cate_two)])  # fmt: skip
     item_author = rng.integers(0, c.num_authors, c.num_items)
     item_factor = (cate_factor[item_cate] + 0.5 * author_factor[item_author]
                    + 0.5 * rng.normal(size=(c.num_items, d))).astype(np.float32)  # fmt: skip
-    log_pop = rng.normal(0.0, 1.0, c.num_items)
+    item_by_popularity = rng.permutation(c.num_items)
+    log_pop = np.empty(c.num_items, dtype=np.float32)
+    log_pop[item_by_popularity] = _log_popularity(c.num_items)
     start_s = int(np.datetime64(c.start, "s").astype(np.int64))
     item_attr = {
         "author_id": item_author,
@@ -221,11 +233,11 @@ def build_world(config: SimulatorConfig, seed: int) -> World:
         user_attr=user_attr,
         user_fav=user_fav,
         user_factor=user_factor,
-        user_cdf=_cdf(rng.lognormal(0.0, 1.0, c.num_users)),
+        user_by_activity=rng.permutation(c.num_users),
         item_attr=item_attr,
         item_factor=item_factor,
         item_pop_z=log_pop,
-        item_cdf=_cdf(np.exp(log_pop)),
+        item_by_popularity=item_by_popularity,
         cate_items=order.astype(np.int64),
         cate_offsets=np.searchsorted(item_cate[order], np.arange(c.num_cate_two + 1)),
         affinity_scale=float(affinity.std() + 1e-6),
@@ -244,9 +256,8 @@ class SimulatedDay:
             0 beyond ``flow_counts``.
         flow_counts: flow -> ``[R]`` int64 recorded items.
         flow_rank_index / flow_rerank_index: flow -> ``[R, M]`` int64 position in the rank / rerank
-            stage's order, -1 where the item did not pass that stage.
+            stage's order, -1 where the item did not pass that stage (and beyond ``flow_counts``).
         history: ``[R, L, 10]`` int64 (:data:`.recflow.SEQ_COLUMNS`), left-padded, oldest first.
-        feather: columns of ``all_stage/<day>.feather`` (one row per recorded (request, item)), or ``None``.
     """
 
     name: str
@@ -258,7 +269,6 @@ class SimulatedDay:
     flow_rank_index: dict[str, np.ndarray]
     flow_rerank_index: dict[str, np.ndarray]
     history: np.ndarray
-    feather: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def num_requests(self) -> int:
@@ -270,6 +280,7 @@ class SimulatedDay:
         flows = {f: np.ascontiguousarray(self.flow_items[f][:, :GROUP_SIZE]) for f in spec.groups}
         counts = {f: np.minimum(self.flow_counts[f], GROUP_SIZE) for f in spec.groups}
         ranks = self.flow_rank_index if spec.top_index == "rank_index" else self.flow_rerank_index
+        where = f"simulated day {self.name}"
         return RecFlowDay(
             name=self.name,
             request_id=self.request_id,
@@ -279,28 +290,65 @@ class SimulatedDay:
             counts=counts,
             top_rank_index=ranks[spec.groups[0]][:, :GROUP_SIZE].astype(np.float64),
             history=self.history,
-            sources={
-                "user": f"simulated day {self.name}",
-                "item": f"simulated day {self.name}",
-                "history": f"simulated day {self.name}",
-            },  # fmt: skip
+            sources={"user": where, "item": where, "history": where},
         )
+
+    def feather_rows(self, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+        """Rows of ``all_stage/<day>.feather`` for requests ``lo:hi``: one per recorded (request, video).
+
+        A video recorded in several flows is one row (first recorded flow first); its stage flags follow
+        its funnel depth (``rank_pos`` = passed rank), ``rank_index`` / ``rerank_index`` are -1 where the
+        video did not pass that stage.
+        """
+        hi = self.num_requests if hi is None else hi
+        items = np.concatenate([self.flow_items[f][lo:hi] for f in FLOWS], axis=1)  # [n, 7M, 8]
+        m = self.flow_items[FLOWS[0]].shape[1]
+        valid = np.concatenate([np.arange(m)[None, :] < self.flow_counts[f][lo:hi, None] for f in FLOWS], axis=1)
+        rank = np.concatenate([self.flow_rank_index[f][lo:hi] for f in FLOWS], axis=1)
+        rerank = np.concatenate([self.flow_rerank_index[f][lo:hi] for f in FLOWS], axis=1)
+        flow_depth = np.repeat([_FLOW_DEPTH[f] for f in FLOWS], m)
+        r, s = np.nonzero(valid)
+        video = items[r, s, 0]
+        _, first = np.unique(r * (int(video.max(initial=0)) + 1) + video, return_index=True)
+        first = np.sort(first)
+        r, s, video = r[first], s[first], video[first]
+        rank, rerank = rank[r, s], rerank[r, s]
+        depth = np.where(rerank >= 0, RERANK_POS, np.where(rank >= 0, RERANK_NEG, flow_depth[s]))
+        shown = (depth == RERANK_POS) & (rerank < self.flow_counts["realshow"][lo:hi][r])
+        req = r + lo
+        col = {name: items[r, s, i] for i, name in enumerate(FLOW_COLUMNS)}
+        flag = {name: (depth == d).astype(np.int8) for name, d in _FLOW_DEPTH.items() if name != "rank_pos"}
+        flag["rank_pos"] = (depth >= RERANK_NEG).astype(np.int8)
+        return {
+            "request_id": self.request_id[req], "request_timestamp": self.request_timestamp[req],
+            **{f: self.user[f][req] for f in USER_FIELDS},
+            "video_id": video, "author_id": col["author_id"], "category_level_two": col["cate_two"],
+            "category_level_one": col["cate_one"], "upload_type": col["upload_type"],
+            "upload_timestamp": col["upload_timestamp"], "duration": col["duration"],
+            "realshow": shown.astype(np.int8), **{f: flag[f] for f in FLOWS[1:]},
+            "rank_index": rank, "rerank_index": rerank, "effective_view": col["effective_view"].astype(np.int8),
+        }  # fmt: skip
+
+
+#: Funnel depth of the items of each flow (``rank_pos``: at least ``RERANK_NEG``).
+_FLOW_DEPTH = {
+    "realshow": RERANK_POS, "rerank_pos": RERANK_POS, "rerank_neg": RERANK_NEG, "rank_pos": RERANK_NEG,
+    "rank_neg": RANK_NEG, "coarse_neg": COARSE_NEG, "prerank_neg": PRERANK_NEG,
+}  # fmt: skip
 
 
 def _concat(parts: list[dict]) -> dict:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _simulate_chunk(
-    world: World, rng: np.random.Generator, users: np.ndarray, ts: np.ndarray, rids: np.ndarray, with_feather: bool
-) -> dict:
-    """Simulate the funnel of ``len(users)`` requests; returns flat dicts of the chunk's arrays."""
+def _simulate_chunk(world: World, rng: np.random.Generator, users: np.ndarray, ts: np.ndarray) -> dict:
+    """Simulate the funnel of ``len(users)`` requests; returns the chunk's flows and histories."""
     c = world.config
     n, p, m = len(users), c.pool_size, c.flow_size[1]
     rows = np.arange(n)[:, None]
 
     # pool: oversample by popularity, drop repeats, keep the first `pool_size` distinct items per request
-    draw = _draw(world.item_cdf, rng, (n, p + p // 2))
+    draw = _draw(world.item_by_popularity, rng, (n, p + max(p // 4, 16)))
     order = np.argsort(draw, axis=1, kind="stable")
     sorted_draw = np.take_along_axis(draw, order, axis=1)
     repeat = np.zeros(draw.shape, dtype=bool)
@@ -309,24 +357,31 @@ def _simulate_chunk(
     pool = np.take_along_axis(draw, keep_first, axis=1)  # [n, p]
     in_pool = ~np.take_along_axis(repeat, keep_first, axis=1)
 
-    affinity = np.einsum("nd,npd->np", world.user_factor[users], world.item_factor[pool]) / world.affinity_scale
-    relevance = affinity + 0.5 * world.item_pop_z[pool] + 0.3 * rng.normal(size=(n, p))
+    affinity = np.matmul(world.item_factor[pool], world.user_factor[users][:, :, None])[:, :, 0]
+    relevance = affinity / np.float32(world.affinity_scale) + world.item_pop_z[pool] * np.float32(0.5)
+    relevance += np.float32(0.3) * rng.standard_normal((n, p), dtype=np.float32)
 
-    depth = np.zeros((n, p), dtype=np.int64)
+    # the funnel; float keys have no ties among live items, so the sort kind does not matter
+    depth = np.zeros((n, p), dtype=np.int8)
     alive = in_pool
     stage_pos = []
-    for keep, noise in zip(c.stage_keep, c.stage_noise):
-        score = np.where(alive, relevance + noise * rng.normal(size=(n, p)), -np.inf)
-        ranked = np.argsort(-score, axis=1, kind="stable")
-        pos = np.empty_like(ranked)
-        np.put_along_axis(pos, ranked, np.broadcast_to(np.arange(p), (n, p)), axis=1)
-        alive = alive & (pos < keep)
+    ramp = np.broadcast_to(np.arange(p), (n, p))
+    for stage, (keep, noise) in enumerate(zip(c.stage_keep, c.stage_noise)):
+        score = np.where(alive, relevance + np.float32(noise) * rng.standard_normal((n, p), dtype=np.float32), -np.inf)
+        if stage < 2:  # prerank and coarse: only who survives matters
+            survive = np.zeros((n, p), dtype=bool)
+            np.put_along_axis(survive, np.argpartition(-score, keep - 1, axis=1)[:, :keep], True, axis=1)
+            alive = alive & survive
+        else:  # rank and rerank: record each survivor's position in the stage's order
+            pos = np.empty((n, p), dtype=np.int64)
+            np.put_along_axis(pos, np.argsort(-score, axis=1), ramp, axis=1)
+            alive = alive & (pos < keep)
+            stage_pos.append(np.where(alive, pos, -1))
         depth += alive
-        stage_pos.append(np.where(alive, pos, -1))
-    rank_index, rerank_index = stage_pos[2], stage_pos[3]
+    rank_index, rerank_index = stage_pos
     n_show = rng.integers(0, c.stage_keep[3] + 1, n)
     realshow = (depth == RERANK_POS) & (rerank_index < n_show[:, None])
-    effective = realshow & (rng.random((n, p)) < 1.0 / (1.0 + np.exp(-(relevance - 0.5))))
+    effective = realshow & (rng.random((n, p), dtype=np.float32) < 1.0 / (1.0 + np.exp(-(relevance - 0.5))))
 
     members = {
         "realshow": realshow,
@@ -338,54 +393,27 @@ def _simulate_chunk(
         "prerank_neg": (depth == PRERANK_NEG) & in_pool,
     }
     attr = world.item_attr
-    columns = {
-        "video_id": pool, "author_id": attr["author_id"][pool], "duration": attr["duration"][pool],
-        "cate_two": attr["cate_two"][pool], "upload_type": attr["upload_type"][pool],
-        "upload_timestamp": attr["upload_timestamp"][pool], "cate_one": attr["cate_one"][pool],
-        "effective_view": effective.astype(np.int64),
-    }  # fmt: skip
-    pool_rows = np.stack([columns[name] for name in FLOW_COLUMNS], axis=-1)  # [n, p, 8]
     out: dict = {"flow_items": {}, "flow_counts": {}, "flow_rank_index": {}, "flow_rerank_index": {}}
-    recorded = np.zeros((n, p), dtype=bool)
     for flow in FLOWS:
         member = members[flow]
         available = member.sum(axis=1)
-        if flow == "realshow":  # all shown items, in shown order
-            key = np.where(member, rerank_index, p + 1).astype(np.float64)
+        if flow == "realshow":  # every shown item, in shown order
+            key = np.where(member, rerank_index, p + 1).astype(np.float32)
             count = np.minimum(available, m)
-        else:
-            key = np.where(member, rng.random((n, p)), 2.0)
+        else:  # a random subset in random order
+            key = np.where(member, rng.random((n, p), dtype=np.float32), np.float32(2.0))
             count = np.minimum(rng.integers(c.flow_size[0], c.flow_size[1] + 1, n), available)
-        slots = np.argsort(key, axis=1, kind="stable")[:, :m]
+        slots = np.argpartition(key, m - 1, axis=1)[:, :m]  # non-members sort last and are never taken
+        slots = np.take_along_axis(slots, np.argsort(np.take_along_axis(key, slots, axis=1), axis=1), axis=1)
         valid = np.arange(m)[None, :] < count[:, None]
-        np.put_along_axis(recorded, slots, valid | np.take_along_axis(recorded, slots, axis=1), axis=1)
-        out["flow_items"][flow] = np.where(valid[:, :, None], pool_rows[rows, slots], 0)
+        item = pool[rows, slots]
+        cols = {"video_id": item, "effective_view": effective[rows, slots].astype(np.int64)}
+        cols.update({k: attr[k][item] for k in FLOW_COLUMNS if k not in cols})
+        out["flow_items"][flow] = np.where(valid[:, :, None], np.stack([cols[k] for k in FLOW_COLUMNS], -1), 0)
         out["flow_counts"][flow] = count.astype(np.int64)
-        out["flow_rank_index"][flow] = np.where(valid, np.take_along_axis(rank_index, slots, axis=1), -1)
-        out["flow_rerank_index"][flow] = np.where(valid, np.take_along_axis(rerank_index, slots, axis=1), -1)
-
+        out["flow_rank_index"][flow] = np.where(valid, rank_index[rows, slots], -1)
+        out["flow_rerank_index"][flow] = np.where(valid, rerank_index[rows, slots], -1)
     out["history"] = _simulate_history(world, rng, users, ts)
-    if with_feather:
-        r_idx, j_idx = np.nonzero(recorded)
-        d = depth[r_idx, j_idx]
-        feat = {
-            "request_id": rids[r_idx], "request_timestamp": ts[r_idx], "user_id": users[r_idx],
-            **{k: world.user_attr[k][users[r_idx]] for k in ("device_id", "age", "gender", "province")},
-            "video_id": pool[r_idx, j_idx], "author_id": columns["author_id"][r_idx, j_idx],
-            "category_level_two": columns["cate_two"][r_idx, j_idx],
-            "category_level_one": columns["cate_one"][r_idx, j_idx],
-            "upload_type": columns["upload_type"][r_idx, j_idx],
-            "upload_timestamp": columns["upload_timestamp"][r_idx, j_idx],
-            "duration": columns["duration"][r_idx, j_idx],
-            "realshow": realshow[r_idx, j_idx].astype(np.int8),
-            "rerank_pos": (d == RERANK_POS).astype(np.int8), "rerank_neg": (d == RERANK_NEG).astype(np.int8),
-            "rank_pos": (d >= RERANK_NEG).astype(np.int8), "rank_neg": (d == RANK_NEG).astype(np.int8),
-            "coarse_neg": (d == COARSE_NEG).astype(np.int8),
-            "prerank_neg": (d == PRERANK_NEG).astype(np.int8),
-            "rank_index": rank_index[r_idx, j_idx], "rerank_index": rerank_index[r_idx, j_idx],
-            "effective_view": effective[r_idx, j_idx].astype(np.int8),
-        }  # fmt: skip
-        out["feather"] = feat
     return out
 
 
@@ -396,21 +424,19 @@ def _simulate_history(world: World, rng: np.random.Generator, users: np.ndarray,
     fav = world.user_fav[users[:, None], rng.integers(0, 3, (n, length))]  # [n, L]
     start, size = world.cate_offsets[fav], np.diff(world.cate_offsets)[fav]
     from_fav = world.cate_items[start + (rng.random((n, length)) * size).astype(np.int64)]
-    popular = _draw(world.item_cdf, rng, (n, length))
+    popular = _draw(world.item_by_popularity, rng, (n, length))
     item = np.where(rng.random((n, length)) < 0.7, from_fav, popular)
     n_valid = rng.integers(0, length + 1, n)
     valid = np.arange(length)[None, :] >= (length - n_valid)[:, None]
     age_ms = -np.sort(-rng.integers(60_000, 30 * _MS_PER_DAY, (n, length)), axis=1)  # oldest first
     attr = world.item_attr
     cols = {
-        "video_id": item, "author_id": attr["author_id"][item], "cate_two": attr["cate_two"][item],
-        "cate_one": attr["cate_one"][item], "upload_type": attr["upload_type"][item],
-        "upload_timestamp": attr["upload_timestamp"][item], "duration": attr["duration"][item],
-        "request_timestamp": ts[:, None] - age_ms, "playing_time": rng.integers(1, 300, (n, length)),
-        "request_id": rng.integers(1, 2**40, (n, length)),
+        "video_id": item, "request_timestamp": ts[:, None] - age_ms,
+        "playing_time": rng.integers(1, 300, (n, length)), "request_id": rng.integers(1, 2**40, (n, length)),
     }  # fmt: skip
+    cols.update({k: attr[k][item] for k in SEQ_COLUMNS if k not in cols})
     hist = np.stack([cols[name] for name in SEQ_COLUMNS], axis=-1)
-    return np.where(valid[:, :, None], hist, 0).astype(np.int64)
+    return np.where(valid[:, :, None], hist, 0)
 
 
 def _day_sizes(requests: int, days: int) -> np.ndarray:
@@ -420,12 +446,12 @@ def _day_sizes(requests: int, days: int) -> np.ndarray:
 
 
 def simulate_days(
-    *, requests: int, days: int, seed: int = 0, config: SimulatorConfig | None = None, with_feather: bool = False
+    *, requests: int, days: int, seed: int = 0, config: SimulatorConfig | None = None
 ) -> Iterator[SimulatedDay]:
-    """Yield the simulated days in order (``requests`` spread evenly over ``days``); the ground truth.
+    """Yield the simulated days in order (``requests`` spread evenly over ``days``): the ground truth.
 
-    ``config`` defaults to :meth:`SimulatorConfig.for_requests`. ``with_feather`` also builds the rows of
-    ``all_stage/<day>.feather``. Raises ``ValueError`` for ``requests < days`` or ``days < 1``.
+    ``config`` defaults to :meth:`SimulatorConfig.for_requests`. Raises ``ValueError`` for
+    ``requests < days`` or ``days < 1``.
     """
     sizes = _day_sizes(requests, days)
     config = config or SimulatorConfig.for_requests(requests)
@@ -433,21 +459,19 @@ def simulate_days(
     start = np.datetime64(config.start, "D")
     first_id = 1
     for day_index, size in enumerate(sizes.tolist()):
-        name = str(start + np.timedelta64(day_index, "D"))
+        date = start + np.timedelta64(day_index, "D")
         day_rng = np.random.default_rng([seed, 1, day_index])
-        day_ms = int((start + np.timedelta64(day_index, "D")).astype("datetime64[ms]").astype(np.int64))
+        day_ms = int(date.astype("datetime64[ms]").astype(np.int64))
         ts = np.sort(day_ms + day_rng.integers(0, _MS_PER_DAY, size))
-        users = _draw(world.user_cdf, day_rng, size)
-        rids = np.arange(first_id, first_id + size, dtype=np.int64)
-        first_id += size
+        users = _draw(world.user_by_activity, day_rng, size)
         parts = []
         for chunk, lo in enumerate(range(0, size, config.chunk_size)):
             hi = min(lo + config.chunk_size, size)
             rng = np.random.default_rng([seed, 2, day_index, chunk])
-            parts.append(_simulate_chunk(world, rng, users[lo:hi], ts[lo:hi], rids[lo:hi], with_feather))
-        yield SimulatedDay(
-            name=name,
-            request_id=rids,
+            parts.append(_simulate_chunk(world, rng, users[lo:hi], ts[lo:hi]))
+        day = SimulatedDay(
+            name=str(date),
+            request_id=np.arange(first_id, first_id + size, dtype=np.int64),
             request_timestamp=ts,
             user={"user_id": users, **{k: world.user_attr[k][users] for k in USER_FIELDS[1:]}},
             flow_items=_concat([q["flow_items"] for q in parts]),
@@ -455,8 +479,10 @@ def simulate_days(
             flow_rank_index=_concat([q["flow_rank_index"] for q in parts]),
             flow_rerank_index=_concat([q["flow_rerank_index"] for q in parts]),
             history=np.concatenate([q["history"] for q in parts]),
-            feather=_concat([q["feather"] for q in parts]) if with_feather else None,
         )
+        del parts
+        first_id += size
+        yield day
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -468,23 +494,41 @@ def _dump(obj, path: Path) -> None:
         pickle.dump(obj, fh, protocol=4)
 
 
-def write_recflow_day(root: Path, day: SimulatedDay) -> None:
-    """Write one day in RecFlow's published layout under ``root`` (feather + two pickles)."""
-    if day.feather is None:
-        raise ValueError("write_recflow_day: the day was simulated without feather rows (with_feather=False)")
+def _split(flat: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    ends = np.cumsum(counts)
+    return [flat[a:b] for a, b in zip((ends - counts).tolist(), ends.tolist())]
+
+
+def write_recflow_day(root: Path, day: SimulatedDay, *, batch_size: int = 20_000) -> None:
+    """Write one day in RecFlow's published layout under ``root`` (feather + two pickles).
+
+    The feather file is written in record batches of ``batch_size`` requests (an Arrow IPC file, i.e.
+    Feather V2, LZ4-compressed); the pickles hold ``int64`` arrays keyed by Python ``int`` request ids, with
+    empty flows left out of a request's dict.
+    """
     path = root / FEATHER_DIR / f"{day.name}.feather"
     path.parent.mkdir(parents=True, exist_ok=True)
-    feather.write_feather(pa.table(day.feather), str(path))
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    writer = None
+    with pa.OSFile(str(path), "wb") as sink:
+        for lo in range(0, day.num_requests, batch_size):
+            batch = pa.record_batch(day.feather_rows(lo, min(lo + batch_size, day.num_requests)))
+            if writer is None:
+                writer = pa.ipc.new_file(sink, batch.schema, options=options)
+            writer.write_batch(batch)
+        if writer is not None:
+            writer.close()
     rids = day.request_id.tolist()
     per_flow = {}
     for flow in FLOWS:
         counts = day.flow_counts[flow]
         valid = np.arange(day.flow_items[flow].shape[1])[None, :] < counts[:, None]
-        per_flow[flow] = np.split(day.flow_items[flow][valid], np.cumsum(counts)[:-1])
+        per_flow[flow] = _split(day.flow_items[flow][valid], counts)
     requests = {
         rid: {flow: per_flow[flow][i] for flow in FLOWS if len(per_flow[flow][i])} for i, rid in enumerate(rids)
     }
     _dump(requests, root / REQUEST_DIR / f"{day.name}.pkl")
+    del requests, per_flow
     _dump({rid: day.history[i] for i, rid in enumerate(rids)}, root / SEQ_DIR / f"{day.name}.pkl")
 
 
@@ -528,7 +572,7 @@ def simulate(
     config = config or SimulatorConfig.for_requests(requests)
     roles = assign_roles([str(i) for i in range(days)], test_days, valid_days)
     out = Path(out)
-    generated = simulate_days(requests=requests, days=days, seed=seed, config=config, with_feather=layout == "recflow")
+    generated = simulate_days(requests=requests, days=days, seed=seed, config=config)
     marker = SCHEMA_FILE if layout == "store" else ID_CNT_FILE
     with staged_output(out, marker=marker) as tmp, day_progress(progress, days, f"simulate ({layout})") as advance:
         partitions: list[Partition] = []

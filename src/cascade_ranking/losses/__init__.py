@@ -28,6 +28,11 @@ REGISTRY: dict[str, str] = {
     "fs_lambdaloss": "cascade_ranking.losses.fs_lambdaloss:FSLambdaLoss",
     "arf": "cascade_ranking.losses.arf:ARFLoss",
     "arf_v2": "cascade_ranking.losses.arf:ARFv2Loss",
+    "ranktower": "cascade_ranking.losses.ranktower:RankTowerLoss",
+    "ranktower_distill": "cascade_ranking.losses.ranktower:RankTowerDistillLoss",
+    "ranktower_sort": "cascade_ranking.losses.ranktower:RankTowerSortLoss",
+    "rankmax": "cascade_ranking.losses.ranktower:RankmaxLoss",
+    "am_rankmax": "cascade_ranking.losses.ranktower:AMRankmaxLoss",
 }
 
 

@@ -25,6 +25,7 @@ from .din import DIN
 from .dssm import DSSM
 from .embedding import FeatureEncoder, feed_forward
 from .mlp import MLP
+from .ranktower import RankTower
 
 __all__ = ["DIN", "DSSM", "MLP", "FeatureEncoder", "StageModel", "available_models", "build_model", "feed_forward"]
 
@@ -40,6 +41,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "dssm": DSSM,
     "din": DIN,
     "mlp": MLP,
+    "ranktower": RankTower,
 }
 
 
