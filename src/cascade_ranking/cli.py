@@ -144,7 +144,12 @@ def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
         row = []
         for values in columns.values():
             v = values.get(key)
-            row.append("" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
+            if v is None:
+                row.append("")
+            elif key.endswith("requests") or not isinstance(v, float):
+                row.append(f"{int(v)}")
+            else:
+                row.append(f"{v:.4f}")
         table.add_row(key, *row)
     return table
 
@@ -196,10 +201,12 @@ def train(
             threads=threads,
         )
         data_dir = resolve_data(data, stages)
-        run_dir = out or default_run_dir(method, stages if data is None else len(open_dataset(data_dir).keep), seed)
+        run_dir = out or default_run_dir(method, len(_csv_ints(keep, "--keep") or open_dataset(data_dir).keep), seed)
         with _progress() as progress:
             task = progress.add_task("train", total=None, info="")
-            eval_task = progress.add_task("evaluate", total=None, info="", visible=False)
+            schema = open_dataset(data_dir)
+            eval_total = sum(p.num_requests for p in schema.partitions if p.role in ("valid", "test"))
+            eval_task = progress.add_task("evaluate", total=eval_total, info="", visible=False)
 
             def on_step(step: int, total: int, loss: float) -> None:
                 progress.update(task, completed=step, total=total, info=f"loss {loss:.4f}")

@@ -178,7 +178,7 @@ _SKEW = 1.5
 
 def _draw(ranked: np.ndarray, rng: np.random.Generator, size) -> np.ndarray:
     """Draw from ``ranked`` (most popular first) with the power-law rank density of ``_SKEW`` (O(1) a draw)."""
-    rank = (rng.random(size) ** _SKEW * len(ranked)).astype(np.int64)
+    rank = (rng.random(size, dtype=np.float32) ** np.float32(_SKEW) * len(ranked)).astype(np.int64)
     return ranked[np.minimum(rank, len(ranked) - 1)]
 
 
@@ -358,16 +358,15 @@ def _simulate_chunk(world: World, rng: np.random.Generator, users: np.ndarray, t
     in_pool = ~np.take_along_axis(repeat, keep_first, axis=1)
 
     affinity = np.matmul(world.item_factor[pool], world.user_factor[users][:, :, None])[:, :, 0]
-    relevance = affinity / np.float32(world.affinity_scale) + world.item_pop_z[pool] * np.float32(0.5)
-    relevance += np.float32(0.3) * rng.standard_normal((n, p), dtype=np.float32)
+    relevance = affinity / world.affinity_scale + 0.5 * world.item_pop_z[pool] + 0.3 * rng.standard_normal((n, p))
 
-    # the funnel; float keys have no ties among live items, so the sort kind does not matter
+    # the funnel; float64 keys have no ties among live items, so the sort kind cannot change the result
     depth = np.zeros((n, p), dtype=np.int8)
     alive = in_pool
     stage_pos = []
     ramp = np.broadcast_to(np.arange(p), (n, p))
     for stage, (keep, noise) in enumerate(zip(c.stage_keep, c.stage_noise)):
-        score = np.where(alive, relevance + np.float32(noise) * rng.standard_normal((n, p), dtype=np.float32), -np.inf)
+        score = np.where(alive, relevance + noise * rng.standard_normal((n, p)), -np.inf)
         if stage < 2:  # prerank and coarse: only who survives matters
             survive = np.zeros((n, p), dtype=bool)
             np.put_along_axis(survive, np.argpartition(-score, keep - 1, axis=1)[:, :keep], True, axis=1)
@@ -381,31 +380,34 @@ def _simulate_chunk(world: World, rng: np.random.Generator, users: np.ndarray, t
     rank_index, rerank_index = stage_pos
     n_show = rng.integers(0, c.stage_keep[3] + 1, n)
     realshow = (depth == RERANK_POS) & (rerank_index < n_show[:, None])
-    effective = realshow & (rng.random((n, p), dtype=np.float32) < 1.0 / (1.0 + np.exp(-(relevance - 0.5))))
+    effective = realshow & (rng.random((n, p)) < 1.0 / (1.0 + np.exp(-(relevance - 0.5))))
 
-    members = {
-        "realshow": realshow,
-        "rerank_pos": depth == RERANK_POS,
-        "rerank_neg": depth == RERANK_NEG,
-        "rank_pos": depth >= RERANK_NEG,
-        "rank_neg": depth == RANK_NEG,
-        "coarse_neg": depth == COARSE_NEG,
-        "prerank_neg": (depth == PRERANK_NEG) & in_pool,
-    }
+    # flows: random subsets in random order. One sort by (group, uniform) lays every disjoint group out
+    # contiguously in random order; rank_pos (depth >= RERANK_NEG) gets its own shuffle.
+    code = np.where(in_pool, depth, RERANK_POS + 1)
+    by_group = np.argsort(code + rng.random((n, p)), axis=1)
+    sizes = np.stack([(depth == d) & in_pool for d in range(RERANK_POS + 1)], axis=1).sum(axis=2)  # [n, 5]
+    starts = np.cumsum(sizes, axis=1) - sizes
+    passed_rank = depth >= RERANK_NEG
+    rank_pos_order = np.argsort(np.where(passed_rank, rng.random((n, p)), 2.0), axis=1)
+    shown_order = np.zeros((n, m), dtype=np.int64)  # slot of the item shown at position k (realshow order)
+    shown_r, shown_j = np.nonzero(realshow)
+    shown_order[shown_r, rerank_index[shown_r, shown_j]] = shown_j
+    ramp_m = np.arange(m)
     attr = world.item_attr
     out: dict = {"flow_items": {}, "flow_counts": {}, "flow_rank_index": {}, "flow_rerank_index": {}}
     for flow in FLOWS:
-        member = members[flow]
-        available = member.sum(axis=1)
         if flow == "realshow":  # every shown item, in shown order
-            key = np.where(member, rerank_index, p + 1).astype(np.float32)
-            count = np.minimum(available, m)
-        else:  # a random subset in random order
-            key = np.where(member, rng.random((n, p), dtype=np.float32), np.float32(2.0))
+            slots, count = shown_order, np.minimum(realshow.sum(axis=1), m)
+        elif flow == "rank_pos":
+            slots, available = rank_pos_order[:, :m], passed_rank.sum(axis=1)
+        else:
+            d = _FLOW_DEPTH[flow]
+            idx = np.minimum(starts[:, d : d + 1] + ramp_m, p - 1)
+            slots, available = np.take_along_axis(by_group, idx, axis=1), sizes[:, d]
+        if flow != "realshow":
             count = np.minimum(rng.integers(c.flow_size[0], c.flow_size[1] + 1, n), available)
-        slots = np.argpartition(key, m - 1, axis=1)[:, :m]  # non-members sort last and are never taken
-        slots = np.take_along_axis(slots, np.argsort(np.take_along_axis(key, slots, axis=1), axis=1), axis=1)
-        valid = np.arange(m)[None, :] < count[:, None]
+        valid = ramp_m[None, :] < count[:, None]
         item = pool[rows, slots]
         cols = {"video_id": item, "effective_view": effective[rows, slots].astype(np.int64)}
         cols.update({k: attr[k][item] for k in FLOW_COLUMNS if k not in cols})
