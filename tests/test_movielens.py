@@ -390,3 +390,21 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="name="):
         cache.source_cache_dir("../x")
     assert not (tmp_path / "home").exists()  # nothing is created
+
+
+def test_source_cache_dir_defaults_to_the_cache_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("CASCADE_RANKING_CACHE", str(tmp_path / "root"))
+    assert cache.source_cache_dir("movielens-100k") == tmp_path / "root" / "movielens-100k"
+
+
+def test_train_without_data_or_network_says_which_command_to_run(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from cascade_ranking.cli import app
+
+    monkeypatch.setenv("CASCADE_RANKING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CASCADE_RANKING_MOVIELENS_SRC", raising=False)
+    monkeypatch.setenv("CASCADE_RANKING_MOVIELENS_URL", "http://127.0.0.1:9/ml-100k.zip")  # nothing listens
+    result = CliRunner().invoke(app, ["train"])
+    assert result.exit_code == 2
+    assert "cascade-ranking prepare movielens-100k --src PATH" in result.output

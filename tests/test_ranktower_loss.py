@@ -193,7 +193,10 @@ def test_distillation_uses_soft_labels_and_falls_back_to_the_graded_labels():
     assert without.loss.item() == as_label.loss.item()
     # soft labels change only the distillation term
     sort = losses.build("ranktower_sort", keep=[8])
-    assert run(sort, [logits], label, mask, stage, soft_label=soft)[0].loss == run(sort, [logits], label, mask, stage)[0].loss
+    assert (
+        run(sort, [logits], label, mask, stage, soft_label=soft)[0].loss
+        == run(sort, [logits], label, mask, stage)[0].loss
+    )
 
 
 def test_stages_are_summed():

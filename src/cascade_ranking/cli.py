@@ -47,6 +47,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 MOVIELENS_SRC_ENV = "CASCADE_RANKING_MOVIELENS_SRC"
+MOVIELENS_URL_ENV = "CASCADE_RANKING_MOVIELENS_URL"  # a mirror of the GroupLens zip
 
 
 def _fail(message: str) -> typer.Exit:
@@ -95,17 +96,18 @@ def resolve_data(data: Path | None, stages: int, *, seed: int = 0) -> Path:
     """``data`` if given; else the prepared MovieLens-100K copy for ``stages``, prepared on first use.
 
     The raw data comes from ``$CASCADE_RANKING_MOVIELENS_SRC`` when set (a local copy), else the official
-    GroupLens download. Without network and local copy, ``DatasetUnavailableError`` says which command to run.
+    GroupLens download (or ``$CASCADE_RANKING_MOVIELENS_URL``, a mirror). Without network and local copy, ``DatasetUnavailableError`` says which command to run.
     """
     if data is not None:
         return data
     out = default_dataset_dir(stages)
     if not (out / "schema.json").is_file():
-        from .data.movielens import prepare_movielens
+        from .data.movielens import ML100K_URL, prepare_movielens
 
         src = os.environ.get(MOVIELENS_SRC_ENV)
+        url = os.environ.get(MOVIELENS_URL_ENV) or ML100K_URL
         logging.getLogger(__name__).info("preparing MovieLens-100K (%d stages) into %s", stages, out)
-        prepare_movielens(out, src=Path(src) if src else None, stages=stages, progress=True)
+        prepare_movielens(out, src=Path(src) if src else None, stages=stages, seed=seed, url=url, progress=True)
     return out
 
 

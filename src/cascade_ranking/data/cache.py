@@ -33,6 +33,9 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / _APP_DIR
 
 
+_default_root = cache_dir  # the parameter of source_cache_dir shadows the function's name
+
+
 def source_cache_dir(name: str, cache_dir: str | Path | None = None) -> Path:
     """Return the folder caching the source files of dataset ``name`` (e.g. ``"movielens-100k"``).
 
@@ -45,5 +48,5 @@ def source_cache_dir(name: str, cache_dir: str | Path | None = None) -> Path:
     """
     if not name or "/" in name or "\\" in name or name in {".", ".."}:
         raise ValueError(f"name={name!r}: expected a plain folder name")
-    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_dir()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else _default_root()
     return root / name

@@ -337,12 +337,10 @@ _FLOW_DEPTH = {
 }  # fmt: skip
 
 
-def _concat(parts: list[dict]) -> dict:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def _simulate_chunk(world: World, rng: np.random.Generator, users: np.ndarray, ts: np.ndarray) -> dict:
-    """Simulate the funnel of ``len(users)`` requests; returns the chunk's flows and histories."""
+def _simulate_chunk(
+    world: World, rng: np.random.Generator, users: np.ndarray, ts: np.ndarray, day: SimulatedDay, lo: int
+) -> None:
+    """Simulate the funnel of ``len(users)`` requests into rows ``lo:lo + len(users)`` of ``day``'s arrays."""
     c = world.config
     n, p, m = len(users), c.pool_size, c.flow_size[1]
     rows = np.arange(n)[:, None]
@@ -395,7 +393,7 @@ def _simulate_chunk(world: World, rng: np.random.Generator, users: np.ndarray, t
     shown_order[shown_r, rerank_index[shown_r, shown_j]] = shown_j
     ramp_m = np.arange(m)
     attr = world.item_attr
-    out: dict = {"flow_items": {}, "flow_counts": {}, "flow_rank_index": {}, "flow_rerank_index": {}}
+    hi = lo + n
     for flow in FLOWS:
         if flow == "realshow":  # every shown item, in shown order
             slots, count = shown_order, np.minimum(realshow.sum(axis=1), m)
@@ -409,18 +407,20 @@ def _simulate_chunk(world: World, rng: np.random.Generator, users: np.ndarray, t
             count = np.minimum(rng.integers(c.flow_size[0], c.flow_size[1] + 1, n), available)
         valid = ramp_m[None, :] < count[:, None]
         item = pool[rows, slots]
-        cols = {"video_id": item, "effective_view": effective[rows, slots].astype(np.int64)}
-        cols.update({k: attr[k][item] for k in FLOW_COLUMNS if k not in cols})
-        out["flow_items"][flow] = np.where(valid[:, :, None], np.stack([cols[k] for k in FLOW_COLUMNS], -1), 0)
-        out["flow_counts"][flow] = count.astype(np.int64)
-        out["flow_rank_index"][flow] = np.where(valid, rank_index[rows, slots], -1)
-        out["flow_rerank_index"][flow] = np.where(valid, rerank_index[rows, slots], -1)
-    out["history"] = _simulate_history(world, rng, users, ts)
-    return out
+        dest = day.flow_items[flow][lo:hi]
+        for i, name in enumerate(FLOW_COLUMNS):
+            values = item if name == "video_id" else effective[rows, slots] if name == "effective_view" else None
+            dest[:, :, i] = np.where(valid, attr[name][item] if values is None else values, 0)
+        day.flow_counts[flow][lo:hi] = count
+        day.flow_rank_index[flow][lo:hi] = np.where(valid, rank_index[rows, slots], -1)
+        day.flow_rerank_index[flow][lo:hi] = np.where(valid, rerank_index[rows, slots], -1)
+    _simulate_history(world, rng, users, ts, day.history[lo:hi])
 
 
-def _simulate_history(world: World, rng: np.random.Generator, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """``[n, L, 10]`` left-padded effective-view histories (oldest first), 70 % from favourite categories."""
+def _simulate_history(
+    world: World, rng: np.random.Generator, users: np.ndarray, ts: np.ndarray, dest: np.ndarray
+) -> None:
+    """Fill ``dest`` ``[n, L, 10]`` with left-padded histories (oldest first), 70 % from favourite categories."""
     c = world.config
     n, length = len(users), c.history_length
     fav = world.user_fav[users[:, None], rng.integers(0, 3, (n, length))]  # [n, L]
@@ -436,9 +436,8 @@ def _simulate_history(world: World, rng: np.random.Generator, users: np.ndarray,
         "video_id": item, "request_timestamp": ts[:, None] - age_ms,
         "playing_time": rng.integers(1, 300, (n, length)), "request_id": rng.integers(1, 2**40, (n, length)),
     }  # fmt: skip
-    cols.update({k: attr[k][item] for k in SEQ_COLUMNS if k not in cols})
-    hist = np.stack([cols[name] for name in SEQ_COLUMNS], axis=-1)
-    return np.where(valid[:, :, None], hist, 0)
+    for i, name in enumerate(SEQ_COLUMNS):
+        dest[:, :, i] = np.where(valid, cols[name] if name in cols else attr[name][item], 0)
 
 
 def _day_sizes(requests: int, days: int) -> np.ndarray:
@@ -466,23 +465,22 @@ def simulate_days(
         day_ms = int(date.astype("datetime64[ms]").astype(np.int64))
         ts = np.sort(day_ms + day_rng.integers(0, _MS_PER_DAY, size))
         users = _draw(world.user_by_activity, day_rng, size)
-        parts = []
-        for chunk, lo in enumerate(range(0, size, config.chunk_size)):
-            hi = min(lo + config.chunk_size, size)
-            rng = np.random.default_rng([seed, 2, day_index, chunk])
-            parts.append(_simulate_chunk(world, rng, users[lo:hi], ts[lo:hi]))
+        m = config.flow_size[1]
         day = SimulatedDay(
             name=str(date),
             request_id=np.arange(first_id, first_id + size, dtype=np.int64),
             request_timestamp=ts,
             user={"user_id": users, **{k: world.user_attr[k][users] for k in USER_FIELDS[1:]}},
-            flow_items=_concat([q["flow_items"] for q in parts]),
-            flow_counts=_concat([q["flow_counts"] for q in parts]),
-            flow_rank_index=_concat([q["flow_rank_index"] for q in parts]),
-            flow_rerank_index=_concat([q["flow_rerank_index"] for q in parts]),
-            history=np.concatenate([q["history"] for q in parts]),
+            flow_items={f: np.empty((size, m, len(FLOW_COLUMNS)), dtype=np.int64) for f in FLOWS},
+            flow_counts={f: np.empty(size, dtype=np.int64) for f in FLOWS},
+            flow_rank_index={f: np.empty((size, m), dtype=np.int64) for f in FLOWS},
+            flow_rerank_index={f: np.empty((size, m), dtype=np.int64) for f in FLOWS},
+            history=np.empty((size, config.history_length, len(SEQ_COLUMNS)), dtype=np.int64),
         )
-        del parts
+        for chunk, lo in enumerate(range(0, size, config.chunk_size)):
+            hi = min(lo + config.chunk_size, size)
+            rng = np.random.default_rng([seed, 2, day_index, chunk])
+            _simulate_chunk(world, rng, users[lo:hi], ts[lo:hi], day, lo)
         first_id += size
         yield day
 

@@ -186,9 +186,7 @@ def sorting_terms(
     return per, n > 0
 
 
-def adaptive_margin(
-    label: torch.Tensor, impression: torch.Tensor, *, alpha: float, delta: float
-) -> torch.Tensor:
+def adaptive_margin(label: torch.Tensor, impression: torch.Tensor, *, alpha: float, delta: float) -> torch.Tensor:
     """AM-Rankmax margins ``m[b, i, j] = alpha 1[i impression, j not] + delta (y_i - y_j)`` (eq. 19), ``[B, N, N]``.
 
     Only entries with ``y_j < y_i`` between valid candidates are used by :func:`rankmax_terms`.

@@ -5,6 +5,8 @@ experiments (Wang et al., ICML 2025):
 
 * ``"dssm"``: :class:`DSSM`, two-tower (user tower . item tower) — retrieval;
 * ``"mlp"``: :class:`MLP`, per-candidate MLP over the pooled history — pre-ranking of three stages;
+* ``"ranktower"``: :class:`~.ranktower.RankTower`, gated multi-head towers + cross-attention + max-similarity
+  (Yan & Li 2023) — pre-ranking, with the hybrid losses of :mod:`cascade_ranking.losses.ranktower`;
 * ``"din"``: :class:`DIN`, target attention over the history + MLP — pre-ranking (two stages) or ranking.
 
 Every model scores all N candidate slots of every request in one pass (padded slots get a score too;
