@@ -358,11 +358,12 @@ def prepare_movielens_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the funnel simulation (the dataset version is fixed by it).")] = 0,
 ) -> None:
     """Build the MovieLens-100K full-stage cascade dataset (downloads the official zip on first use)."""
-    from .data.movielens import prepare_movielens
+    from .data.movielens import ML100K_URL, prepare_movielens
 
     try:
         target = out or default_dataset_dir(stages)
-        schema = prepare_movielens(target, src=src, stages=stages, seed=seed, progress=True)
+        url = os.environ.get(MOVIELENS_URL_ENV) or ML100K_URL
+        schema = prepare_movielens(target, src=src, stages=stages, seed=seed, url=url, progress=True)
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     table = Table(title=f"{schema.name} -> {target}", title_justify="left")
