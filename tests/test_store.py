@@ -193,3 +193,14 @@ def test_keep_sizes_that_do_not_fit_are_rejected(keep, message):
     with pytest.raises(ValueError, match=message):
         validate_keep(keep, 10, 40)
     validate_keep([30, 20], 10, 40)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+
+    from cascade_ranking.data.store import write_text_atomic
+
+    write_text_atomic(tmp_path / "a.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
