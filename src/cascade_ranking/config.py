@@ -41,6 +41,8 @@ class TrainConfig(BaseModel):
         eval_batch_size: requests per evaluation batch (evaluation never drops a request).
         loss: method hyper-parameters passed to ``losses.build`` (e.g. ``{"tau": 50}``).
         threads: torch intra-op threads (``None`` = torch's default).
+        checkpoint_every: also checkpoint every this many steps (always at partition boundaries).
+        skip_nonfinite: skip (and count) a step whose loss or gradient is NaN/inf instead of stopping.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -61,6 +63,8 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = Field(default=4096, gt=0)
     loss: dict[str, Any] = {}
     threads: int | None = Field(default=None, gt=0)
+    checkpoint_every: int | None = Field(default=None, gt=0)
+    skip_nonfinite: bool = False
 
     @field_validator("method")
     @classmethod

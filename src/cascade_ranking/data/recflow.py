@@ -597,21 +597,31 @@ def _first_rows(arrays: list, width: int, *, path: Path, what: str, rids: list) 
     return out, counts
 
 
-def _read_day(files: DayFiles, spec: FunnelSpec) -> tuple[RecFlowDay, int]:
-    """Read one day of the published layout into a :class:`RecFlowDay`; returns it and the lookup misses."""
-    fd = _read_requests(files.feather, spec)
-    rids = fd.request_id.tolist()
-    request_dict = _load_pickle(files.requests, "request flows")
-    if not isinstance(request_dict, dict):
-        raise RecFlowFormatError(f"{files.requests}: expected a dict keyed by request_id")
+def _load_dict(path: Path, what: str) -> dict:
+    obj = _load_pickle(path, what)
+    if not isinstance(obj, dict):
+        raise RecFlowFormatError(f"{path}: expected a dict keyed by request_id, got {type(obj).__name__}")
+    return obj
+
+
+def _lookup_requests(table: dict, rids: list, path: Path, feather_path: Path) -> list:
+    """``[table[r] for r in rids]``; a missing request raises naming the file and the request id."""
     try:
-        entries = [request_dict[x] for x in rids]
+        return [table[x] for x in rids]
     except KeyError:
-        absent = [x for x in rids if x not in request_dict]
+        absent = [x for x in rids if x not in table]
         raise RecFlowFormatError(
-            f"{files.requests}: request_id {absent[0]} (in {files.feather.name}) missing; "
+            f"{path}: request_id {absent[0]} (in {feather_path.name}) missing; "
             f"{len(absent)} of {len(rids)} requests missing"
         ) from None
+
+
+def _gather_flows(
+    fd: _FeatherDay, request_dict: dict, files: DayFiles, spec: FunnelSpec
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each group flow's first ``GROUP_SIZE`` rows: ``[R, GROUP_SIZE, 8]`` arrays and ``[R]`` counts."""
+    rids = fd.request_id.tolist()
+    entries = _lookup_requests(request_dict, rids, files.requests, files.feather)
     bad = next((i for i, e in enumerate(entries) if not isinstance(e, dict)), None)
     if bad is not None:
         raise RecFlowFormatError(f"{files.requests}: request {rids[bad]}: expected a dict of flows")
@@ -622,19 +632,13 @@ def _read_day(files: DayFiles, spec: FunnelSpec) -> tuple[RecFlowDay, int]:
         flows[flow], counts[flow] = _first_rows(
             arrays, len(FLOW_COLUMNS), path=files.requests, what=f"flow {flow!r}", rids=rids
         )
-    del request_dict, entries
+    return flows, counts
 
-    seq_dict = _load_pickle(files.history, "history")
-    if not isinstance(seq_dict, dict):
-        raise RecFlowFormatError(f"{files.history}: expected a dict keyed by request_id")
-    try:
-        seqs = [seq_dict[x] for x in rids]
-    except KeyError:
-        absent = [x for x in rids if x not in seq_dict]
-        raise RecFlowFormatError(
-            f"{files.history}: request_id {absent[0]} (in {files.feather.name}) missing; "
-            f"{len(absent)} of {len(rids)} requests missing"
-        ) from None
+
+def _gather_history(fd: _FeatherDay, seq_dict: dict, files: DayFiles) -> np.ndarray:
+    """``[R, L, 10]`` int64 history rows of the day's requests."""
+    rids = fd.request_id.tolist()
+    seqs = _lookup_requests(seq_dict, rids, files.history, files.feather)
     try:
         history = np.stack(seqs) if seqs else np.zeros((0, 50, len(SEQ_COLUMNS)), np.int64)
     except ValueError:
@@ -646,9 +650,21 @@ def _read_day(files: DayFiles, spec: FunnelSpec) -> tuple[RecFlowDay, int]:
             f"{files.history}: request {rids[bad]}: history has shape {np.shape(seqs[bad])}, "
             f"expected (L, {len(SEQ_COLUMNS)}) columns {SEQ_COLUMNS} with the same L for every request"
         )
-    del seq_dict, seqs
-    history = history.astype(np.int64, copy=False)
+    try:
+        return history.astype(np.int64, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise RecFlowFormatError(f"{files.history}: history is not an integer array: {exc}") from exc
 
+
+def _make_day(
+    fd: _FeatherDay,
+    flows: dict[str, np.ndarray],
+    counts: dict[str, np.ndarray],
+    history: np.ndarray,
+    files: DayFiles,
+    spec: FunnelSpec,
+) -> tuple[RecFlowDay, int]:
+    """Look up the top group's rank index and bundle a :class:`RecFlowDay`; returns it and the misses."""
     top = spec.groups[0]
     top_video = flows[top][:, :, FLOW_COLUMNS.index("video_id")]
     top_valid = np.arange(GROUP_SIZE)[None, :] < counts[top][:, None]
@@ -670,6 +686,17 @@ def _read_day(files: DayFiles, spec: FunnelSpec) -> tuple[RecFlowDay, int]:
         sources={"user": str(files.feather), "item": str(files.requests), "history": str(files.history)},
     )
     return day, misses
+
+
+def _read_day(files: DayFiles, spec: FunnelSpec) -> tuple[RecFlowDay, int]:
+    """Read one day of the published layout into a :class:`RecFlowDay`; returns it and the lookup misses.
+
+    The pickles are loaded one after the other (each is released before the next is read).
+    """
+    fd = _read_requests(files.feather, spec)
+    flows, counts = _gather_flows(fd, _load_dict(files.requests, "request flows"), files, spec)
+    history = _gather_history(fd, _load_dict(files.history, "history"), files)
+    return _make_day(fd, flows, counts, history, files, spec)
 
 
 def shuffled_store_arrays(day: RecFlowDay, spec: FunnelSpec, schema: DatasetSchema) -> dict[str, np.ndarray]:

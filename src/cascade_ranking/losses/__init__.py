@@ -16,7 +16,10 @@ from collections.abc import Sequence
 
 from .base import CascadeLoss, LossOutput
 
-__all__ = ["build", "available", "CascadeLoss", "LossOutput", "REGISTRY"]
+__all__ = ["build", "available", "CascadeLoss", "LossOutput", "REGISTRY", "CASCADE_METHODS"]
+
+#: The LCRON paper's eight cascade methods (Wang et al. 2025, Tables 2-3): the benchmark's default.
+CASCADE_METHODS = ("bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron")
 
 #: method name -> "module:Class" (explicit; add a line here to add a method).
 REGISTRY: dict[str, str] = {
