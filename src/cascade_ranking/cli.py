@@ -96,7 +96,8 @@ def resolve_data(data: Path | None, stages: int, *, seed: int = 0) -> Path:
     """``data`` if given; else the prepared MovieLens-100K copy for ``stages``, prepared on first use.
 
     The raw data comes from ``$CASCADE_RANKING_MOVIELENS_SRC`` when set (a local copy), else the official
-    GroupLens download (or ``$CASCADE_RANKING_MOVIELENS_URL``, a mirror). Without network and local copy, ``DatasetUnavailableError`` says which command to run.
+    GroupLens download (or ``$CASCADE_RANKING_MOVIELENS_URL``, a mirror). Without network and local copy,
+    ``DatasetUnavailableError`` says which command to run.
     """
     if data is not None:
         return data
@@ -156,13 +157,19 @@ def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
     return table
 
 
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML or YAML file with any of these options (the command line wins).")
+]
+
+
 @app.command()
 def train(
-    method: Annotated[str, typer.Option(help="Cascade method (lcron, bce, icc, rankflow, fs_ranknet, ...).")] = "lcron",
+    config_file: ConfigOpt = None,
+    method: Annotated[str | None, typer.Option(help="Cascade method: lcron (default), bce, icc, rankflow, ...")] = None,
     data: Annotated[
         Path | None, typer.Option(help="Dataset folder (default: MovieLens-100K, prepared on first use).")
     ] = None,
-    stages: Annotated[int, typer.Option(help="Stages of the default MovieLens-100K cascade (2 or 3).")] = 2,
+    stages: Annotated[int | None, typer.Option(help="Stages of the default MovieLens-100K cascade: 2 or 3.")] = None,
     models: Annotated[str | None, typer.Option(help="Stage models, retrieval first, e.g. dssm,din.")] = None,
     keep: Annotated[
         str | None, typer.Option(help="Candidates each stage keeps, e.g. 30,20 (default: the dataset's).")
@@ -171,42 +178,49 @@ def train(
     passes: Annotated[
         int | None, typer.Option(help="Passes over the training partitions (default: the dataset's).")
     ] = None,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.01,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    loss_param: Annotated[list[str], typer.Option(help="Loss hyper-parameter KEY=VALUE (repeatable).")] = [],  # noqa: B006
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default 0.01).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda, cuda:N.")] = None,
+    loss_param: Annotated[list[str] | None, typer.Option(help="Loss hyper-parameter KEY=VALUE (repeatable).")] = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Run folder (default: runs/<method>-<stages>stage-seed<seed>-<time>)."),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Also checkpoint every N steps (always at partition boundaries).")
+    ] = None,
+    skip_nonfinite: Annotated[
+        bool | None, typer.Option("--skip-nonfinite", help="Skip and count NaN/inf steps instead of stopping.")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue an interrupted run from its folder (its saved config is used).")
+    ] = None,
 ) -> None:
     """Train a cascade end to end on the training partitions and evaluate it on validation and test."""
-    from .config import TrainConfig
+    from .config import TrainConfig, config_from
     from .data.store import open_dataset
-    from .train import default_run_dir
+    from .train import default_run_dir, load_config
     from .train import train as run_training
 
     try:
-        config = TrainConfig(
-            method=method,
-            data=data,
-            stages=stages,
-            models=models.split(",") if models else None,
-            keep=_csv_ints(keep, "--keep"),
-            batch_size=batch_size,
-            passes=passes,
-            lr=lr,
-            seed=seed,
-            device=device,
-            loss=_parse_loss_params(loss_param),
-            threads=threads,
-        )
-        data_dir = resolve_data(data, stages)
-        run_dir = out or default_run_dir(method, len(_csv_ints(keep, "--keep") or open_dataset(data_dir).keep), seed)
+        if resume is not None:
+            config = load_config(resume)
+            data_dir, run_dir = Path(config.data), resume
+        else:
+            overrides = dict(
+                method=method, data=data, stages=stages, models=models.split(",") if models else None,
+                keep=_csv_ints(keep, "--keep"), batch_size=batch_size, passes=passes, lr=lr, seed=seed,
+                device=device, loss=_parse_loss_params(loss_param) if loss_param else None, threads=threads,
+                checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
+            )  # fmt: skip
+            config = config_from(TrainConfig, config_file, overrides)
+            data_dir = resolve_data(config.data, config.stages, seed=config.seed)
+            num_stages = len(config.keep or open_dataset(data_dir).keep)
+            run_dir = out or default_run_dir(config.method, num_stages, config.seed)
+        schema = open_dataset(data_dir)
         with _progress() as progress:
             task = progress.add_task("train", total=None, info="")
-            schema = open_dataset(data_dir)
             eval_total = sum(p.num_requests for p in schema.partitions if p.role in ("valid", "test"))
             eval_task = progress.add_task("evaluate", total=eval_total, info="", visible=False)
 
@@ -216,15 +230,18 @@ def train(
             def on_eval(n: int) -> None:
                 progress.update(eval_task, advance=n, visible=True, info="requests")
 
-            result = run_training(config, data=data_dir, run_dir=run_dir, on_step=on_step, on_eval=on_eval)
+            result = run_training(
+                config, data=data_dir, run_dir=run_dir, on_step=on_step, on_eval=on_eval, resume=resume is not None
+            )
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     m = result.metrics
     columns = {role: m[role] for role in ("valid", "test") if role in m}
     console.print(metrics_table(f"{m['method']} on {m['dataset']} (seed {m['seed']})", columns))
+    skipped = f"; {len(m['nonfinite_steps'])} non-finite steps skipped" if m["nonfinite_steps"] else ""
     console.print(
         f"trained {m['steps']} steps in {m['train_seconds']:.1f}s "
-        f"({m['train_requests_per_second']:.0f} requests/s); run folder: {result.run_dir}"
+        f"({m['train_requests_per_second']:.0f} requests/s){skipped}; run folder: {result.run_dir}"
     )
 
 
@@ -298,18 +315,19 @@ def reference(
 
 @app.command()
 def benchmark(
+    config_file: ConfigOpt = None,
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated methods (default: the eight cascade methods).")
     ] = None,
-    stages: Annotated[int, typer.Option(help="Stages of the default MovieLens-100K cascade (2 or 3).")] = 2,
-    repeats: Annotated[int, typer.Option(help="Seeds per method.")] = 3,
+    stages: Annotated[int | None, typer.Option(help="Stages of the default MovieLens-100K cascade: 2 or 3.")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Seeds per method (default 3).")] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset folder (default: MovieLens-100K).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: benchmark-<K>stage).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size (default: the dataset's).")] = None,
     passes: Annotated[
         int | None, typer.Option(help="Passes over the training partitions (default: the dataset's).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda, cuda:N.")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
 ) -> None:
     """Train and evaluate every method x seed; print mean ± std; write results.{json,csv,md} and a PNG chart.
@@ -318,20 +336,25 @@ def benchmark(
     """
     from . import losses
     from .benchmark import markdown_table, run_benchmark
-    from .config import TrainConfig
+    from .config import BenchmarkConfig, TrainConfig, config_from
 
     try:
-        names = methods.split(",") if methods else list(losses.CASCADE_METHODS)
+        overrides = dict(
+            methods=methods.split(",") if methods else None, stages=stages, repeats=repeats, data=data, out=out,
+            batch_size=batch_size, passes=passes, device=device, threads=threads,
+        )  # fmt: skip
+        bench = config_from(BenchmarkConfig, config_file, overrides)
+        names = bench.methods or list(losses.CASCADE_METHODS)
         for name in names:
             if name not in losses.REGISTRY:
                 raise ValueError(f"unknown method {name!r}; known methods: {', '.join(losses.REGISTRY)}")
-        data_dir = resolve_data(data, stages)
-        out_dir = out or Path(f"benchmark-{stages}stage" if data is None else f"benchmark-{data_dir.name}")
-        base = TrainConfig(
-            data=data_dir, stages=stages, batch_size=batch_size, passes=passes, device=device, threads=threads
+        data_dir = resolve_data(bench.data, bench.stages)
+        out_dir = bench.out or Path(
+            f"benchmark-{bench.stages}stage" if bench.data is None else f"benchmark-{data_dir.name}"
         )
+        base = TrainConfig.model_validate({**bench.model_dump(exclude={"methods", "repeats", "out"}), "data": data_dir})
         with _progress() as progress:
-            task = progress.add_task("benchmark", total=len(names) * repeats, info="")
+            task = progress.add_task("benchmark", total=len(names) * bench.repeats, info="")
 
             def on_run(method: str, seed: int, metrics: dict) -> None:
                 progress.update(
@@ -341,12 +364,29 @@ def benchmark(
                 )
 
             results = run_benchmark(
-                methods=names, data=data_dir, out_dir=out_dir, repeats=repeats, base=base, on_run=on_run
+                methods=names, data=data_dir, out_dir=out_dir, repeats=bench.repeats, base=base, on_run=on_run
             )
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     console.print(markdown_table(results["summary"]), markup=False, highlight=False)
     console.print(f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png")
+
+
+config_app = typer.Typer(help="Show the configuration options and their defaults.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    benchmark: Annotated[bool, typer.Option("--benchmark", help="The benchmark's options instead of train's.")] = False,
+) -> None:
+    """Print every option with its default, as YAML (usable as a --config file)."""
+    import yaml
+
+    from .config import BenchmarkConfig, TrainConfig
+
+    model = BenchmarkConfig if benchmark else TrainConfig
+    console.print(yaml.safe_dump(model().model_dump(mode="json"), sort_keys=False), markup=False, highlight=False)
 
 
 @prepare_app.command("movielens-100k")

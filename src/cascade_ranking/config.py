@@ -74,3 +74,75 @@ class TrainConfig(BaseModel):
         if v not in losses.REGISTRY:
             raise ValueError(f"unknown method {v!r}; known methods: {', '.join(losses.REGISTRY)}")
         return v
+
+
+class BenchmarkConfig(TrainConfig):
+    """A benchmark: every field of :class:`TrainConfig` (shared by all runs) plus which methods, how many seeds.
+
+    Attributes:
+        methods: methods to compare (``None`` = the eight cascade methods of the LCRON paper).
+        repeats: seeds per method (0 .. repeats-1).
+        out: output folder (``None`` = ``benchmark-<K>stage`` or ``benchmark-<dataset folder>``).
+    """
+
+    methods: list[str] | None = None
+    repeats: int = Field(default=3, gt=0)
+    out: Path | None = None
+
+
+def read_config_file(path: str | Path, model: type[BaseModel] = TrainConfig) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file into a dict of ``model``'s fields.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unparsable file, not a mapping, or an unknown key — the message names the file and the key
+            and suggests the closest known key.
+    """
+    import difflib
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    import yaml
+
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            values = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            values = yaml.safe_load(text) or {}
+        else:
+            raise ValueError("expected a .toml, .yaml or .yml file")
+    except (ValueError, yaml.YAMLError) as exc:  # tomllib.TOMLDecodeError is a ValueError; both carry the line
+        raise ValueError(f"{path}: not a valid config file ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values, got {type(values).__name__}")
+    known = list(model.model_fields)
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            raise ValueError(f"{path}: unknown key {key!r}{hint}")
+    return values
+
+
+def config_from(model: type[BaseModel], file: str | Path | None, overrides: dict[str, Any]):
+    """``model`` built from a config file (optional) with command-line ``overrides`` (``None`` = not given).
+
+    Raises:
+        ValueError: as :func:`read_config_file`, or a value that fails validation (names the field).
+    """
+    from pydantic import ValidationError
+
+    values = read_config_file(file, model) if file is not None else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+        where = f"{file}: " if file is not None else ""
+        raise ValueError(f"{where}invalid configuration: {problems}") from None

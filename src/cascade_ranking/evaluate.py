@@ -33,6 +33,7 @@ def evaluate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, float]:
     """Score every request of ``partitions`` and return the cascade metrics (see ``metrics.CascadeMetrics``).
 
@@ -44,17 +45,22 @@ def evaluate(
         seed: seeds the candidate-slot shuffle, which is what breaks score ties (no slot order is favoured).
         device: where to score.
         on_batch: called with the number of requests of each finished batch (progress display).
+        shard: ``(rank, world_size)``: score rows ``rank::world`` of every batch and sum the metric statistics
+            over the ranks of ``torch.distributed`` (every rank gets the metrics of all requests).
     """
     metrics = CascadeMetrics(list(stage_names), list(keep), gt_num)
     rng = np.random.default_rng(seed)
-    for batch in iterate_partitions(
-        directory, schema, partitions, batch_size=batch_size, shuffle=False, rng=rng
-    ):
+    rank, world = shard
+    for batch in iterate_partitions(directory, schema, partitions, batch_size=batch_size, shuffle=False, rng=rng):
+        if world > 1:
+            batch = batch.select(slice(rank, None, world))
         batch = batch.to(device)
         logits = [x.float() for x in score(batch)]
         metrics.update(logits, batch.label, batch.mask)
         if on_batch is not None:
-            on_batch(batch.batch_size)
+            on_batch(batch.batch_size * world)
+    if world > 1:
+        metrics.all_reduce(device=device if torch.device(device).type == "cuda" else None)
     return metrics.compute()
 
 

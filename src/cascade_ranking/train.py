@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -64,9 +65,7 @@ def resolve_config(config: TrainConfig, schema: DatasetSchema, data: Path) -> Tr
     """Fill every ``None`` of ``config`` from the dataset; validate keep sizes and stage models against it."""
     keep = list(config.keep) if config.keep is not None else list(schema.keep)
     gt_num = config.gt_num if config.gt_num is not None else schema.gt_num
-    validate_keep(
-        keep, gt_num, schema.num_candidates, what=f"keep (dataset {data} has N={schema.num_candidates})"
-    )
+    validate_keep(keep, gt_num, schema.num_candidates, what=f"keep (dataset {data} has N={schema.num_candidates})")
     models = list(config.models) if config.models is not None else DEFAULT_MODELS.get(len(keep))
     if models is None or len(models) != len(keep):
         raise ValueError(f"models={models}: give one stage model per keep size (keep={keep})")
@@ -113,6 +112,57 @@ def default_run_dir(method: str, num_stages: int, seed: int, root: Path = Path("
     return root / f"{method}-{num_stages}stage-seed{seed}-{stamp}"
 
 
+@dataclass
+class StreamPosition:
+    """Where training stands in the stream: the next batch to train is ``batch`` of partition ``partition``
+    of pass ``pass_``; ``rng_state`` is the loader generator's state at the start of that partition."""
+
+    pass_: int = 0
+    partition: int = 0
+    batch: int = 0
+    step: int = 0
+    requests: int = 0
+    rng_state: dict | None = None
+
+
+def _distributed() -> tuple[int, int]:
+    """``(rank, world_size)``; initialises the default process group under ``torchrun`` (WORLD_SIZE > 1)."""
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        log.info("process group initialised: backend %s, rank %d of %d", backend, dist.get_rank(), world)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _all_reduce_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average gradients over ranks (what DistributedDataParallel does), the loss's weights included."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def _local_rows(batch, rank: int, world: int):
+    """This rank's share of a global batch: rows ``rank, rank + world, ...`` (the same step count on every rank)."""
+    return batch if world == 1 else batch.select(slice(rank, None, world))
+
+
 def train(
     config: TrainConfig,
     *,
@@ -120,24 +170,45 @@ def train(
     run_dir: Path,
     on_step: Callable[[int, int, float], None] | None = None,
     on_eval: Callable[[int], None] | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Train a cascade with ``config`` on the dataset at ``data``; write the run folder; return the metrics.
+
+    Checkpoints are written atomically to ``run_dir/checkpoint.pt`` at every partition boundary and every
+    ``config.checkpoint_every`` steps: models, optimizer, loss weights, torch RNG state and the position in the
+    stream (pass, partition, batch, the loader generator's state at the partition's start). With ``resume``
+    training restarts from that checkpoint and — on CPU, with the same seed — finishes with bitwise the same
+    weights and metrics as an uninterrupted run.
+
+    Under ``torchrun --nproc-per-node K`` (``WORLD_SIZE`` > 1) each global batch of ``batch_size`` requests is
+    split across the K ranks (rows ``rank::K``), gradients (the loss's learnable weights included) are averaged
+    across ranks after every backward pass, and evaluation statistics are summed across ranks; rank 0 writes
+    the run folder. NCCL is used when CUDA is available, gloo otherwise.
 
     Args:
         config: the run configuration (``None`` fields are resolved from the dataset).
         data: dataset directory (store format).
-        run_dir: output folder (created; existing files of a previous run are overwritten atomically).
+        run_dir: output folder (created; files of a previous run there are replaced atomically).
         on_step: progress callback ``(step, total_steps, loss)``.
         on_eval: progress callback with the number of requests of each evaluated batch.
+        resume: continue from ``run_dir/checkpoint.pt`` (written by an interrupted run of the same config).
 
     Raises:
         SchemaError / StoreError: the dataset is missing or malformed.
         ValueError: the configuration does not fit the dataset (keep sizes, models, unknown method).
-        TrainingError: a non-finite loss or gradient (names the step, method and batch).
+        FileNotFoundError: ``resume`` without a checkpoint in ``run_dir``.
+        TrainingError: a non-finite loss or gradient (names the step, method and batch), unless
+            ``config.skip_nonfinite``, which skips such steps and records them in the metrics.
     """
     schema = open_dataset(data)
     config = resolve_config(config, schema, Path(data))
+    rank, world = _distributed()
     device = resolve_device(config.device)
+    if device.type == "cuda" and world > 1:
+        import os
+
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -145,55 +216,119 @@ def train(
 
     cascade = build_cascade(config, schema).to(device)
     loss_fn = losses.build(config.method, keep=config.keep, gt_num=config.gt_num, **config.loss).to(device)
-    params = list(cascade.parameters()) + list(loss_fn.parameters())
+    params = [p for p in list(cascade.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
+    needs_soft_label = getattr(loss_fn, "needs_soft_label", False)
 
     train_parts = schema.partitions_with_role("train")
     if not train_parts:
         raise ValueError(f"{data}: the dataset has no partition with role 'train'")
     steps_per_pass = sum(math.ceil(p.num_requests / config.batch_size) for p in train_parts)
     total_steps = steps_per_pass * config.passes
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / CONFIG_FILE, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+
+    position = StreamPosition()
+    nonfinite: list[dict] = []
+    loss_curve: list[float] = []
+    train_seconds = 0.0
+    if resume:
+        state = _load_checkpoint(run_dir)
+        cascade.load_state_dict(state["cascade"])
+        loss_fn.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        position = StreamPosition(**state["position"])
+        nonfinite, loss_curve, train_seconds = state["nonfinite"], state["loss_curve"], state["train_seconds"]
+        log.info(
+            "resuming %s at step %d (pass %d, partition %d, batch %d)",
+            run_dir,
+            position.step,
+            position.pass_,
+            position.partition,
+            position.batch,
+        )
+    elif rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / CONFIG_FILE, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
     log.info(
-        "training %s on %s: %d stages %s, keep %s, %d steps",
+        "training %s on %s: %d stages %s, keep %s, %d steps, %d rank(s)",
         config.method,
         data,
         len(config.keep),
         config.models,
         config.keep,
         total_steps,
+        world,
     )
 
-    step = 0
-    loss_curve: list[float] = []
-    requests_seen = 0
+    def checkpoint(pos: StreamPosition) -> None:
+        if rank == 0:
+            save_checkpoint(
+                run_dir,
+                cascade,
+                loss_fn,
+                optimizer,
+                pos,
+                nonfinite=nonfinite,
+                loss_curve=loss_curve,
+                train_seconds=train_seconds + time.perf_counter() - t0,
+            )
+
     cascade.train()
     t0 = time.perf_counter()
-    for _ in range(config.passes):
-        for partition in train_parts:
-            batches = iterate_partition(
-                data, schema, partition, batch_size=config.batch_size, shuffle=True, rng=rng
-            )
-            for batch in batches:
-                batch = batch.to(device)
-                extra = {"soft_label": batch.soft_label} if getattr(loss_fn, "needs_soft_label", False) else {}
+    step, requests_seen = position.step, position.requests
+    out = None
+    for pass_ in range(position.pass_, config.passes):
+        for index, partition in enumerate(train_parts):
+            if (pass_, index) < (position.pass_, position.partition):
+                continue
+            resuming_here = (pass_, index) == (position.pass_, position.partition) and position.rng_state
+            if resuming_here:
+                rng.bit_generator.state = position.rng_state
+            start_state = rng.bit_generator.state
+            skip = position.batch if resuming_here else 0
+            batches = iterate_partition(data, schema, partition, batch_size=config.batch_size, shuffle=True, rng=rng)
+            for b, batch in enumerate(batches):
+                if b < skip:
+                    continue
+                batch = _local_rows(batch, rank, world).to(device)
+                extra = {"soft_label": batch.soft_label} if needs_soft_label else {}
                 out = loss_fn(cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage, **extra)
-                if not torch.isfinite(out.loss):
-                    raise TrainingError(
-                        f"non-finite loss {out.loss.item()} at step {step} (method {config.method}, "
-                        f"partition {partition.name}, requests {batch.request_id[:3].tolist()}...)"
-                    )
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
-                optimizer.step()
-                step += 1
-                requests_seen += batch.batch_size
+                _all_reduce_gradients(params, world)
                 loss_value = float(out.loss.detach())
-                loss_curve.append(loss_value)
+                problem = _nonfinite(out.loss, params)
+                step += 1
+                if problem:
+                    event = {
+                        "step": step,
+                        "method": config.method,
+                        "partition": partition.name,
+                        "batch": b,
+                        "what": problem,
+                        "request_ids": batch.request_id[:5].tolist(),
+                    }
+                    if not config.skip_nonfinite:
+                        raise TrainingError(
+                            f"{problem} at step {step} (method {config.method}, partition {partition.name}, "
+                            f"batch {b}, first requests {event['request_ids']}); "
+                            "rerun with skip_nonfinite to skip and count such steps"
+                        )
+                    log.warning("skipping step %d: %s", step, problem)
+                    nonfinite.append(event)
+                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    optimizer.step()
+                    loss_curve.append(loss_value)
+                requests_seen += batch.batch_size * world
                 if on_step is not None:
                     on_step(step, total_steps, loss_value)
-    train_seconds = time.perf_counter() - t0
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    checkpoint(StreamPosition(pass_, index, b + 1, step, requests_seen, start_state))
+            nxt = (pass_, index + 1) if index + 1 < len(train_parts) else (pass_ + 1, 0)
+            position = StreamPosition(*nxt, 0, step, requests_seen, rng.bit_generator.state)
+            checkpoint(position)
+    train_seconds += time.perf_counter() - t0
 
     cascade.eval()
     evaluation = {}
@@ -213,10 +348,10 @@ def train(
                 seed=config.seed,
                 device=device,
                 on_batch=on_eval,
+                shard=(rank, world),
             )
     eval_seconds = time.perf_counter() - t1
 
-    loss_parts = {k: float(v) for k, v in out.parts.items()} if step else {}
     metrics = {
         "method": config.method,
         "seed": config.seed,
@@ -229,27 +364,64 @@ def train(
         "train_requests_per_second": requests_seen / max(train_seconds, 1e-9),
         "eval_seconds": eval_seconds,
         "final_loss": loss_curve[-1] if loss_curve else None,
-        "final_loss_parts": loss_parts,
+        "final_loss_parts": {k: float(v) for k, v in out.parts.items()} if out is not None else {},
         "loss_curve_every_10_steps": loss_curve[::10],
+        "nonfinite_steps": nonfinite,
+        "world_size": world,
         "versions": package_versions(),
         "device": str(device),
         "threads": torch.get_num_threads(),
         **evaluation,
     }
-    save_checkpoint(run_dir, cascade, loss_fn, optimizer, step)
-    write_text_atomic(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    if rank == 0:
+        write_text_atomic(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     return RunResult(run_dir=run_dir, config=config, metrics=metrics)
 
 
-def save_checkpoint(run_dir: Path, cascade: Cascade, loss_fn: torch.nn.Module, optimizer, step: int) -> None:
+def _nonfinite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> str | None:
+    """``"non-finite loss"`` / ``"non-finite gradient"`` or ``None`` (one reduction, one sync)."""
+    if not torch.isfinite(loss.detach()):
+        return f"non-finite loss {float(loss)}"
+    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+    if norms and not torch.isfinite(torch.stack(norms).sum()):
+        return "non-finite gradient"
+    return None
+
+
+def save_checkpoint(
+    run_dir: Path,
+    cascade: Cascade,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    position: StreamPosition,
+    *,
+    nonfinite: list[dict],
+    loss_curve: list[float],
+    train_seconds: float,
+) -> None:
+    """Write ``run_dir/checkpoint.pt`` atomically (temp file + rename): a kill never leaves half a file."""
     state = {
         "cascade": cascade.state_dict(),
         "loss": loss_fn.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "step": step,
+        "torch_rng": torch.get_rng_state(),
+        "position": asdict(position),
+        "nonfinite": nonfinite,
+        "loss_curve": loss_curve,
+        "train_seconds": train_seconds,
     }
     with atomic_path(run_dir / CHECKPOINT_FILE) as tmp:
         torch.save(state, tmp)
+
+
+def _load_checkpoint(run_dir: Path) -> dict:
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; nothing to resume (was {run_dir} written by `train`?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
 
 
 def load_run(run_dir: Path, *, data: Path | None = None) -> tuple[TrainConfig, DatasetSchema, Path, Cascade]:
@@ -260,13 +432,18 @@ def load_run(run_dir: Path, *, data: Path | None = None) -> tuple[TrainConfig, D
     """
     for name in (CONFIG_FILE, CHECKPOINT_FILE):
         if not (run_dir / name).is_file():
-            raise FileNotFoundError(
-                f"{run_dir / name}: missing; is {run_dir} a run folder written by `train`?"
-            )
+            raise FileNotFoundError(f"{run_dir / name}: missing; is {run_dir} a run folder written by `train`?")
     config = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
     data = Path(data) if data is not None else config.data
     schema = open_dataset(data)
     cascade = build_cascade(config, schema)
-    state = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    cascade.load_state_dict(state["cascade"])
+    cascade.load_state_dict(_load_checkpoint(run_dir)["cascade"])
     return config, schema, data, cascade
+
+
+def load_config(run_dir: Path) -> TrainConfig:
+    """The resolved config saved in a run folder."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; is {run_dir} a run folder written by `train`?")
+    return TrainConfig.model_validate_json(path.read_text())

@@ -509,25 +509,41 @@ class _FeatherDay:
     top_index: np.ndarray  # [T] float64 rank index (NaN where null)
 
 
-def _read_requests(path: Path, spec: FunnelSpec) -> _FeatherDay:
-    table = _read_feather(path, [*REQUEST_COLUMNS, "video_id", spec.top_flag, spec.top_index])
-    rid = _int_column(table, "request_id", path)
+def _group_requests(rid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct request ids in order of first appearance, their first rows, and each row's dense index.
+
+    O(rows) when every request's rows are contiguous (as published); a sort otherwise.
+    """
+    if len(rid) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    change = np.empty(len(rid), dtype=bool)
+    change[0] = True
+    np.not_equal(rid[1:], rid[:-1], out=change[1:])
+    first = np.flatnonzero(change)
+    runs = rid[first]
+    if len(np.unique(runs)) == len(runs):  # contiguous groups
+        return runs, first, np.cumsum(change) - 1
     uniq, first, inverse = np.unique(rid, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")  # first-appearance order
+    order = np.argsort(first, kind="stable")
     dense = np.empty_like(order)
     dense[order] = np.arange(len(order))
-    row_request = dense[inverse.reshape(-1)]
-    first_rows = first[order]
-    columns = {"request_id": uniq[order]}
+    return uniq[order], first[order], dense[inverse.reshape(-1)]
+
+
+def _read_requests(path: Path, spec: FunnelSpec) -> _FeatherDay:
+    table = _read_feather(path, [*REQUEST_COLUMNS, "video_id", spec.top_flag, spec.top_index])
+    request_id, first_rows, row_request = _group_requests(_int_column(table, "request_id", path))
+    columns = {"request_id": request_id}
     for name in REQUEST_COLUMNS[1:]:
         values = _int_column(table, name, path, null=None if name == "request_timestamp" else -1)
         columns[name] = values[first_rows]
-        disagree = int((values != columns[name][row_request]).sum())
+        disagree = int(np.count_nonzero(values != columns[name][row_request]))
         if disagree:
             logger.warning("%s: %d row(s) disagree with their request's first row on %r", path, disagree, name)
-    flag_col = table.column(spec.top_flag)
     try:
-        flag = pc.fill_null(pc.equal(flag_col.cast(pa.float64()), 1.0), False).to_numpy()
+        flag = pc.fill_null(pc.equal(table.column(spec.top_flag).cast(pa.float64()), 1.0), False)
+        flag = flag.to_numpy(zero_copy_only=False)
         index = pc.fill_null(table.column(spec.top_index).cast(pa.float64()), np.nan).to_numpy()
     except (pa.ArrowException, ValueError) as exc:
         raise RecFlowFormatError(
@@ -535,7 +551,7 @@ def _read_requests(path: Path, spec: FunnelSpec) -> _FeatherDay:
         ) from exc
     video = _int_column(table, "video_id", path, null=-1)
     return _FeatherDay(
-        request_id=columns["request_id"],
+        request_id=request_id,
         columns=columns,
         top_request=row_request[flag],
         top_video=video[flag],
@@ -546,21 +562,28 @@ def _read_requests(path: Path, spec: FunnelSpec) -> _FeatherDay:
 def _lookup_top_index(fd: _FeatherDay, video: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
     """Rank index of each valid ``[R, G]`` (request, video) slot among the feather's top-group rows.
 
-    First matching row wins; unmatched slots get :data:`MISSING_RANK_INDEX`. Returns (index, misses).
+    A sorted-key join: key = (request index, video id) packed into one int64 (video ids densified first
+    when the product could overflow). First matching row wins; unmatched slots get
+    :data:`MISSING_RANK_INDEX`. Returns (``[R, G]`` float64 index, number of misses).
     """
     r, g = video.shape
     out = np.zeros((r, g), dtype=np.float64)
     q_req = np.broadcast_to(np.arange(r)[:, None], (r, g))[valid]
     q_vid = video[valid]
-    values, inv = np.unique(np.concatenate([fd.top_video, q_vid]), return_inverse=True)
-    m = max(len(values), 1)
-    row_key = fd.top_request * m + inv[: len(fd.top_video)]
-    q_key = q_req * m + inv[len(fd.top_video) :]
+    row_vid = fd.top_video
+    lo = min(int(row_vid.min(initial=0)), int(q_vid.min(initial=0)))
+    hi = max(int(row_vid.max(initial=0)), int(q_vid.max(initial=0)))
+    span = hi - lo + 1
+    if span * max(r, 1) < 2**62:
+        row_key, q_key = fd.top_request * span + (row_vid - lo), q_req * span + (q_vid - lo)
+    else:
+        values, inv = np.unique(np.concatenate([row_vid, q_vid]), return_inverse=True)
+        span = max(len(values), 1)
+        row_key, q_key = fd.top_request * span + inv[: len(row_vid)], q_req * span + inv[len(row_vid) :]
     keys, first = np.unique(row_key, return_index=True)
-    pos = np.minimum(np.searchsorted(keys, q_key), max(len(keys) - 1, 0))
     if len(keys):
-        found = keys[pos] == q_key
-        idx = np.where(found, fd.top_index[first[pos]], np.nan)
+        pos = np.minimum(np.searchsorted(keys, q_key), len(keys) - 1)
+        idx = np.where(keys[pos] == q_key, fd.top_index[first[pos]], np.nan)
     else:
         idx = np.full(len(q_key), np.nan)
     missing = np.isnan(idx)
@@ -568,33 +591,85 @@ def _lookup_top_index(fd: _FeatherDay, video: np.ndarray, valid: np.ndarray) -> 
     return out, int(missing.sum())
 
 
-def _first_rows(arrays: list, width: int, *, path: Path, what: str, rids: list) -> tuple[np.ndarray, np.ndarray]:
-    """Stack the first ``GROUP_SIZE`` rows of R ``[n_i, width]`` arrays into ``[R, GROUP_SIZE, width]`` + counts."""
-    r = len(arrays)
-    counts = np.fromiter(map(len, arrays), dtype=np.int64, count=r)
+def _concat_rows(arrays: list, width: int, *, path: Path, what: str, rids: list, per: int) -> np.ndarray:
+    """``np.concatenate`` of ``[n_i, width]`` arrays (``per`` consecutive arrays per request) as int64.
+
+    Raises :class:`RecFlowFormatError` naming the request whose array has the wrong shape or type.
+    """
+    if not arrays:
+        return np.zeros((0, width), np.int64)
     try:
-        flat = np.concatenate(arrays, axis=0) if r else np.zeros((0, width), np.int64)
-    except ValueError:
+        flat = np.concatenate(arrays, axis=0)
+    except (ValueError, TypeError):
         flat = None
     if flat is None or flat.ndim != 2 or flat.shape[1] != width:
-        bad = next(
-            (i for i, a in enumerate(arrays) if np.ndim(a) != 2 or np.shape(a)[1] != width),
-            0,
-        )
+        bad = next((i for i, a in enumerate(arrays) if np.ndim(a) != 2 or np.shape(a)[1] != width), 0)
         raise RecFlowFormatError(
-            f"{path}: request {rids[bad]}: {what} has shape {np.shape(arrays[bad])}, expected (n, {width})"
+            f"{path}: request {rids[bad // per]}: {what} has shape {np.shape(arrays[bad])}, expected (n, {width})"
         )
-    try:
-        flat = flat.astype(np.int64, copy=False)
-    except (TypeError, ValueError) as exc:
-        raise RecFlowFormatError(f"{path}: {what} is not an integer array: {exc}") from exc
-    starts = np.cumsum(counts) - counts
+    if flat.dtype != np.int64:
+        try:
+            flat = flat.astype(np.int64, casting="same_kind" if flat.dtype.kind in "iu" else "unsafe")
+        except (TypeError, ValueError) as exc:
+            raise RecFlowFormatError(f"{path}: {what} is not an integer array: {exc}") from exc
+    return flat
+
+
+#: Requests gathered per block (bounds the memory of concatenating whole flows).
+_BLOCK = 32_768
+
+
+def _gather_flows(
+    fd: _FeatherDay, request_dict: dict, files: DayFiles, spec: FunnelSpec
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each group flow's first ``GROUP_SIZE`` rows: ``[R, GROUP_SIZE, 8]`` arrays (0 beyond the count) and
+    ``[R]`` counts (at most ``GROUP_SIZE``).
+
+    One list comprehension gathers every group's array of a block of requests; flows longer than
+    ``GROUP_SIZE`` are cut first, so memory stays bounded by ``GROUP_SIZE`` rows per flow.
+    """
+    rids = fd.request_id.tolist()
+    entries = _lookup_requests(request_dict, rids, files.requests, files.feather)
+    groups, k, width = spec.groups, len(spec.groups), len(FLOW_COLUMNS)
+    r = len(rids)
+    items = np.zeros((r, k, GROUP_SIZE, width), dtype=np.int64)
+    counts = np.zeros((r, k), dtype=np.int64)
+    empty = np.zeros((0, width), dtype=np.int64)
     slot = np.arange(GROUP_SIZE)
-    valid = slot[None, :] < counts[:, None]
-    idx = np.where(valid, starts[:, None] + slot[None, :], 0)
-    out = flat[idx] if len(flat) else np.zeros((r, GROUP_SIZE, width), np.int64)
-    out[~valid] = 0
-    return out, counts
+    for lo in range(0, r, _BLOCK):
+        block = entries[lo : lo + _BLOCK]
+        try:
+            arrays = [e.get(f, empty) for e in block for f in groups]
+        except AttributeError:
+            bad = next(i for i, e in enumerate(block) if not isinstance(e, dict))
+            raise RecFlowFormatError(f"{files.requests}: request {rids[lo + bad]}: expected a dict of flows") from None
+        lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+        for i in np.flatnonzero(lengths > GROUP_SIZE).tolist():
+            arrays[i] = arrays[i][:GROUP_SIZE]
+        n = np.minimum(lengths, GROUP_SIZE).reshape(-1, k)  # [b, k]
+        flat = _concat_rows(arrays, width, path=files.requests, what="a flow", rids=rids[lo : lo + _BLOCK], per=k)
+        valid = slot < n[:, :, None]  # [b, k, G]
+        starts = (np.cumsum(n) - n.reshape(-1)).reshape(n.shape)
+        items[lo : lo + len(block)][valid] = flat[(starts[:, :, None] + slot)[valid]]
+        counts[lo : lo + len(block)] = n
+    return {f: items[:, j] for j, f in enumerate(groups)}, {f: counts[:, j] for j, f in enumerate(groups)}
+
+
+def _gather_history(fd: _FeatherDay, seq_dict: dict, files: DayFiles) -> np.ndarray:
+    """``[R, L, 10]`` int64 history rows of the day's requests (every request must have the same L)."""
+    rids = fd.request_id.tolist()
+    seqs = _lookup_requests(seq_dict, rids, files.history, files.feather)
+    if not seqs:
+        return np.zeros((0, 50, len(SEQ_COLUMNS)), np.int64)
+    flat = _concat_rows(seqs, len(SEQ_COLUMNS), path=files.history, what="history", rids=rids, per=1)
+    length = len(seqs[0])
+    if flat.shape[0] != length * len(seqs):
+        bad = next(i for i, a in enumerate(seqs) if len(a) != length)
+        raise RecFlowFormatError(
+            f"{files.history}: request {rids[bad]}: history has shape {np.shape(seqs[bad])}, expected "
+            f"({length}, {len(SEQ_COLUMNS)}) like the first request (columns {SEQ_COLUMNS})"
+        )
+    return flat.reshape(len(seqs), length, len(SEQ_COLUMNS))
 
 
 def _load_dict(path: Path, what: str) -> dict:
@@ -614,46 +689,6 @@ def _lookup_requests(table: dict, rids: list, path: Path, feather_path: Path) ->
             f"{path}: request_id {absent[0]} (in {feather_path.name}) missing; "
             f"{len(absent)} of {len(rids)} requests missing"
         ) from None
-
-
-def _gather_flows(
-    fd: _FeatherDay, request_dict: dict, files: DayFiles, spec: FunnelSpec
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Each group flow's first ``GROUP_SIZE`` rows: ``[R, GROUP_SIZE, 8]`` arrays and ``[R]`` counts."""
-    rids = fd.request_id.tolist()
-    entries = _lookup_requests(request_dict, rids, files.requests, files.feather)
-    bad = next((i for i, e in enumerate(entries) if not isinstance(e, dict)), None)
-    if bad is not None:
-        raise RecFlowFormatError(f"{files.requests}: request {rids[bad]}: expected a dict of flows")
-    flows, counts = {}, {}
-    empty = np.zeros((0, len(FLOW_COLUMNS)), dtype=np.int64)
-    for flow in spec.groups:
-        arrays = [e.get(flow, empty)[:GROUP_SIZE] for e in entries]
-        flows[flow], counts[flow] = _first_rows(
-            arrays, len(FLOW_COLUMNS), path=files.requests, what=f"flow {flow!r}", rids=rids
-        )
-    return flows, counts
-
-
-def _gather_history(fd: _FeatherDay, seq_dict: dict, files: DayFiles) -> np.ndarray:
-    """``[R, L, 10]`` int64 history rows of the day's requests."""
-    rids = fd.request_id.tolist()
-    seqs = _lookup_requests(seq_dict, rids, files.history, files.feather)
-    try:
-        history = np.stack(seqs) if seqs else np.zeros((0, 50, len(SEQ_COLUMNS)), np.int64)
-    except ValueError:
-        history = None
-    if history is None or history.ndim != 3 or history.shape[2] != len(SEQ_COLUMNS):
-        shape0 = np.shape(seqs[0])
-        bad = next((i for i, s in enumerate(seqs) if np.shape(s) != shape0 or len(shape0) != 2), 0)
-        raise RecFlowFormatError(
-            f"{files.history}: request {rids[bad]}: history has shape {np.shape(seqs[bad])}, "
-            f"expected (L, {len(SEQ_COLUMNS)}) columns {SEQ_COLUMNS} with the same L for every request"
-        )
-    try:
-        return history.astype(np.int64, copy=False)
-    except (TypeError, ValueError) as exc:
-        raise RecFlowFormatError(f"{files.history}: history is not an integer array: {exc}") from exc
 
 
 def _make_day(
