@@ -141,14 +141,18 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _all_reduce_gradients(params: list[torch.nn.Parameter], world: int) -> None:
-    """Average gradients over ranks (what DistributedDataParallel does), the loss's weights included."""
+def _all_reduce_gradients(params: list[torch.nn.Parameter], loss: torch.Tensor, world: int) -> torch.Tensor:
+    """Average gradients over ranks (what DistributedDataParallel does), the loss's weights included.
+
+    The loss value rides in the same buffer (one collective per step) and its rank average is returned, so
+    the logged loss is the global batch's.
+    """
     if world == 1:
-        return
+        return loss.detach()
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(grads[0].dtype)])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= world
     offset = 0
@@ -156,6 +160,7 @@ def _all_reduce_gradients(params: list[torch.nn.Parameter], world: int) -> None:
         n = p.numel()
         p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
+    return flat[-1]
 
 
 def _local_rows(batch, rank: int, world: int):
@@ -295,9 +300,9 @@ def train(
                 out = loss_fn(cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage, **extra)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
-                _all_reduce_gradients(params, world)
-                loss_value = float(out.loss.detach())
-                problem = _nonfinite(out.loss, params)
+                mean_loss = _all_reduce_gradients(params, out.loss, world)
+                loss_value = float(mean_loss)
+                problem = _nonfinite(mean_loss, params)
                 step += 1
                 if problem:
                     event = {
@@ -381,7 +386,7 @@ def train(
 def _nonfinite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> str | None:
     """``"non-finite loss"`` / ``"non-finite gradient"`` or ``None`` (one reduction, one sync)."""
     if not torch.isfinite(loss.detach()):
-        return f"non-finite loss {float(loss)}"
+        return f"non-finite loss {float(loss.detach())}"
     norms = [p.grad.detach().norm() for p in params if p.grad is not None]
     if norms and not torch.isfinite(torch.stack(norms).sum()):
         return "non-finite gradient"

@@ -210,12 +210,19 @@ def funnel_spec(stages: int) -> FunnelSpec:
 # small helpers
 # ------------------------------------------------------------------------------------------------------
 def utc_time_fields(seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """1-based UTC weekday (Monday = 1), hour + 1 and minute + 1 of Unix times in seconds (any shape, int)."""
-    s = np.asarray(seconds, dtype=np.int64)
-    days = np.floor_divide(s, 86_400)
-    sec_of_day = s - days * 86_400
-    weekday = (days + 3) % 7 + 1  # 1970-01-01 was a Thursday (Monday = 0 -> Thursday = 3)
-    return weekday, sec_of_day // 3_600 + 1, (sec_of_day % 3_600) // 60 + 1
+    """1-based UTC weekday (Monday = 1), hour + 1 and minute + 1 of Unix times in seconds (any shape, int).
+
+    Integer arithmetic (floor division, so times before 1970 work too); never the local time zone.
+    """
+    days, second_of_day = np.divmod(np.asarray(seconds, dtype=np.int64), 86_400)
+    hour, second_of_hour = np.divmod(second_of_day, 3_600)
+    days += 3  # 1970-01-01 was a Thursday: (days + 3) % 7 is 0 on Mondays
+    weekday = np.remainder(days, 7, out=days)
+    weekday += 1
+    hour += 1
+    minute = np.floor_divide(second_of_hour, 60, out=second_of_hour)
+    minute += 1
+    return weekday, hour, minute
 
 
 _DAY_RANGE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.\.(\d{4}-\d{2}-\d{2})$")
@@ -383,24 +390,34 @@ class RecFlowDay:
         return len(self.request_id)
 
 
-def _shift_ids(values: np.ndarray, valid: np.ndarray, vocab: int, *, where: str, field_name: str) -> np.ndarray:
-    """``values + 1`` at valid slots (0 elsewhere), checked to fall in ``[0, vocab)``."""
-    shifted = np.where(valid, values + 1, 0)
-    bad = valid & ((shifted < 0) | (shifted >= vocab))
-    if bad.any():
-        raw = values[bad]
-        raise RecFlowFormatError(
-            f"{where}: field {field_name!r} holds ids in [{raw.min()}, {raw.max()}], outside [-1, {vocab - 2}] "
-            f"allowed by id_cnt (count {vocab - 2}); {int(bad.sum())} value(s) out of range"
-        )
-    return shifted
+def _shift_ids(values: np.ndarray, valid: np.ndarray | None, vocab: int, *, where: str, field_name: str) -> np.ndarray:
+    """A new contiguous array ``values + 1`` at valid slots, 0 elsewhere, checked to lie in ``[0, vocab)``.
+
+    Raises :class:`RecFlowFormatError` naming ``where`` and ``field_name`` when a valid raw id is outside
+    ``[-1, vocab - 2]`` (``vocab - 2`` is the id_cnt count).
+    """
+    out = values + 1
+    if out.size and (out.min() < 0 or out.max() >= vocab):
+        bad = (out < 0) | (out >= vocab)
+        if valid is not None:
+            bad &= valid
+        if bad.any():
+            raw = values[bad]
+            raise RecFlowFormatError(
+                f"{where}: field {field_name!r} holds ids in [{raw.min()}, {raw.max()}], outside [-1, {vocab - 2}] "
+                f"allowed by id_cnt (count {vocab - 2}); {int(bad.sum())} value(s) out of range"
+            )
+    if valid is not None:
+        np.multiply(out, valid, out=out)
+    return out
 
 
 def to_store_arrays(day: RecFlowDay, spec: FunnelSpec, schema: DatasetSchema) -> dict[str, np.ndarray]:
     """The store columns of one day (grouped slot order; shuffle with :func:`shuffle_candidates`).
 
     Returns ``[R]`` columns ``request_id``, ``user.*``, ``context.*``; ``[R, L]`` ``history.*``;
-    ``[R, N]`` ``item.*``, ``mask`` (bool), ``stage`` (int8), ``label`` (float32), N = ``spec.num_candidates``.
+    ``[R, N]`` ``item.*``, ``mask`` (bool), ``stage`` (int8), ``label`` (float32), N = ``spec.num_candidates``;
+    candidate slots ``g * 10 ... g * 10 + 9`` hold group ``g`` (best first), padded slots hold 0.
 
     Raises:
         RecFlowFormatError: an id outside its vocabulary (names the source file and the field).
@@ -409,30 +426,28 @@ def to_store_arrays(day: RecFlowDay, spec: FunnelSpec, schema: DatasetSchema) ->
     vocab = {f.name: f.vocab_size for f in schema.features}
     src = day.sources
     arrays: dict[str, np.ndarray] = {"request_id": np.asarray(day.request_id, dtype=np.int64)}
-    ones = np.ones(r, dtype=bool)
     for f in USER_FIELDS:
-        arrays[f"user.{f}"] = _shift_ids(day.user[f], ones, vocab[f], where=src.get("user", "user"), field_name=f)
+        arrays[f"user.{f}"] = _shift_ids(day.user[f], None, vocab[f], where=src.get("user", "user"), field_name=f)
     for f, values in zip(TIME_VOCAB, utc_time_fields(np.floor_divide(day.request_timestamp, 1000))):
         arrays[f"context.{f}"] = values
 
-    # candidates: [R, groups, G, 8] -> [R, N, 8], groups best first
-    items = np.stack([day.flows[f] for f in spec.groups], axis=1).reshape(r, spec.num_candidates, len(FLOW_COLUMNS))
+    def column(col: int) -> np.ndarray:  # [R, N] int64, groups best first
+        return np.concatenate([day.flows[f][:, :, col] for f in spec.groups], axis=1)
+
     counts = np.stack([day.counts[f] for f in spec.groups], axis=1)  # [R, groups]
     mask = (np.arange(g)[None, None, :] < counts[:, :, None]).reshape(r, spec.num_candidates)
     where_items = src.get("item", "items")
     for f, col in ITEM_ID_FIELDS.items():
-        arrays[f"item.{f}"] = _shift_ids(items[:, :, col], mask, vocab[f], where=where_items, field_name=f)
-    upload = utc_time_fields(items[:, :, FLOW_COLUMNS.index("upload_timestamp")])
-    for f, values in zip(TIME_VOCAB, upload):
-        arrays[f"item.upload_{f}"] = np.where(mask, values, 0)
+        arrays[f"item.{f}"] = _shift_ids(column(col), mask, vocab[f], where=where_items, field_name=f)
+    for f, values in zip(TIME_VOCAB, utc_time_fields(column(FLOW_COLUMNS.index("upload_timestamp")))):
+        arrays[f"item.upload_{f}"] = np.multiply(values, mask, out=values)
     positions = np.arange(len(spec.groups) - 1, -1, -1, dtype=np.int8)  # best group = highest position
     arrays["mask"] = mask
-    arrays["stage"] = np.where(mask, np.repeat(positions, g)[None, :], 0).astype(np.int8)
-    group_label = np.concatenate(
-        [RANK_INDEX_BASE - day.top_rank_index, np.repeat(np.asarray(spec.lower_labels), g)[None, :].repeat(r, 0)],
-        axis=1,
-    )
-    arrays["label"] = np.where(mask, group_label, 0.0).astype(np.float32)
+    arrays["stage"] = np.where(mask, np.repeat(positions, g)[None, :], np.int8(0))
+    label = np.empty((r, spec.num_candidates), dtype=np.float32)
+    label[:, :g] = RANK_INDEX_BASE - day.top_rank_index
+    label[:, g:] = np.repeat(np.asarray(spec.lower_labels, dtype=np.float32), g)
+    arrays["label"] = np.multiply(label, mask, out=label)
 
     hist = day.history
     hist_valid = hist[:, :, SEQ_COLUMNS.index("request_timestamp")] > 0
@@ -591,8 +606,9 @@ def _lookup_top_index(fd: _FeatherDay, video: np.ndarray, valid: np.ndarray) -> 
     return out, int(missing.sum())
 
 
-def _concat_rows(arrays: list, width: int, *, path: Path, what: str, rids: list, per: int) -> np.ndarray:
-    """``np.concatenate`` of ``[n_i, width]`` arrays (``per`` consecutive arrays per request) as int64.
+def _concat_rows(arrays: list, width: int, *, path: Path, what: Sequence[str], rids: list) -> np.ndarray:
+    """``np.concatenate`` of ``[n_i, width]`` arrays as int64; request ``i`` owns arrays ``i * P ... i * P + P - 1``
+    (``P = len(what)``, the names of its arrays, e.g. flows).
 
     Raises :class:`RecFlowFormatError` naming the request whose array has the wrong shape or type.
     """
@@ -605,14 +621,12 @@ def _concat_rows(arrays: list, width: int, *, path: Path, what: str, rids: list,
     if flat is None or flat.ndim != 2 or flat.shape[1] != width:
         bad = next((i for i, a in enumerate(arrays) if np.ndim(a) != 2 or np.shape(a)[1] != width), 0)
         raise RecFlowFormatError(
-            f"{path}: request {rids[bad // per]}: {what} has shape {np.shape(arrays[bad])}, expected (n, {width})"
+            f"{path}: request {rids[bad // len(what)]}: {what[bad % len(what)]} has shape {np.shape(arrays[bad])}, "
+            f"expected (n, {width})"
         )
-    if flat.dtype != np.int64:
-        try:
-            flat = flat.astype(np.int64, casting="same_kind" if flat.dtype.kind in "iu" else "unsafe")
-        except (TypeError, ValueError) as exc:
-            raise RecFlowFormatError(f"{path}: {what} is not an integer array: {exc}") from exc
-    return flat
+    if flat.dtype.kind not in "iu":
+        raise RecFlowFormatError(f"{path}: {what[0]} holds {flat.dtype} values, expected integers")
+    return flat.astype(np.int64, copy=False)
 
 
 #: Requests gathered per block (bounds the memory of concatenating whole flows).
@@ -625,12 +639,14 @@ def _gather_flows(
     """Each group flow's first ``GROUP_SIZE`` rows: ``[R, GROUP_SIZE, 8]`` arrays (0 beyond the count) and
     ``[R]`` counts (at most ``GROUP_SIZE``).
 
-    One list comprehension gathers every group's array of a block of requests; flows longer than
-    ``GROUP_SIZE`` are cut first, so memory stays bounded by ``GROUP_SIZE`` rows per flow.
+    One list comprehension gathers every group's array of a block of requests and one ``np.concatenate``
+    joins them; the first rows of each flow are then taken by index. Flows are cut to ``GROUP_SIZE`` rows
+    before joining only when the block's flows are long (over 4x what is kept), bounding memory.
     """
     rids = fd.request_id.tolist()
     entries = _lookup_requests(request_dict, rids, files.requests, files.feather)
     groups, k, width = spec.groups, len(spec.groups), len(FLOW_COLUMNS)
+    what = [f"flow {f!r}" for f in groups]
     r = len(rids)
     items = np.zeros((r, k, GROUP_SIZE, width), dtype=np.int64)
     counts = np.zeros((r, k), dtype=np.int64)
@@ -644,13 +660,18 @@ def _gather_flows(
             bad = next(i for i, e in enumerate(block) if not isinstance(e, dict))
             raise RecFlowFormatError(f"{files.requests}: request {rids[lo + bad]}: expected a dict of flows") from None
         lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
-        for i in np.flatnonzero(lengths > GROUP_SIZE).tolist():
-            arrays[i] = arrays[i][:GROUP_SIZE]
+        if lengths.sum() > 4 * GROUP_SIZE * len(arrays):
+            for i in np.flatnonzero(lengths > GROUP_SIZE).tolist():
+                arrays[i] = arrays[i][:GROUP_SIZE]
+            lengths = np.minimum(lengths, GROUP_SIZE)
+        flat = _concat_rows(arrays, width, path=files.requests, what=what, rids=rids[lo : lo + _BLOCK])
         n = np.minimum(lengths, GROUP_SIZE).reshape(-1, k)  # [b, k]
-        flat = _concat_rows(arrays, width, path=files.requests, what="a flow", rids=rids[lo : lo + _BLOCK], per=k)
         valid = slot < n[:, :, None]  # [b, k, G]
-        starts = (np.cumsum(n) - n.reshape(-1)).reshape(n.shape)
-        items[lo : lo + len(block)][valid] = flat[(starts[:, :, None] + slot)[valid]]
+        if len(flat):
+            starts = (np.cumsum(lengths) - lengths).reshape(n.shape)
+            out = items[lo : lo + len(block)]
+            np.take(flat, np.where(valid, starts[:, :, None] + slot, 0), axis=0, out=out)
+            np.multiply(out, valid[..., None], out=out)
         counts[lo : lo + len(block)] = n
     return {f: items[:, j] for j, f in enumerate(groups)}, {f: counts[:, j] for j, f in enumerate(groups)}
 
@@ -661,7 +682,7 @@ def _gather_history(fd: _FeatherDay, seq_dict: dict, files: DayFiles) -> np.ndar
     seqs = _lookup_requests(seq_dict, rids, files.history, files.feather)
     if not seqs:
         return np.zeros((0, 50, len(SEQ_COLUMNS)), np.int64)
-    flat = _concat_rows(seqs, len(SEQ_COLUMNS), path=files.history, what="history", rids=rids, per=1)
+    flat = _concat_rows(seqs, len(SEQ_COLUMNS), path=files.history, what=["history"], rids=rids)
     length = len(seqs[0])
     if flat.shape[0] != length * len(seqs):
         bad = next(i for i, a in enumerate(seqs) if len(a) != length)

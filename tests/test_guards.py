@@ -1,0 +1,58 @@
+"""Numerical guards: a non-finite loss stops training with the step, method and batch named, or is skipped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cascade_ranking import losses
+from cascade_ranking.config import TrainConfig
+from cascade_ranking.train import TrainingError, train
+
+
+@pytest.fixture
+def nan_at_step_3(monkeypatch):
+    """Make the loss NaN on the third call (a corrupt batch), finite otherwise."""
+    real_build = losses.build
+
+    def build(name, **kw):
+        loss_fn = real_build(name, **kw)
+        calls = {"n": 0}
+        original = loss_fn.forward
+
+        def forward(*args, **kwargs):
+            calls["n"] += 1
+            out = original(*args, **kwargs)
+            if calls["n"] == 3:
+                out.loss = out.loss * torch.tensor(float("nan"))
+            return out
+
+        loss_fn.forward = forward
+        return loss_fn
+
+    monkeypatch.setattr("cascade_ranking.train.losses.build", build)
+
+
+def test_nonfinite_loss_stops_training_naming_step_method_and_batch(tmp_path, tiny_dataset, nan_at_step_3):
+    config = TrainConfig(data=tiny_dataset, device="cpu", method="lcron")
+    with pytest.raises(
+        TrainingError, match=r"non-finite loss nan at step 3 \(method lcron, partition part-00, batch 2"
+    ):
+        train(config, data=tiny_dataset, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_skip_nonfinite_skips_and_records_the_step(tmp_path, tiny_dataset, nan_at_step_3):
+    config = TrainConfig(data=tiny_dataset, device="cpu", method="lcron", skip_nonfinite=True)
+    result = train(config, data=tiny_dataset, run_dir=tmp_path / "run")
+    events = result.metrics["nonfinite_steps"]
+    assert [e["step"] for e in events] == [3]
+    assert events[0]["partition"] == "part-00" and events[0]["what"].startswith("non-finite loss")
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["nonfinite_steps"] == events
+    assert all(
+        torch.isfinite(p).all()
+        for p in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["cascade"].values()
+    )
