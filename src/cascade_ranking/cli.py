@@ -252,27 +252,11 @@ def evaluate(
     role: Annotated[str, typer.Option(help="Partitions to evaluate: test or valid.")] = "test",
 ) -> None:
     """Re-evaluate a saved run on its test (or validation) partitions."""
-    from .evaluate import evaluate as run_eval
-    from .train import load_run, resolve_device
+    from .train import evaluate_cascade, load_run, resolve_device
 
     try:
         config, schema, data_dir, cascade = load_run(run_dir, data=data)
-        parts = schema.partitions_with_role(role)  # type: ignore[arg-type]
-        if not parts:
-            raise ValueError(f"{data_dir}: no partition with role {role!r}")
-        device = resolve_device(config.device)
-        values = run_eval(
-            cascade.to(device).eval(),
-            data_dir,
-            schema,
-            parts,
-            stage_names=[s.name for s in cascade.stages],
-            keep=config.keep,
-            gt_num=config.gt_num,
-            batch_size=config.eval_batch_size,
-            seed=config.seed,
-            device=device,
-        )
+        values = evaluate_cascade(cascade, config, data_dir, schema, role, device=resolve_device(config.device))
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     console.print(metrics_table(f"{config.method}: {run_dir}", {role: values}))

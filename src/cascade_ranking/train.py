@@ -339,21 +339,9 @@ def train(
     evaluation = {}
     t1 = time.perf_counter()
     for role in ("valid", "test"):
-        parts = schema.partitions_with_role(role)
-        if parts:
-            evaluation[role] = evaluate(
-                cascade,
-                data,
-                schema,
-                parts,
-                stage_names=[s.name for s in cascade.stages],
-                keep=config.keep,
-                gt_num=config.gt_num,
-                batch_size=config.eval_batch_size,
-                seed=config.seed,
-                device=device,
-                on_batch=on_eval,
-                shard=(rank, world),
+        if schema.partitions_with_role(role):
+            evaluation[role] = evaluate_cascade(
+                cascade, config, data, schema, role, device=device, on_batch=on_eval, shard=(rank, world)
             )
     eval_seconds = time.perf_counter() - t1
 
@@ -381,6 +369,32 @@ def train(
     if rank == 0:
         write_text_atomic(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     return RunResult(run_dir=run_dir, config=config, metrics=metrics)
+
+
+def evaluate_cascade(
+    cascade: Cascade,
+    config: TrainConfig,
+    data: Path,
+    schema: DatasetSchema,
+    role: str,
+    *,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> dict[str, float]:
+    """Metrics of ``cascade`` on the partitions with ``role`` (``"test"`` or ``"valid"``), as configured.
+
+    Raises:
+        ValueError: the dataset has no partition with that role.
+    """
+    parts = schema.partitions_with_role(role)  # type: ignore[arg-type]
+    if not parts:
+        raise ValueError(f"{data}: no partition with role {role!r}")
+    return evaluate(
+        cascade.to(device).eval(), data, schema, parts, stage_names=[s.name for s in cascade.stages],
+        keep=config.keep, gt_num=config.gt_num, batch_size=config.eval_batch_size, seed=config.seed,
+        device=device, on_batch=on_batch, shard=shard,
+    )  # fmt: skip
 
 
 def _nonfinite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> str | None:
