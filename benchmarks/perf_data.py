@@ -124,9 +124,7 @@ def write_dataset(
     return schema
 
 
-def random_batches(
-    schema: DatasetSchema, batch_size: int, count: int, seed: int = 0
-) -> list[RequestBatch]:
+def random_batches(schema: DatasetSchema, batch_size: int, count: int, seed: int = 0) -> list[RequestBatch]:
     """``count`` in-memory batches (the pre-loaded case: no data loading in the timed loop)."""
     arrays = random_arrays(schema, batch_size * count, seed)
     return [to_batch({k: v[i * batch_size : (i + 1) * batch_size] for k, v in arrays.items()}, schema)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["neural_sort", "soft_sort", "hard_sort", "soft_topk_membership"]
+__all__ = ["neural_sort", "soft_sort", "hard_sort", "soft_topk_membership", "pairwise_abs_sum"]
 
 
 def _check(scores: torch.Tensor, mask: torch.Tensor | None, tau: float) -> torch.Tensor:
@@ -42,13 +42,70 @@ def _check(scores: torch.Tensor, mask: torch.Tensor | None, tau: float) -> torch
 
 def _finish(logits: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
     """Softmax over valid columns of rows ``r < n``; zero rows ``r >= n``; finite for all-masked rows."""
-    n = mask.sum(-1, keepdim=True)  # [B, 1]
-    ranks = torch.arange(mask.shape[-1], device=mask.device)
-    row_valid = ranks.unsqueeze(0) < n  # [B, N]
     logits = (logits / tau).masked_fill(~mask.unsqueeze(-2), torch.finfo(logits.dtype).min)
+    return _softmax_valid_rows(logits, mask)
+
+
+def _softmax_valid_rows(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``softmax(logits)`` with rows ``r >= n`` zeroed; ``logits`` hold ``finfo.min`` at padded columns.
+
+    Padded columns need no second mask: in a row with a valid column, ``exp(finfo.min - max)`` is exactly 0.
+    """
     p = torch.softmax(logits, dim=-1)
-    keep = row_valid.unsqueeze(-1) & mask.unsqueeze(-2)
-    return p * keep.to(p.dtype)
+    row_valid = torch.arange(mask.shape[-1], device=mask.device) < mask.sum(-1, keepdim=True)  # [B, N]
+    return p * row_valid.unsqueeze(-1).to(p.dtype)
+
+
+class _PairwiseAbsSum(torch.autograd.Function):
+    """``a[b, j] = sum_k m[b, k] |x[b, j] - x[b, k]|`` by sorting and prefix sums, ``O(N log N)`` per row.
+
+    With the valid values sorted, ``p_j`` of them below ``x_j``, ``q_j`` at or below it and prefix sums
+    ``S``: ``a_j = p_j x_j - S[p_j] + (S[n] - S[q_j]) - (n - q_j) x_j`` (ties contribute 0). Computed in
+    float64 for float32 inputs, so the prefix sums lose nothing to cancellation. The gradient is that of
+    the ``[B, N, N]`` formula under autograd (``abs'(0) = 0``), also at ties:
+    ``dx_t = g_t (p_t - (n - q_t)) + m_t sum_j g_j sign(x_t - x_j)``, the last sum again by sorting.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        work = torch.float64 if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else x.dtype
+        xs = x.to(work)
+        n = m.sum(-1, keepdim=True)  # [B, 1]
+        srt = torch.where(m, xs, torch.full_like(xs, torch.inf)).sort(-1).values  # valid values first
+        places = torch.arange(x.shape[-1], device=x.device)
+        prefix = torch.cat([xs.new_zeros(*x.shape[:-1], 1), torch.where(places < n, srt, 0).cumsum(-1)], -1)
+        below = torch.minimum(torch.searchsorted(srt, xs, right=False), n)  # p_j: valid values < x_j
+        upto = torch.minimum(torch.searchsorted(srt, xs, right=True), n)  # q_j: valid values <= x_j
+        total = prefix.gather(-1, n)
+        a = below * xs - prefix.gather(-1, below) + (total - prefix.gather(-1, upto)) - (n - upto) * xs
+        ctx.save_for_backward(xs, m, below, upto, n)
+        return a.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # differentiable in ``grad`` (double backward works)
+        xs, m, below, upto, n = ctx.saved_tensors
+        g = grad.to(xs.dtype)
+        srt, order = xs.sort(-1)
+        prefix = torch.cat([g.new_zeros(*g.shape[:-1], 1), g.gather(-1, order).cumsum(-1)], -1)
+        lo = torch.searchsorted(srt, xs, right=False)  # all j (valid or not) with x_j < x_t
+        hi = torch.searchsorted(srt, xs, right=True)
+        signed = prefix.gather(-1, lo) - (prefix[..., -1:] - prefix.gather(-1, hi))  # sum_j g_j sign(x_t - x_j)
+        d_x = g * (below - (n - upto)).to(g.dtype) + m.to(g.dtype) * signed
+        return d_x.to(grad.dtype), None
+
+
+def pairwise_abs_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``sum_k mask[..., k] * |x[..., j] - x[..., k]|`` for every ``j``: ``[B, N]`` in ``O(B N log N)``.
+
+    Equal (up to rounding) to ``((x[..., :, None] - x[..., None, :]).abs() * mask[..., None, :]).sum(-1)``,
+    with the same gradient (``abs'(0) = 0`` at ties), without the ``[B, N, N]`` tensor (Grover et al. 2019,
+    the ``A_s 1`` term of NeuralSort).
+
+    Args:
+        x: ``[B, N]`` float, finite.
+        mask: ``[B, N]`` bool, the ``k`` that count.
+    """
+    return _PairwiseAbsSum.apply(x, mask)
 
 
 def neural_sort(scores: torch.Tensor, *, tau: float, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,6 +114,9 @@ def neural_sort(scores: torch.Tensor, *, tau: float, mask: torch.Tensor | None =
     For a request with ``n`` valid candidates, row ``r`` (1-based) over valid columns ``j`` is
     ``softmax_j(((n + 1 - 2r) s_j - sum_{k valid} |s_j - s_k|) / tau)``; i.e. exactly NeuralSort of the
     valid candidates alone. As ``tau -> 0`` it tends to the hard permutation matrix; ties share mass.
+
+    Cost: ``sum_k |s_j - s_k|`` takes ``O(N log N)`` per request (:func:`pairwise_abs_sum`); the logits are
+    one fused ``[B, N, N]`` multiply-add, then the softmax: no ``[B, N, N]`` difference tensor.
 
     Args:
         scores: ``[B, N]`` float scores (higher = earlier).
@@ -71,13 +131,13 @@ def neural_sort(scores: torch.Tensor, *, tau: float, mask: torch.Tensor | None =
     """
     mask = _check(scores, mask, tau)
     s = torch.where(mask, scores, torch.zeros_like(scores))  # padded scores never enter: zero gradient
-    m = mask.to(s.dtype)
-    n = m.sum(-1, keepdim=True)  # [B, 1]
-    a_sum = ((s.unsqueeze(-1) - s.unsqueeze(-2)).abs() * m.unsqueeze(-2)).sum(-1)  # [B, N]: sum_k |s_j - s_k|
+    n = mask.sum(-1, keepdim=True).to(s.dtype)  # [B, 1]
     ranks = torch.arange(1, scores.shape[-1] + 1, device=s.device, dtype=s.dtype)
-    coef = n + 1 - 2 * ranks.unsqueeze(0)  # [B, N] over rows r
-    logits = coef.unsqueeze(-1) * s.unsqueeze(-2) - a_sum.unsqueeze(-2)  # [B, r, j]
-    return _finish(logits, mask, tau)
+    coef = (n + 1 - 2 * ranks.unsqueeze(0)) / tau  # [B, N] over rows r
+    low = torch.finfo(s.dtype).min  # padded columns: coef * 0 + low = low (masked before the softmax)
+    neg_a = torch.where(mask, pairwise_abs_sum(s, mask) / -tau, torch.full_like(s, low))  # [B, N] over j
+    logits = torch.addcmul(neg_a.unsqueeze(-2), coef.unsqueeze(-1), s.unsqueeze(-2))  # [B, r, j]
+    return _softmax_valid_rows(logits, mask)
 
 
 def soft_sort(
@@ -118,9 +178,7 @@ def hard_sort(scores: torch.Tensor, *, mask: torch.Tensor | None = None) -> torc
             torch.where(mask, scores, torch.full_like(scores, low)), dim=-1, descending=True, stable=True
         )[1]
         p = torch.nn.functional.one_hot(order, scores.shape[-1]).to(scores.dtype)
-        row_valid = torch.arange(scores.shape[-1], device=scores.device).unsqueeze(0) < mask.sum(
-            -1, keepdim=True
-        )
+        row_valid = torch.arange(scores.shape[-1], device=scores.device).unsqueeze(0) < mask.sum(-1, keepdim=True)
         return p * row_valid.unsqueeze(-1).to(p.dtype)
 
 

@@ -19,8 +19,9 @@ Ranking as One Network", ICML 2025, arXiv 2503.09492) trains on 2024-01-13 ... 2
 * ``others/id_cnt.pkl``: vocabulary counts. Accepted key spellings: ``video_id`` or ``photo_id``;
   ``category_level_two`` with or without surrounding white space (both occur in the wild).
 
-**Request list** (matches the released LCRON data code, ``deep_components/dataset3.py`` of kwai/LCRON, and the
-two-stage layout described in the paper; written here from that description, not copied):
+**Request list** (matches the released LCRON data code, ``deep_components/dataset3.py`` of kwai/LCRON, read
+and re-implemented, not copied; its two-stage counterpart is not in the public release, so the two-stage list
+applies the same rules to the rank flows, as the paper describes):
 
 * requests = the distinct ``request_id`` of the day's feather file, in order of first appearance (the release
   takes ``drop_duplicates`` of the request columns; a request whose rows disagree on them is kept once, with
@@ -46,19 +47,26 @@ vocabulary = ``id_cnt`` count + 2):
 * history: ``video_id``, ``author_id``, ``cate_two``, ``cate_one``, ``upload_type`` of the effective-view
   sequence (sharing the item tables), in the file's order (left-padded, oldest first), 0 at invalid rows.
 
-Deviations from the release, all without effect on what a model can learn: times are converted in **UTC**,
-vectorized (the release calls ``time.localtime``, which depends on the machine's time zone); ``cate_one``
-is shifted by 1 like every other id (the release leaves it unshifted with padding id 2, a bijection of ids);
-the upload time fields have their own tables (the release shares the request-time tables); candidate slots
-are written in a seeded random order per day (the loader shuffles them again), so position never leaks the
-label; padded slots hold 0 in every column.
+Deviations from the release: times are converted in **UTC**, vectorized (the release calls
+``time.localtime``, so its features depend on the machine's time zone; on a machine set to Beijing time, where
+Kuaishou operates, its hour is the UTC hour + 8 and its weekday changes at 16:00 UTC); ``cate_one`` is
+shifted by 1 like every other id (the release leaves it unshifted and pads with id 2, which is also a real
+category; a relabelling); the upload time fields have their own embedding tables (the release shares the
+request-time tables); a history row is valid where its timestamp is > 0 (the release shifts the last
+``sum(valid)`` rows, the same rows for left-padded files); candidate slots are written in a seeded random
+order per day (the loader shuffles them again), so position never leaks the label; padded slots hold 0 in
+every column.
 
 **Partitions**: one per day, named after the day; the last ``test_days`` days are ``test``, the
 ``valid_days`` before them ``valid``, the rest ``train``; training defaults: batch 1024, one pass.
 
 **Speed and memory**: a day is read whole (the pickles are Python dicts; ``pickle.load`` of their many small
-arrays is the dominant cost). The dict traversal is one list comprehension per flow; everything else is
-numpy on ``[R, 10, 8]`` arrays. Peak memory is about one day's pickles plus ~5 kB per request.
+arrays is the dominant cost and cannot be avoided). The only per-request Python is the unavoidable dict
+traversal: one list comprehension per block of requests gathering every group's array, joined by one
+``np.concatenate``; everything else is numpy on ``[R, N]`` columns (first rows by index, a sorted-key join
+for the rank index, UTC fields by integer arithmetic). ``benchmarks/convert_recflow.py`` compares it with a
+per-request port of the released code. Peak memory is about one day's unpickled files plus ~5 kB per
+request.
 
 Bad input raises :class:`RecFlowFormatError` naming the file and the field; nothing is written to ``out``
 unless every day converts (partitions go to a temporary folder that replaces ``out`` at the end).
@@ -131,6 +139,8 @@ REQUEST_COLUMNS = ("request_id", "request_timestamp", "user_id", "device_id", "a
 USER_FIELDS = REQUEST_COLUMNS[2:]
 #: Item fields taken from the flow arrays (store name -> flow column) and the history fields.
 ITEM_ID_FIELDS = {f: FLOW_COLUMNS.index(f) for f in ("video_id", "author_id", "cate_two", "cate_one", "upload_type")}
+#: Flow columns a converted candidate keeps (the ids and the upload time).
+ITEM_COLUMNS = (*ITEM_ID_FIELDS, "upload_timestamp")
 HISTORY_FIELDS = {f: SEQ_COLUMNS.index(f) for f in ITEM_ID_FIELDS}
 #: Canonical id_cnt key -> accepted spellings (keys are also matched after stripping white space).
 ID_CNT_KEYS = {
@@ -368,8 +378,10 @@ class RecFlowDay:
         request_id: ``[R]`` int64.
         request_timestamp: ``[R]`` int64 milliseconds since the Unix epoch.
         user: ``USER_FIELDS`` -> ``[R]`` int64 raw ids.
-        flows: flow -> ``[R, GROUP_SIZE, 8]`` int64, the flow's first videos in file order (0 beyond count).
-        counts: flow -> ``[R]`` int64, number of valid rows of ``flows[flow]`` (at most ``GROUP_SIZE``).
+        items: :data:`ITEM_COLUMNS` -> ``[R, N]`` int64 candidate columns (N = groups x ``GROUP_SIZE``):
+            slot ``g * GROUP_SIZE + j`` holds the ``j``-th video of group ``g``'s flow (groups best first, file
+            order within a flow); slots beyond a group's count hold arbitrary values.
+        counts: ``[R, groups]`` int64, the videos taken from each group's flow (at most ``GROUP_SIZE``).
         top_rank_index: ``[R, GROUP_SIZE]`` float64 rank index of the top group's slots (label ``30 - x``).
         history: ``[R, L, 10]`` int64 raw history rows (:data:`SEQ_COLUMNS`).
         sources: ``"user"``, ``"item"``, ``"history"`` -> file named in error messages.
@@ -379,8 +391,8 @@ class RecFlowDay:
     request_id: np.ndarray
     request_timestamp: np.ndarray
     user: dict[str, np.ndarray]
-    flows: dict[str, np.ndarray]
-    counts: dict[str, np.ndarray]
+    items: dict[str, np.ndarray]
+    counts: np.ndarray
     top_rank_index: np.ndarray
     history: np.ndarray
     sources: dict[str, str] = field(default_factory=dict)
@@ -431,15 +443,11 @@ def to_store_arrays(day: RecFlowDay, spec: FunnelSpec, schema: DatasetSchema) ->
     for f, values in zip(TIME_VOCAB, utc_time_fields(np.floor_divide(day.request_timestamp, 1000))):
         arrays[f"context.{f}"] = values
 
-    def column(col: int) -> np.ndarray:  # [R, N] int64, groups best first
-        return np.concatenate([day.flows[f][:, :, col] for f in spec.groups], axis=1)
-
-    counts = np.stack([day.counts[f] for f in spec.groups], axis=1)  # [R, groups]
-    mask = (np.arange(g)[None, None, :] < counts[:, :, None]).reshape(r, spec.num_candidates)
+    mask = (np.arange(g)[None, None, :] < day.counts[:, :, None]).reshape(r, spec.num_candidates)
     where_items = src.get("item", "items")
-    for f, col in ITEM_ID_FIELDS.items():
-        arrays[f"item.{f}"] = _shift_ids(column(col), mask, vocab[f], where=where_items, field_name=f)
-    for f, values in zip(TIME_VOCAB, utc_time_fields(column(FLOW_COLUMNS.index("upload_timestamp")))):
+    for f in ITEM_ID_FIELDS:
+        arrays[f"item.{f}"] = _shift_ids(day.items[f], mask, vocab[f], where=where_items, field_name=f)
+    for f, values in zip(TIME_VOCAB, utc_time_fields(day.items["upload_timestamp"])):
         arrays[f"item.upload_{f}"] = np.multiply(values, mask, out=values)
     positions = np.arange(len(spec.groups) - 1, -1, -1, dtype=np.int8)  # best group = highest position
     arrays["mask"] = mask
@@ -606,27 +614,33 @@ def _lookup_top_index(fd: _FeatherDay, video: np.ndarray, valid: np.ndarray) -> 
     return out, int(missing.sum())
 
 
-def _concat_rows(arrays: list, width: int, *, path: Path, what: Sequence[str], rids: list) -> np.ndarray:
-    """``np.concatenate`` of ``[n_i, width]`` arrays as int64; request ``i`` owns arrays ``i * P ... i * P + P - 1``
+def _concat_rows(
+    arrays: list, width: int, *, path: Path, what: Sequence[str], rids: list, order: str = "C"
+) -> np.ndarray:
+    """``np.concatenate`` of ``[n_i, width]`` arrays into a new int64 ``[sum n_i, width]`` array of the given
+    memory ``order`` ("F" makes each column contiguous). Request ``i`` owns arrays ``i * P ... i * P + P - 1``
     (``P = len(what)``, the names of its arrays, e.g. flows).
 
     Raises :class:`RecFlowFormatError` naming the request whose array has the wrong shape or type.
     """
-    if not arrays:
-        return np.zeros((0, width), np.int64)
     try:
-        flat = np.concatenate(arrays, axis=0)
+        out = np.empty((sum(map(len, arrays)), width), dtype=np.int64, order=order)
+        np.concatenate(arrays, axis=0, out=out, casting="same_kind")
+        return out
     except (ValueError, TypeError):
-        flat = None
-    if flat is None or flat.ndim != 2 or flat.shape[1] != width:
-        bad = next((i for i, a in enumerate(arrays) if np.ndim(a) != 2 or np.shape(a)[1] != width), 0)
-        raise RecFlowFormatError(
-            f"{path}: request {rids[bad // len(what)]}: {what[bad % len(what)]} has shape {np.shape(arrays[bad])}, "
-            f"expected (n, {width})"
-        )
-    if flat.dtype.kind not in "iu":
-        raise RecFlowFormatError(f"{path}: {what[0]} holds {flat.dtype} values, expected integers")
-    return flat.astype(np.int64, copy=False)
+        pass
+    for i, a in enumerate(arrays):
+        if np.ndim(a) != 2 or np.shape(a)[1] != width:
+            raise RecFlowFormatError(
+                f"{path}: request {rids[i // len(what)]}: {what[i % len(what)]} has shape {np.shape(a)}, "
+                f"expected (n, {width})"
+            )
+        if np.asarray(a).dtype.kind not in "iu":
+            raise RecFlowFormatError(
+                f"{path}: request {rids[i // len(what)]}: {what[i % len(what)]} holds {np.asarray(a).dtype} "
+                "values, expected integers"
+            )
+    raise RecFlowFormatError(f"{path}: {what[0]} arrays cannot be joined into an int64 array")
 
 
 #: Requests gathered per block (bounds the memory of concatenating whole flows).
@@ -635,25 +649,27 @@ _BLOCK = 32_768
 
 def _gather_flows(
     fd: _FeatherDay, request_dict: dict, files: DayFiles, spec: FunnelSpec
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Each group flow's first ``GROUP_SIZE`` rows: ``[R, GROUP_SIZE, 8]`` arrays (0 beyond the count) and
-    ``[R]`` counts (at most ``GROUP_SIZE``).
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The candidates of every request: :data:`ITEM_COLUMNS` -> ``[R, N]`` int64 and ``[R, groups]`` counts.
 
-    One list comprehension gathers every group's array of a block of requests and one ``np.concatenate``
-    joins them; the first rows of each flow are then taken by index. Flows are cut to ``GROUP_SIZE`` rows
-    before joining only when the block's flows are long (over 4x what is kept), bounding memory.
+    Slot ``g * GROUP_SIZE + j`` holds row ``j`` of group ``g``'s flow; slots beyond the count hold arbitrary
+    values. One list comprehension gathers every group's array of a block of requests and one
+    ``np.concatenate`` joins them column-major; the first rows of each flow are then taken by index. Flows
+    are cut to ``GROUP_SIZE`` rows before joining only when the block's flows are long (over 4x what is
+    kept), which bounds memory.
     """
     rids = fd.request_id.tolist()
     entries = _lookup_requests(request_dict, rids, files.requests, files.feather)
     groups, k, width = spec.groups, len(spec.groups), len(FLOW_COLUMNS)
     what = [f"flow {f!r}" for f in groups]
-    r = len(rids)
-    items = np.zeros((r, k, GROUP_SIZE, width), dtype=np.int64)
+    r, n = len(rids), spec.num_candidates
+    items = {c: np.zeros((r, n), dtype=np.int64) for c in ITEM_COLUMNS}
     counts = np.zeros((r, k), dtype=np.int64)
     empty = np.zeros((0, width), dtype=np.int64)
     slot = np.arange(GROUP_SIZE)
     for lo in range(0, r, _BLOCK):
         block = entries[lo : lo + _BLOCK]
+        hi = lo + len(block)
         try:
             arrays = [e.get(f, empty) for e in block for f in groups]
         except AttributeError:
@@ -664,16 +680,16 @@ def _gather_flows(
             for i in np.flatnonzero(lengths > GROUP_SIZE).tolist():
                 arrays[i] = arrays[i][:GROUP_SIZE]
             lengths = np.minimum(lengths, GROUP_SIZE)
-        flat = _concat_rows(arrays, width, path=files.requests, what=what, rids=rids[lo : lo + _BLOCK])
-        n = np.minimum(lengths, GROUP_SIZE).reshape(-1, k)  # [b, k]
-        valid = slot < n[:, :, None]  # [b, k, G]
-        if len(flat):
-            starts = (np.cumsum(lengths) - lengths).reshape(n.shape)
-            out = items[lo : lo + len(block)]
-            np.take(flat, np.where(valid, starts[:, :, None] + slot, 0), axis=0, out=out)
-            np.multiply(out, valid[..., None], out=out)
-        counts[lo : lo + len(block)] = n
-    return {f: items[:, j] for j, f in enumerate(groups)}, {f: counts[:, j] for j, f in enumerate(groups)}
+        flat = _concat_rows(arrays, width, path=files.requests, what=what, rids=rids[lo:hi], order="F")
+        taken = np.minimum(lengths, GROUP_SIZE).reshape(-1, k)  # [b, k]
+        counts[lo:hi] = taken
+        if not len(flat):
+            continue
+        starts = (np.cumsum(lengths) - lengths).reshape(taken.shape)
+        idx = np.minimum(starts[:, :, None] + slot, len(flat) - 1).reshape(len(block), n)
+        for c in ITEM_COLUMNS:
+            np.take(flat[:, FLOW_COLUMNS.index(c)], idx, out=items[c][lo:hi])
+    return items, counts
 
 
 def _gather_history(fd: _FeatherDay, seq_dict: dict, files: DayFiles) -> np.ndarray:
@@ -682,7 +698,7 @@ def _gather_history(fd: _FeatherDay, seq_dict: dict, files: DayFiles) -> np.ndar
     seqs = _lookup_requests(seq_dict, rids, files.history, files.feather)
     if not seqs:
         return np.zeros((0, 50, len(SEQ_COLUMNS)), np.int64)
-    flat = _concat_rows(seqs, len(SEQ_COLUMNS), path=files.history, what=["history"], rids=rids)
+    flat = _concat_rows(seqs, len(SEQ_COLUMNS), path=files.history, what=["history"], rids=rids, order="F")
     length = len(seqs[0])
     if flat.shape[0] != length * len(seqs):
         bad = next(i for i, a in enumerate(seqs) if len(a) != length)
@@ -714,28 +730,27 @@ def _lookup_requests(table: dict, rids: list, path: Path, feather_path: Path) ->
 
 def _make_day(
     fd: _FeatherDay,
-    flows: dict[str, np.ndarray],
-    counts: dict[str, np.ndarray],
+    items: dict[str, np.ndarray],
+    counts: np.ndarray,
     history: np.ndarray,
     files: DayFiles,
     spec: FunnelSpec,
 ) -> tuple[RecFlowDay, int]:
     """Look up the top group's rank index and bundle a :class:`RecFlowDay`; returns it and the misses."""
-    top = spec.groups[0]
-    top_video = flows[top][:, :, FLOW_COLUMNS.index("video_id")]
-    top_valid = np.arange(GROUP_SIZE)[None, :] < counts[top][:, None]
+    top_video = items["video_id"][:, :GROUP_SIZE]
+    top_valid = np.arange(GROUP_SIZE)[None, :] < counts[:, :1]
     top_rank_index, misses = _lookup_top_index(fd, top_video, top_valid)
     if misses:
         logger.warning(
             "%s: %d %s video(s) have no %s row with %s == 1; they get rank index %d (as the release does)",
-            files.day, misses, top, files.feather.name, spec.top_flag, MISSING_RANK_INDEX,
+            files.day, misses, spec.groups[0], files.feather.name, spec.top_flag, MISSING_RANK_INDEX,
         )  # fmt: skip
     day = RecFlowDay(
         name=files.day,
         request_id=fd.request_id,
         request_timestamp=fd.columns["request_timestamp"],
         user={f: fd.columns[f] for f in USER_FIELDS},
-        flows=flows,
+        items=items,
         counts=counts,
         top_rank_index=top_rank_index,
         history=history,
@@ -750,9 +765,9 @@ def _read_day(files: DayFiles, spec: FunnelSpec) -> tuple[RecFlowDay, int]:
     The pickles are loaded one after the other (each is released before the next is read).
     """
     fd = _read_requests(files.feather, spec)
-    flows, counts = _gather_flows(fd, _load_dict(files.requests, "request flows"), files, spec)
+    items, counts = _gather_flows(fd, _load_dict(files.requests, "request flows"), files, spec)
     history = _gather_history(fd, _load_dict(files.history, "history"), files)
-    return _make_day(fd, flows, counts, history, files, spec)
+    return _make_day(fd, items, counts, history, files, spec)
 
 
 def shuffled_store_arrays(day: RecFlowDay, spec: FunnelSpec, schema: DatasetSchema) -> dict[str, np.ndarray]:

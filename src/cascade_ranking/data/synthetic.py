@@ -43,12 +43,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from .loader import shuffle_candidates
 from .recflow import (
     FEATHER_DIR,
     FLOW_COLUMNS,
     FLOWS,
     GROUP_SIZE,
     ID_CNT_FILE,
+    ITEM_COLUMNS,
     REQUEST_DIR,
     SEQ_COLUMNS,
     SEQ_DIR,
@@ -57,10 +59,11 @@ from .recflow import (
     assign_roles,
     day_partition,
     day_progress,
+    day_shuffle_rng,
     funnel_spec,
     recflow_schema,
-    shuffled_store_arrays,
     staged_output,
+    to_store_arrays,
 )
 from .schema import SCHEMA_FILE, DatasetSchema, Partition
 from .store import write_partition, write_schema, write_text_atomic
@@ -277,8 +280,11 @@ class SimulatedDay:
     def to_recflow_day(self, stages: int) -> RecFlowDay:
         """What a converter reads from this day: each flow's first 10 items, the top group's rank index."""
         spec = funnel_spec(stages)
-        flows = {f: np.ascontiguousarray(self.flow_items[f][:, :GROUP_SIZE]) for f in spec.groups}
-        counts = {f: np.minimum(self.flow_counts[f], GROUP_SIZE) for f in spec.groups}
+        items = {
+            c: np.concatenate([self.flow_items[f][:, :GROUP_SIZE, FLOW_COLUMNS.index(c)] for f in spec.groups], axis=1)
+            for c in ITEM_COLUMNS
+        }
+        counts = np.stack([np.minimum(self.flow_counts[f], GROUP_SIZE) for f in spec.groups], axis=1)
         ranks = self.flow_rank_index if spec.top_index == "rank_index" else self.flow_rerank_index
         where = f"simulated day {self.name}"
         return RecFlowDay(
@@ -286,7 +292,7 @@ class SimulatedDay:
             request_id=self.request_id,
             request_timestamp=self.request_timestamp,
             user=self.user,
-            flows=flows,
+            items=items,
             counts=counts,
             top_rank_index=ranks[spec.groups[0]][:, :GROUP_SIZE].astype(np.float64),
             history=self.history,
@@ -446,6 +452,54 @@ def _day_sizes(requests: int, days: int) -> np.ndarray:
     return np.full(days, requests // days) + (np.arange(days) < requests % days)
 
 
+@dataclass
+class _DayPlan:
+    """What is drawn per day before the funnel: the requests' ids, times and users."""
+
+    index: int
+    name: str
+    request_id: np.ndarray
+    request_timestamp: np.ndarray
+    users: np.ndarray
+
+
+def _day_plans(requests: int, days: int, seed: int, world: World) -> Iterator[_DayPlan]:
+    config = world.config
+    start = np.datetime64(config.start, "D")
+    first_id = 1
+    for day_index, size in enumerate(_day_sizes(requests, days).tolist()):
+        date = start + np.timedelta64(day_index, "D")
+        day_rng = np.random.default_rng([seed, 1, day_index])
+        day_ms = int(date.astype("datetime64[ms]").astype(np.int64))
+        ts = np.sort(day_ms + day_rng.integers(0, _MS_PER_DAY, size))
+        users = _draw(world.user_by_activity, day_rng, size)
+        yield _DayPlan(day_index, str(date), np.arange(first_id, first_id + size, dtype=np.int64), ts, users)
+        first_id += size
+
+
+def _empty_day(world: World, plan: _DayPlan, lo: int, hi: int) -> SimulatedDay:
+    """A :class:`SimulatedDay` for requests ``lo:hi`` of ``plan`` with its funnel arrays still to fill."""
+    c, size, users = world.config, hi - lo, plan.users[lo:hi]
+    m = c.flow_size[1]
+    return SimulatedDay(
+        name=plan.name,
+        request_id=plan.request_id[lo:hi],
+        request_timestamp=plan.request_timestamp[lo:hi],
+        user={"user_id": users, **{k: world.user_attr[k][users] for k in USER_FIELDS[1:]}},
+        flow_items={f: np.empty((size, m, len(FLOW_COLUMNS)), dtype=np.int64) for f in FLOWS},
+        flow_counts={f: np.empty(size, dtype=np.int64) for f in FLOWS},
+        flow_rank_index={f: np.empty((size, m), dtype=np.int64) for f in FLOWS},
+        flow_rerank_index={f: np.empty((size, m), dtype=np.int64) for f in FLOWS},
+        history=np.empty((size, c.history_length, len(SEQ_COLUMNS)), dtype=np.int64),
+    )
+
+
+def _chunks(world: World, plan: _DayPlan, seed: int) -> Iterator[tuple[int, int, np.random.Generator]]:
+    size, step = len(plan.request_id), world.config.chunk_size
+    for chunk, lo in enumerate(range(0, size, step)):
+        yield lo, min(lo + step, size), np.random.default_rng([seed, 2, plan.index, chunk])
+
+
 def simulate_days(
     *, requests: int, days: int, seed: int = 0, config: SimulatorConfig | None = None
 ) -> Iterator[SimulatedDay]:
@@ -454,35 +508,32 @@ def simulate_days(
     ``config`` defaults to :meth:`SimulatorConfig.for_requests`. Raises ``ValueError`` for
     ``requests < days`` or ``days < 1``.
     """
-    sizes = _day_sizes(requests, days)
-    config = config or SimulatorConfig.for_requests(requests)
-    world = build_world(config, seed)
-    start = np.datetime64(config.start, "D")
-    first_id = 1
-    for day_index, size in enumerate(sizes.tolist()):
-        date = start + np.timedelta64(day_index, "D")
-        day_rng = np.random.default_rng([seed, 1, day_index])
-        day_ms = int(date.astype("datetime64[ms]").astype(np.int64))
-        ts = np.sort(day_ms + day_rng.integers(0, _MS_PER_DAY, size))
-        users = _draw(world.user_by_activity, day_rng, size)
-        m = config.flow_size[1]
-        day = SimulatedDay(
-            name=str(date),
-            request_id=np.arange(first_id, first_id + size, dtype=np.int64),
-            request_timestamp=ts,
-            user={"user_id": users, **{k: world.user_attr[k][users] for k in USER_FIELDS[1:]}},
-            flow_items={f: np.empty((size, m, len(FLOW_COLUMNS)), dtype=np.int64) for f in FLOWS},
-            flow_counts={f: np.empty(size, dtype=np.int64) for f in FLOWS},
-            flow_rank_index={f: np.empty((size, m), dtype=np.int64) for f in FLOWS},
-            flow_rerank_index={f: np.empty((size, m), dtype=np.int64) for f in FLOWS},
-            history=np.empty((size, config.history_length, len(SEQ_COLUMNS)), dtype=np.int64),
-        )
-        for chunk, lo in enumerate(range(0, size, config.chunk_size)):
-            hi = min(lo + config.chunk_size, size)
-            rng = np.random.default_rng([seed, 2, day_index, chunk])
-            _simulate_chunk(world, rng, users[lo:hi], ts[lo:hi], day, lo)
-        first_id += size
+    _day_sizes(requests, days)
+    world = build_world(config or SimulatorConfig.for_requests(requests), seed)
+    for plan in _day_plans(requests, days, seed, world):
+        day = _empty_day(world, plan, 0, len(plan.request_id))
+        for lo, hi, rng in _chunks(world, plan, seed):
+            _simulate_chunk(world, rng, plan.users[lo:hi], plan.request_timestamp[lo:hi], day, lo)
         yield day
+
+
+def _store_day(world: World, plan: _DayPlan, seed: int, stages: int, schema: DatasetSchema) -> dict[str, np.ndarray]:
+    """The store columns of one day, simulated chunk by chunk (memory: the day's columns plus one chunk).
+
+    Identical to converting the whole :class:`SimulatedDay` (the chunks use the same generators).
+    """
+    spec = funnel_spec(stages)
+    arrays: dict[str, np.ndarray] = {}
+    size = len(plan.request_id)
+    for lo, hi, rng in _chunks(world, plan, seed):
+        chunk = _empty_day(world, plan, lo, hi)
+        _simulate_chunk(world, rng, chunk.user["user_id"], chunk.request_timestamp, chunk, 0)
+        for name, values in to_store_arrays(chunk.to_recflow_day(stages), spec, schema).items():
+            if name not in arrays:
+                arrays[name] = np.empty((size, *values.shape[1:]), dtype=values.dtype)
+            arrays[name][lo:hi] = values
+    shuffle_candidates(arrays, spec.num_candidates, day_shuffle_rng(plan.name))
+    return arrays
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -567,28 +618,33 @@ def simulate(
     """
     if layout not in ("store", "recflow"):
         raise ValueError(f"layout={layout!r}: expected 'store' or 'recflow'")
-    spec = funnel_spec(stages)
+    funnel_spec(stages)  # validates
     _day_sizes(requests, days)
     config = config or SimulatorConfig.for_requests(requests)
     roles = assign_roles([str(i) for i in range(days)], test_days, valid_days)
     out = Path(out)
-    generated = simulate_days(requests=requests, days=days, seed=seed, config=config)
+    world = build_world(config, seed)
     marker = SCHEMA_FILE if layout == "store" else ID_CNT_FILE
     with staged_output(out, marker=marker) as tmp, day_progress(progress, days, f"simulate ({layout})") as advance:
         partitions: list[Partition] = []
         id_cnt = config.canonical_id_cnt()
-        for day, role in zip(generated, roles):
+        for plan, role in zip(_day_plans(requests, days, seed, world), roles):
+            size = len(plan.request_id)
             if layout == "recflow":
+                day = _empty_day(world, plan, 0, size)
+                for lo, hi, rng in _chunks(world, plan, seed):
+                    _simulate_chunk(world, rng, plan.users[lo:hi], plan.request_timestamp[lo:hi], day, lo)
                 write_recflow_day(tmp, day)
+                del day
             else:
-                part = day_partition(day.name, role, day.num_requests)
+                part = day_partition(plan.name, role, size)
                 schema = recflow_schema(
                     stages=stages, id_cnt=id_cnt, history_length=config.history_length, partitions=[part]
                 )
-                write_partition(tmp, schema, part, shuffled_store_arrays(day.to_recflow_day(stages), spec, schema))
+                write_partition(tmp, schema, part, _store_day(world, plan, seed, stages, schema))
                 partitions.append(part)
-            logger.info("simulated %s: %d requests", day.name, day.num_requests)
-            advance(day.name)
+            logger.info("simulated %s: %d requests", plan.name, size)
+            advance(plan.name)
         if layout == "recflow":
             _dump(config.id_cnt(), tmp / ID_CNT_FILE)
             write_text_atomic(tmp / "SIMULATED.txt", f"cascade-ranking synthetic funnel, seed {seed}\n")

@@ -23,9 +23,11 @@ import torch
 from torch import nn
 
 from ..data.schema import DatasetSchema, RequestBatch
+from .cold import COLD
 from .din import DIN
 from .dssm import DSSM
 from .embedding import FeatureEncoder, feed_forward
+from .lr import LR
 from .mlp import MLP
 from .ranktower import RankTower
 
@@ -44,6 +46,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "din": DIN,
     "mlp": MLP,
     "ranktower": RankTower,
+    "lr": LR,
+    "cold": COLD,
 }
 
 

@@ -27,27 +27,51 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.schema import DatasetSchema, RequestBatch
-from .embedding import FeatureEncoder, feed_forward
+from .embedding import FeatureEncoder, feed_forward, mlp_forward
 
 __all__ = ["DIN", "pairwise_relu_projection"]
 
 #: Elements of one ``[b, N, L, A]`` chunk in :func:`pairwise_relu_projection` (CPU: cache-sized chunks).
-_CPU_CHUNK_ELEMENTS = 1 << 19
+_CPU_CHUNK_ELEMENTS = 1 << 20
 _GPU_CHUNK_ELEMENTS = 1 << 27
 
 
+try:  # a fused CPU kernel (private but long-standing); the two-op path gives the same values
+    _FUSED_ADD_RELU = torch.ops.aten._add_relu.out
+except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
+    _FUSED_ADD_RELU = None
+
+
+def _add_relu(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = relu(a + b)`` (broadcast), in one pass on CPU (``aten::_add_relu``), two elsewhere."""
+    if out.device.type == "cpu" and _FUSED_ADD_RELU is not None:
+        return _FUSED_ADD_RELU(a, b, out=out)
+    torch.add(a, b, out=out)
+    return out.relu_()
+
+
 class _PairwiseReluProjection(torch.autograd.Function):
-    """``out[b, n, l] = sum_k w[k] * relu(hh[b, l, k] + cc[b, n, k])``, chunked over b, recomputed in backward."""
+    """``out[b, n, l] = sum_k w[k] * relu(hh[b, l, k] + cc[b, n, k])``, chunked over b, recomputed in backward.
+
+    Backward, with ``M = 1[hh[b, l, k] + cc[b, n, k] > 0]`` (equivalently ``hh > -cc``: a rounded sum of two
+    floats is positive exactly when the exact sum is, under IEEE gradual underflow) and ``G = grad[b, n, l] * M``:
+    ``d_cc = w * sum_l G``, ``d_hh = w * sum_n G`` and, since ``relu(x) = x * 1[x > 0]``,
+    ``d_w = sum_{b,l} hh * (sum_n G) + sum_{b,n} cc * (sum_l G)``; so each chunk needs one comparison, one
+    product and two sums over the 4-D block, and no ``[B, N, L, A]`` tensor is ever stored.
+    """
 
     @staticmethod
     def forward(ctx, hh: torch.Tensor, cc: torch.Tensor, w: torch.Tensor, chunk: int) -> torch.Tensor:
         ctx.save_for_backward(hh, cc, w)
         ctx.chunk = chunk
-        out = hh.new_empty(hh.shape[0], cc.shape[1], hh.shape[1])
-        for s in range(0, hh.shape[0], chunk):
-            act = hh[s : s + chunk, None] + cc[s : s + chunk, :, None]  # [b, N, L, A]
-            act.relu_()
-            torch.matmul(act, w, out=out[s : s + chunk])
+        batch, length, width = hh.shape
+        num = cc.shape[1]
+        out = hh.new_empty(batch, num, length)
+        buf = hh.new_empty(min(chunk, batch), num, length, width)
+        for s in range(0, batch, chunk):
+            e = min(s + chunk, batch)
+            act = _add_relu(hh[s:e, None], cc[s:e, :, None], out=buf[: e - s])  # [b, N, L, A]
+            torch.matmul(act, w, out=out[s:e])
         return out
 
     @staticmethod
@@ -55,22 +79,23 @@ class _PairwiseReluProjection(torch.autograd.Function):
         hh, cc, w = ctx.saved_tensors
         chunk = ctx.chunk
         need_hh, need_cc, need_w, _ = ctx.needs_input_grad
-        d_hh = torch.empty_like(hh) if need_hh else None
-        d_cc = torch.empty_like(cc) if need_cc else None
-        d_w = torch.zeros_like(w) if need_w else None
-        a = hh.shape[-1]
-        for s in range(0, hh.shape[0], chunk):
-            act = hh[s : s + chunk, None] + cc[s : s + chunk, :, None]
-            act.relu_()
-            g = grad[s : s + chunk]  # [b, N, L]
-            if need_w:
-                d_w += g.reshape(1, -1).mm(act.reshape(-1, a)).squeeze(0)
-            if need_hh or need_cc:
-                d_pre = torch.ops.aten.threshold_backward(g.unsqueeze(-1) * w, act, 0)  # 0 where act <= 0
-                if need_hh:
-                    torch.sum(d_pre, 1, out=d_hh[s : s + chunk])
-                if need_cc:
-                    torch.sum(d_pre, 2, out=d_cc[s : s + chunk])
+        batch, length, width = hh.shape
+        num = cc.shape[1]
+        grad = grad.contiguous()
+        sum_n = torch.empty_like(hh)  # sum_n G: [B, L, A]
+        sum_l = torch.empty_like(cc)  # sum_l G: [B, N, A]
+        neg_cc = -cc
+        buf = hh.new_empty(min(chunk, batch), num, length, width)
+        for s in range(0, batch, chunk):
+            e = min(s + chunk, batch)
+            g = buf[: e - s]
+            torch.gt(hh[s:e, None], neg_cc[s:e, :, None], out=g)  # M as 0/1 in the float buffer
+            g.mul_(grad[s:e, :, :, None])  # G
+            torch.sum(g, 2, out=sum_l[s:e])
+            torch.sum(g, 1, out=sum_n[s:e])
+        d_w = (hh * sum_n).sum((0, 1)) + (cc * sum_l).sum((0, 1)) if need_w else None
+        d_hh = sum_n.mul_(w) if need_hh else None
+        d_cc = sum_l.mul_(w) if need_cc else None
         return d_hh, d_cc, d_w, None
 
 
@@ -128,6 +153,9 @@ class DIN(nn.Module):
         e = enc.emb_dim
         cols = [enc.item_fields.index(f) * e + j for f in enc.history_item_fields for j in range(e)]
         self.register_buffer("_key_columns", torch.tensor(cols, dtype=torch.long), persistent=False)
+        # A contiguous run of columns (the usual layout: history fields in item-field order) is a free slice.
+        contiguous = bool(cols) and cols == list(range(cols[0], cols[0] + len(cols)))
+        self._key_slice = slice(cols[0], cols[0] + len(cols)) if contiguous else None
         self.attention = feed_forward([2 * d, attention_hidden, 1]) if d > 0 else None
         self.mlp = feed_forward([enc.user_context_dim + d + enc.item_dim, hidden, hidden, hidden // 4, 1])
 
@@ -141,14 +169,16 @@ class DIN(nn.Module):
         """
         if self.attention is None:
             raise ValueError("this DIN was built for a schema without history fields; it has no attention")
-        return self._weights(self.encoder.history(batch), self.encoder.items(batch), batch.history_mask)
+        enc = self.encoder.encode(batch)
+        return self._weights(enc.history, enc.items, batch.history_mask)
 
     def interest(self, batch: RequestBatch) -> torch.Tensor:
         """Attention-pooled history per candidate: ``[B, N, H * E]`` (zeros for an empty history)."""
-        return self._interest(batch, self.encoder.items(batch))
+        enc = self.encoder.encode(batch, history=self.attention is not None)
+        return self._interest(enc.history, enc.items, batch.history_mask)
 
     def _weights(self, h: torch.Tensor, c: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
-        key = c.index_select(-1, self._key_columns)  # [B, N, D]
+        key = c[..., self._key_slice] if self._key_slice is not None else c.index_select(-1, self._key_columns)
         d = h.shape[-1]
         first, second = self.attention[0], self.attention[2]
         hh = F.linear(h, first.weight[:, :d])  # [B, L, A]: once per history slot
@@ -158,15 +188,19 @@ class DIN(nn.Module):
         logits = logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
         return torch.softmax(logits, dim=-1) * valid.to(logits.dtype)
 
-    def _interest(self, batch: RequestBatch, c: torch.Tensor) -> torch.Tensor:
-        if self.attention is None:
+    def _interest(self, h: torch.Tensor | None, c: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
+        if self.attention is None or h is None:
             return c.new_zeros((*c.shape[:2], 0))
-        h = self.encoder.history(batch)  # [B, L, D]
-        return torch.bmm(self._weights(h, c, batch.history_mask), h)
+        return torch.bmm(self._weights(h, c, history_mask), h)
 
     def forward(self, batch: RequestBatch) -> torch.Tensor:
-        """Logits ``[B, N]`` (padded slots hold a score too; mask them downstream)."""
-        c = self.encoder.items(batch)  # [B, N, I*E]
-        u = self.encoder.user_context(batch)  # [B, F]
-        x = torch.cat([u.unsqueeze(1).expand(-1, c.shape[1], -1), self._interest(batch, c), c], dim=-1)
-        return self.mlp(x).squeeze(-1)
+        """Logits ``[B, N]`` (padded slots hold a score too; mask them downstream).
+
+        The scorer's first layer on ``concat(u, interest, c)`` is computed as ``W_u u`` once per request
+        plus ``W_ic concat(interest, c) + b`` per candidate (the same affine map, without repeating the
+        user/context part N times).
+        """
+        enc = self.encoder.encode(batch, history=self.attention is not None)
+        c = enc.items  # [B, N, I*E]
+        x = torch.cat([self._interest(enc.history, c, batch.history_mask), c], dim=-1)  # [B, N, D + I*E]
+        return mlp_forward(self.mlp, x, request=enc.user_context).squeeze(-1)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..data.schema import DatasetSchema, RequestBatch
-from .embedding import FeatureEncoder, feed_forward
+from .embedding import FeatureEncoder, feed_forward, mlp_forward
 
 __all__ = ["DSSM"]
 
@@ -63,6 +63,7 @@ class DSSM(nn.Module):
 
     def forward(self, batch: RequestBatch) -> torch.Tensor:
         """Logits ``[B, N]``: ``<user_embedding[b], item_embedding[b, n]>`` (padded slots hold a score too)."""
-        u = self.user_embedding(batch)
-        v = self.item_embedding(batch)
-        return torch.einsum("bnd,bd->bn", v, u)
+        enc = self.encoder.encode(batch)  # one lookup per table for the user and the item tower
+        u = self.user_tower(torch.cat([enc.user_context, self.encoder.pooled_history(batch, enc.history)], dim=-1))
+        v = mlp_forward(self.item_tower, enc.items)
+        return torch.bmm(v, u.unsqueeze(-1)).squeeze(-1)

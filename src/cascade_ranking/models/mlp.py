@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..data.schema import DatasetSchema, RequestBatch
-from .embedding import FeatureEncoder, feed_forward
+from .embedding import FeatureEncoder, feed_forward, mlp_forward
 
 __all__ = ["MLP"]
 
@@ -40,8 +40,11 @@ class MLP(nn.Module):
         self.mlp = feed_forward([in_dim, hidden, hidden // 2, hidden // 4, 1])
 
     def forward(self, batch: RequestBatch) -> torch.Tensor:
-        """Logits ``[B, N]`` (padded slots hold a score too; mask them downstream)."""
-        c = self.encoder.items(batch)  # [B, N, I*E]
-        req = torch.cat([self.encoder.user_context(batch), self.encoder.pooled_history(batch)], dim=-1)
-        x = torch.cat([req.unsqueeze(1).expand(-1, c.shape[1], -1), c], dim=-1)
-        return self.mlp(x).squeeze(-1)
+        """Logits ``[B, N]`` (padded slots hold a score too; mask them downstream).
+
+        The first layer's request part (user/context and pooled history) is computed once per request
+        (:func:`~.embedding.mlp_forward`), not once per candidate.
+        """
+        enc = self.encoder.encode(batch)
+        req = torch.cat([enc.user_context, self.encoder.pooled_history(batch, enc.history)], dim=-1)
+        return mlp_forward(self.mlp, enc.items, request=req).squeeze(-1)
