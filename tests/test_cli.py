@@ -62,3 +62,13 @@ def test_reference_scorers_command(tiny_dataset):
     result = runner.invoke(app, ["reference", "--data", str(tiny_dataset)])
     assert result.exit_code == 0, result.output
     assert "random" in result.stdout and "popularity" in result.stdout
+
+
+def test_prerank_model_puts_ranktower_in_the_prerank_slot(tmp_path, tiny_dataset):
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["train", "--data", str(tiny_dataset), "--prerank-model", "ranktower", "--out", str(out), "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["models"] == ["dssm", "ranktower"]

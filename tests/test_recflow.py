@@ -331,3 +331,19 @@ def test_parse_days():
         parse_days("2024-01-13,2024-01-13")
     with pytest.raises(ValueError, match="no day"):
         parse_days(" , ")
+
+
+def test_in_place_assembly_equals_the_copying_one_and_copying_leaves_the_day_intact(truth):
+    from cascade_ranking.data.recflow import funnel_spec, recflow_schema, to_store_arrays
+
+    day = truth[0].to_recflow_day(3)
+    schema = recflow_schema(stages=3, id_cnt=CONFIG.canonical_id_cnt(), history_length=50, partitions=[])
+    before = {k: v.copy() for k, v in day.items.items()}
+    copied = to_store_arrays(day, funnel_spec(3), schema)
+    for k, v in day.items.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    in_place = to_store_arrays(day, funnel_spec(3), schema, inplace=True)
+    assert copied.keys() == in_place.keys()
+    for k in copied:
+        np.testing.assert_array_equal(copied[k], in_place[k], err_msg=k)
+    assert in_place["item.video_id"] is day.items["video_id"]  # reused, not copied

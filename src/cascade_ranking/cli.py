@@ -171,6 +171,9 @@ def train(
     ] = None,
     stages: Annotated[int | None, typer.Option(help="Stages of the default MovieLens-100K cascade: 2 or 3.")] = None,
     models: Annotated[str | None, typer.Option(help="Stage models, retrieval first, e.g. dssm,din.")] = None,
+    prerank_model: Annotated[
+        str | None, typer.Option(help="Model of the pre-ranking (second) stage, e.g. ranktower (default din).")
+    ] = None,
     keep: Annotated[
         str | None, typer.Option(help="Candidates each stage keeps, e.g. 30,20 (default: the dataset's).")
     ] = None,
@@ -200,7 +203,7 @@ def train(
     """Train a cascade end to end on the training partitions and evaluate it on validation and test."""
     from .config import TrainConfig, config_from
     from .data.store import open_dataset
-    from .train import default_run_dir, load_config
+    from .train import default_run_dir, load_config, with_prerank_model
     from .train import train as run_training
 
     try:
@@ -216,6 +219,8 @@ def train(
             )  # fmt: skip
             config = config_from(TrainConfig, config_file, overrides)
             data_dir = resolve_data(config.data, config.stages, seed=config.seed)
+            if prerank_model is not None:
+                config = with_prerank_model(config, open_dataset(data_dir), prerank_model)
             num_stages = len(config.keep or open_dataset(data_dir).keep)
             run_dir = out or default_run_dir(config.method, num_stages, config.seed)
         schema = open_dataset(data_dir)
@@ -313,6 +318,12 @@ def benchmark(
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda, cuda:N.")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="cascade (default): cascade methods; prerank: RankTower's Table 1.")
+    ] = None,
+    ablations: Annotated[
+        bool | None, typer.Option("--ablations", help="With --task prerank: also RankTower's Tables 2-4.")
+    ] = None,
 ) -> None:
     """Train and evaluate every method x seed; print mean ± std; write results.{json,csv,md} and a PNG chart.
 
@@ -325,9 +336,12 @@ def benchmark(
     try:
         overrides = dict(
             methods=methods.split(",") if methods else None, stages=stages, repeats=repeats, data=data, out=out,
-            batch_size=batch_size, passes=passes, device=device, threads=threads,
+            batch_size=batch_size, passes=passes, device=device, threads=threads, task=task, ablations=ablations,
         )  # fmt: skip
         bench = config_from(BenchmarkConfig, config_file, overrides)
+        if bench.task == "prerank":
+            _prerank_benchmark(bench)
+            return
         names = bench.methods or list(losses.CASCADE_METHODS)
         for name in names:
             if name not in losses.REGISTRY:
@@ -353,6 +367,39 @@ def benchmark(
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     console.print(markdown_table(results["summary"]), markup=False, highlight=False)
+    console.print(f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png")
+
+
+def _prerank_benchmark(bench) -> None:
+    """``benchmark --task prerank``: the RankTower paper's pre-ranking comparison on full-stage samples."""
+    from .config import TrainConfig
+    from .data.cache import cache_dir
+    from .prerank import PRERANK_DATASET_NAME, prepare_prerank_movielens, run_prerank_benchmark
+
+    data_dir = bench.data
+    if data_dir is None:
+        data_dir = cache_dir() / "datasets" / PRERANK_DATASET_NAME
+        if not (data_dir / "schema.json").is_file():
+            from .data.movielens import ML100K_URL
+
+            src = os.environ.get(MOVIELENS_SRC_ENV)
+            url = os.environ.get(MOVIELENS_URL_ENV) or ML100K_URL
+            prepare_prerank_movielens(data_dir, src=Path(src) if src else None, url=url, progress=True,
+                                      threads=bench.threads or 1)  # fmt: skip
+    out_dir = bench.out or Path("benchmark-prerank" if bench.data is None else f"benchmark-{data_dir.name}")
+    base = TrainConfig.model_validate(
+        bench.model_dump(exclude={"task", "methods", "repeats", "out", "ablations", "data", "stages"})
+    )
+    with _progress() as progress:
+        task = progress.add_task("prerank benchmark", total=None, info="")
+
+        def on_run(row: str, seed: int, metrics: dict) -> None:
+            info = f"{row} seed {seed}: recall {metrics['test']['joint_recall']:.4f}"
+            progress.update(task, advance=1, info=info)
+
+        run_prerank_benchmark(data=data_dir, out_dir=out_dir, repeats=bench.repeats, models=bench.methods,
+                              ablations=bench.ablations, base=base, on_run=on_run)  # fmt: skip
+    console.print((out_dir / "results.md").read_text(), markup=False, highlight=False)
     console.print(f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png")
 
 

@@ -80,14 +80,21 @@ class BenchmarkConfig(TrainConfig):
     """A benchmark: every field of :class:`TrainConfig` (shared by all runs) plus which methods, how many seeds.
 
     Attributes:
-        methods: methods to compare (``None`` = the eight cascade methods of the LCRON paper).
+        task: ``"cascade"`` (the LCRON paper's comparison of cascade methods) or ``"prerank"`` (the RankTower
+            paper's comparison of pre-ranking models on full-stage samples, see ``cascade_ranking.prerank``).
+        methods: methods to compare (``None`` = the eight cascade methods of the LCRON paper); for
+            ``task="prerank"`` the Table 1 rows (``lr``, ``two_tower``, ``cold``, ``din``, ``arf``, ``ranktower``).
         repeats: seeds per method (0 .. repeats-1).
-        out: output folder (``None`` = ``benchmark-<K>stage`` or ``benchmark-<dataset folder>``).
+        out: output folder (``None`` = ``benchmark-<K>stage``, ``benchmark-prerank`` or
+            ``benchmark-<dataset folder>``).
+        ablations: with ``task="prerank"``, also run the RankTower paper's ablations (Tables 2-4).
     """
 
+    task: Literal["cascade", "prerank"] = "cascade"
     methods: list[str] | None = None
     repeats: int = Field(default=3, gt=0)
     out: Path | None = None
+    ablations: bool = False
 
 
 def read_config_file(path: str | Path, model: type[BaseModel] = TrainConfig) -> dict[str, Any]:

@@ -13,13 +13,18 @@ dataset built by :func:`~cascade_ranking.data.ranktower_sampling.build_ranktower
   loss, so it trains the two-tower model), ``ranktower`` (RankTower + its hybrid loss, with the dataset's soft
   labels); plus the untrained reference rows ``random`` and ``popularity`` (rating counts on the training
   weeks). BCE's positives are the impressions (the top funnel position), its negatives every other sample.
-* Table 2 (sampling): RankTower trained without the random samples, without the candidate samples (those
-  slots are masked out of the *training* weeks only; validation and test weeks are unchanged).
-* Table 3 (losses): the RankTower model with each ranking loss alone: ``ranktower_distill``,
-  ``ranktower_sort``, ``rankmax``, ``am_rankmax``.
-* Table 4 (distillation): the hybrid loss without distillation (``lambdas = (0, 1, 1)``), and with hard-label
-  distillation (the teacher is the hard label instead of the ranker's soft label: the ``soft_label`` column
-  is dropped, so the loss falls back to the label).
+* Table 2 (sampling): RankTower trained without the random samples (``rt w/o random``), without the candidate
+  samples (``rt w/o candidate``); those slots are masked out of the *training* weeks only, validation and
+  test weeks are unchanged.
+* Table 3 (losses): the RankTower model with each ranking loss alone: ``distill only``
+  (``ranktower_distill``), ``sort only`` (``ranktower_sort``), ``rankmax only``, ``am-rankmax only``.
+* Table 4 (distillation): the hybrid loss without distillation (``rt w/o distill``: ``lambdas = (0, 1, 1)``),
+  and with hard-label distillation (``rt hard-label distill``: the teacher is the hard label instead of the
+  ranker's soft label; the ``soft_label`` column is dropped, so the loss falls back to the label).
+
+Every run uses the base :class:`~cascade_ranking.config.TrainConfig` (Adam, lr 0.01, embedding 8, hidden 128)
+and the dataset's training defaults (MovieLens-100K: batch 256, 3 passes over the 26 training weeks) and the
+methods' default hyper-parameters.
 
 **Metrics** (test weeks, every request; :func:`evaluate_prerank`), with ground truth = the request's
 ``gt_num`` impressions (the rated items; the top ``gt_num`` by hard label):
@@ -120,14 +125,14 @@ TABLE1 = (
     PrerankRow("ranktower", "ranktower", "ranktower"),
 )
 ABLATIONS = (
-    PrerankRow("ranktower w/o random samples", "ranktower", "ranktower", "table2", variant="no_random"),
-    PrerankRow("ranktower w/o candidate samples", "ranktower", "ranktower", "table2", variant="no_candidate"),
-    PrerankRow("distillation only", "ranktower", "ranktower_distill", "table3"),
-    PrerankRow("sorting only", "ranktower", "ranktower_sort", "table3"),
+    PrerankRow("rt w/o random", "ranktower", "ranktower", "table2", variant="no_random"),
+    PrerankRow("rt w/o candidate", "ranktower", "ranktower", "table2", variant="no_candidate"),
+    PrerankRow("distill only", "ranktower", "ranktower_distill", "table3"),
+    PrerankRow("sort only", "ranktower", "ranktower_sort", "table3"),
     PrerankRow("rankmax only", "ranktower", "rankmax", "table3"),
     PrerankRow("am-rankmax only", "ranktower", "am_rankmax", "table3"),
-    PrerankRow("ranktower w/o distillation", "ranktower", "ranktower", "table4", loss={"lambdas": [0.0, 1.0, 1.0]}),
-    PrerankRow("ranktower, hard-label distillation", "ranktower", "ranktower", "table4", variant="hard_teacher"),
+    PrerankRow("rt w/o distill", "ranktower", "ranktower", "table4", loss={"lambdas": [0.0, 1.0, 1.0]}),
+    PrerankRow("rt hard-label distill", "ranktower", "ranktower", "table4", variant="hard_teacher"),
 )
 #: Training-data variants of the ablations: name -> (funnel positions masked in training weeks, drop soft labels).
 VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -308,7 +313,10 @@ def _select_rows(models: Sequence[str] | None, ablations: bool) -> list[PrerankR
         if unknown:
             raise ValueError(f"unknown pre-ranking rows {unknown}; known rows: {', '.join(known)}")
         rows = [known[k] for k in dict.fromkeys(keys)]
-    return rows + (list(ABLATIONS) if ablations else [])
+    rows += list(ABLATIONS) if ablations else []
+    if not rows:
+        raise ValueError("no pre-ranking row to run: give models or set ablations")
+    return rows
 
 
 def _slug(key: str) -> str:
@@ -344,8 +352,8 @@ def run_prerank_benchmark(
         ks: cutoffs (default ``(gt_num, keep)``).
 
     Returns:
-        ``{"dataset", "data", "stages", "keep", "gt_num", "ks", "repeats", "runs", "summary", "tables",
-        "metrics"}``.
+        ``{"task", "dataset", "data", "stages", "keep", "gt_num", "num_candidates", "ks", "repeats", "runs",
+        "summary", "tables", "metrics"}``.
 
     Raises:
         ValueError: ``repeats`` not positive, unknown rows, or a dataset that is not a one-stage pre-ranking
@@ -367,7 +375,8 @@ def run_prerank_benchmark(
     test = schema.partitions_with_role("test")
     device = resolve_device(base.device)
     runs: list[dict] = []
-    for row in rows:
+    last_table1 = max((i for i, r in enumerate(rows) if r.table == "table1"), default=-1)
+    for i, row in enumerate(rows):
         row_data = data if row.variant is None else derive_variant(data, out_dir / "data" / row.variant, row.variant)
         for seed in range(repeats):
             config = base.model_copy(
@@ -387,12 +396,8 @@ def run_prerank_benchmark(
             runs[-1]["train_seconds"] = metrics["train_seconds"]
             if on_run is not None:
                 on_run(row.key, seed, {**metrics, "test": _row_metrics(metrics["test"], keep)})
-    if any(r.table == "table1" for r in rows):
-        pop = PopularityScorer.fit(data, schema, 1)
-        for seed in range(repeats):
-            for name, scorer in (("random", RandomScorer(1, seed)), ("popularity", pop)):
-                m = evaluate_prerank(lambda b, s=scorer: s(b)[0], data, schema, test, ks=ks, seed=seed, device=device)
-                runs.append({"row": name, "table": "table1", "seed": seed, **_row_metrics(m, keep)})
+        if i == last_table1:  # the reference rows close Table 1
+            runs += _reference_runs(data, schema, test, ks, keep, repeats, device)
     summary = summarize(runs)
     tables: dict[str, list[str]] = {}
     for run in runs:
@@ -405,9 +410,11 @@ def run_prerank_benchmark(
         "stages": ["prerank"],
         "keep": [keep],
         "gt_num": schema.gt_num,
+        "num_candidates": schema.num_candidates,
         "ks": ks,
         "repeats": repeats,
         "metrics": {
+            "rt": "RankTower model (+ its hybrid loss unless the row names one loss)",
             "joint_recall": f"Recall@{keep}: |top {keep} by score ∩ impressions| / |impressions| (gt_num = "
             f"{schema.gt_num} impressions per request)",
             "recall@K": "the same with the top K",
@@ -422,11 +429,22 @@ def run_prerank_benchmark(
     return results
 
 
+def _reference_runs(data, schema, test, ks, keep, repeats, device) -> list[dict]:
+    """The untrained reference rows of Table 1: random scores and training-week rating counts."""
+    pop = PopularityScorer.fit(data, schema, 1).to(device)
+    runs = []
+    for seed in range(repeats):
+        for name, scorer in (("random", RandomScorer(1, seed)), ("popularity", pop)):
+            m = evaluate_prerank(lambda b, s=scorer: s(b)[0], data, schema, test, ks=ks, seed=seed, device=device)
+            runs.append({"row": name, "table": "table1", "seed": seed, **_row_metrics(m, keep)})
+    return runs
+
+
 def results_markdown(results: dict) -> str:
     """The results as Markdown: a header with the metric definitions, then one table per benchmark table."""
     lines = [
-        f"# {results['dataset']}: pre-ranking, keep {results['keep'][0]} of each request's candidates, "
-        f"{results['repeats']} seed(s)",
+        f"# {results['dataset']}: pre-ranking, keep {results['keep'][0]} of {results['num_candidates']} "
+        f"candidates per request, {results['repeats']} seed(s)",
         "",
     ]
     lines += [f"- `{name}`: {text}" for name, text in results["metrics"].items()]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["neural_sort", "soft_sort", "hard_sort", "soft_topk_membership", "pairwise_abs_sum"]
+__all__ = ["neural_sort", "soft_sort", "hard_sort", "soft_topk_membership", "pairwise_abs_sum", "split_column_sums"]
 
 
 def _check(scores: torch.Tensor, mask: torch.Tensor | None, tau: float) -> torch.Tensor:
@@ -196,5 +196,27 @@ def soft_topk_membership(p: torch.Tensor, k: int, *, eps: float = 1e-6) -> torch
     Returns:
         ``[B, N]`` membership in ``[0, 1]``.
     """
-    col_sum = p.detach().sum(-2)
-    return p[..., :k, :].sum(-2) / (col_sum + eps)
+    top, rest = split_column_sums(p, k)
+    return top / ((top + rest).detach() + eps)
+
+
+def split_column_sums(p: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mass of each column in the top ``k`` places and below: ``(sum_{r<k} P[r, j], sum_{r>=k} P[r, j])``.
+
+    Both come from one batched matrix product with a ``[2, N]`` indicator (and so does their gradient),
+    instead of two slices and sums over the ``[B, N, N]`` matrix.
+
+    Args:
+        p: ``[B, N, N]`` permutation matrix (rows = places, columns = candidates).
+        k: number of top places, ``0 <= k``; values above N are clipped to N.
+
+    Returns:
+        two ``[B, N]`` tensors; their sum is the column sum of ``p``.
+    """
+    n = p.shape[-2]
+    k = min(max(int(k), 0), n)
+    ind = torch.zeros(2, n, dtype=p.dtype, device=p.device)
+    ind[0, :k] = 1
+    ind[1, k:] = 1
+    sums = torch.matmul(ind, p)  # [B, 2, N]
+    return sums[..., 0, :], sums[..., 1, :]

@@ -82,6 +82,20 @@ def resolve_config(config: TrainConfig, schema: DatasetSchema, data: Path) -> Tr
     )
 
 
+def with_prerank_model(config: TrainConfig, schema: DatasetSchema, model: str) -> TrainConfig:
+    """``config`` with the pre-ranking (second) stage's model replaced, e.g. RankTower in DIN's slot.
+
+    Raises:
+        ValueError: the cascade has fewer than two stages.
+    """
+    keep = config.keep or schema.keep
+    models = list(config.models or DEFAULT_MODELS.get(len(keep), []))
+    if len(models) < 2:
+        raise ValueError(f"--prerank-model needs a cascade of at least two stages (keep={list(keep)})")
+    models[1] = model
+    return config.model_copy(update={"models": models})
+
+
 def build_cascade(config: TrainConfig, schema: DatasetSchema) -> Cascade:
     """The cascade of ``config.models`` with ``config.keep``, built from the dataset's feature spec."""
     names = stage_names(len(config.keep))

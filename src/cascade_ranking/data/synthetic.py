@@ -49,6 +49,7 @@ from .recflow import (
     FLOW_COLUMNS,
     FLOWS,
     GROUP_SIZE,
+    HISTORY_COLUMNS,
     ID_CNT_FILE,
     ITEM_COLUMNS,
     REQUEST_DIR,
@@ -295,7 +296,7 @@ class SimulatedDay:
             items=items,
             counts=counts,
             top_rank_index=ranks[spec.groups[0]][:, :GROUP_SIZE].astype(np.float64),
-            history=self.history,
+            history={c: self.history[:, :, SEQ_COLUMNS.index(c)] for c in HISTORY_COLUMNS},
             sources={"user": where, "item": where, "history": where},
         )
 
@@ -528,7 +529,7 @@ def _store_day(world: World, plan: _DayPlan, seed: int, stages: int, schema: Dat
     for lo, hi, rng in _chunks(world, plan, seed):
         chunk = _empty_day(world, plan, lo, hi)
         _simulate_chunk(world, rng, chunk.user["user_id"], chunk.request_timestamp, chunk, 0)
-        for name, values in to_store_arrays(chunk.to_recflow_day(stages), spec, schema).items():
+        for name, values in to_store_arrays(chunk.to_recflow_day(stages), spec, schema, inplace=True).items():
             if name not in arrays:
                 arrays[name] = np.empty((size, *values.shape[1:]), dtype=values.dtype)
             arrays[name][lo:hi] = values

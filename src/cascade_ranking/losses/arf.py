@@ -43,7 +43,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..sorting import neural_sort, soft_topk_membership
+from ..sorting import neural_sort, split_column_sums
 from ._common import StageLoss
 from .base import EPS, LossOutput, detached_parts, label_permutation, request_mean
 
@@ -81,7 +81,7 @@ class ARFLoss(StageLoss):
     def _relax(self, p: torch.Tensor, m: int, y: torch.Tensor) -> torch.Tensor:
         """Per-candidate relaxed top-``m`` term ``[B, N]`` (ARF: one-sided, mean of the top ``m`` places)."""
         y_pos = y[..., : self.gt_num, :].sum(-2)
-        return -y_pos * torch.log(p[..., :m, :].sum(-2) / m + EPS)
+        return -y_pos * torch.log(split_column_sums(p, m)[0] / m + EPS)
 
     def _compute(self, logits, label, mask, stage) -> LossOutput:
         dtype = logits[0].dtype
@@ -116,6 +116,7 @@ class ARFv2Loss(ARFLoss):
     def _relax(self, p: torch.Tensor, m: int, y: torch.Tensor) -> torch.Tensor:
         y_pos = y[..., : self.gt_num, :].sum(-2)
         y_neg = y[..., self.gt_num :, :].sum(-2)
-        inside = soft_topk_membership(p, m, eps=EPS)
-        outside = p[..., m:, :].sum(-2) / (p.detach().sum(-2) + EPS)
+        top, rest = split_column_sums(p, m)
+        denom = (top + rest).detach() + EPS
+        inside, outside = top / denom, rest / denom  # soft_topk_membership(p, m) and its complement
         return -y_pos * torch.log(inside + EPS) - y_neg * torch.log(outside + EPS)

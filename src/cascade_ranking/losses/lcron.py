@@ -59,7 +59,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..sorting import neural_sort
+from ..sorting import neural_sort, split_column_sums
 from .base import EPS, LossOutput, check_inputs, detached_parts, label_permutation, request_mean
 
 __all__ = ["LCRONLoss", "lcron_terms"]
@@ -69,8 +69,9 @@ _Q_CHOICES = ("gt_num", "keep")
 
 def _membership(p: torch.Tensor, q: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(a, b)``: mass of the top ``q`` places and of the places below, over the detached column sum."""
-    denom = p.detach().sum(-2) + eps
-    return p[..., :q, :].sum(-2) / denom, p[..., q:, :].sum(-2) / denom
+    top, rest = split_column_sums(p, q)  # one batched matmul over P (and one for its gradient)
+    denom = (top + rest).detach() + eps
+    return top / denom, rest / denom
 
 
 def lcron_terms(
@@ -108,8 +109,7 @@ def lcron_terms(
     y = label_permutation(label, mask, dtype)  # [B, N, N], no gradient
     if label_threshold is not None:
         y = (y > label_threshold).to(dtype)
-    y_pos = y[..., :gt_num, :].sum(-2)  # [B, N]; zero at padded columns
-    y_neg = y[..., gt_num:, :].sum(-2)
+    y_pos, y_neg = split_column_sums(y, gt_num)  # [B, N] each; zero at padded columns
 
     joint_in = None  # prod_i a_i
     joint_out = None  # prod_i (1 - b_i)
@@ -124,9 +124,7 @@ def lcron_terms(
         singles.append(request_mean(per_req, has_valid))
 
     neg_target = (1.0 - y_pos).clamp(0.0, 1.0)
-    per_cand = -y_pos * torch.log(joint_in + eps) - neg_target * torch.log(
-        (1.0 - joint_out).clamp_min(0.0) + eps
-    )
+    per_cand = -y_pos * torch.log(joint_in + eps) - neg_target * torch.log((1.0 - joint_out).clamp_min(0.0) + eps)
     l_e2e = request_mean((per_cand * m).sum(-1) * inv_n, has_valid)
     return l_e2e, singles
 
