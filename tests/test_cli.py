@@ -72,3 +72,27 @@ def test_prerank_model_puts_ranktower_in_the_prerank_slot(tmp_path, tiny_dataset
     )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "config.json").read_text())["models"] == ["dssm", "ranktower"]
+
+
+def test_prepare_synthetic_recflow_layout_then_convert_then_train(tmp_path):
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    result = runner.invoke(
+        app,
+        ["prepare", "synthetic", str(raw), "--requests", "400", "--days", "3", "--layout", "recflow", "--stages", "3"],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"cascade-ranking prepare recflow {raw} DATA" in result.stdout
+    result = runner.invoke(app, ["prepare", "recflow", str(raw), str(data), "--stages", "3"])
+    assert result.exit_code == 0, result.output
+    assert "test" in result.stdout
+    result = runner.invoke(
+        app, ["train", "--data", str(data), "--method", "lcron", "--device", "cpu", "--out", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "stage_recall/rank" in result.stdout
+
+
+def test_prepare_recflow_missing_folder_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["prepare", "recflow", str(tmp_path / "nope"), str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "nope" in result.output

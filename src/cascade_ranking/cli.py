@@ -439,12 +439,68 @@ def prepare_movielens_cmd(
         schema = prepare_movielens(target, src=src, stages=stages, seed=seed, url=url, progress=True)
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
-    table = Table(title=f"{schema.name} -> {target}", title_justify="left")
+    console.print(_partition_table(f"{schema.name} -> {target}", schema))
+
+
+def _partition_table(title: str, schema) -> Table:
+    table = Table(title=title, title_justify="left")
     for col in ("partition", "role", "requests", "from", "to"):
         table.add_column(col)
     for p in schema.partitions:
         table.add_row(p.name, p.role, str(p.num_requests), p.start, p.end)
-    console.print(table)
+    return table
+
+
+@prepare_app.command("recflow")
+def prepare_recflow_cmd(
+    src: Annotated[
+        Path, typer.Argument(help="RecFlow folder: all_stage/, request_id_dict/, seq_effective_50_dict/, others/.")
+    ],
+    out: Annotated[Path, typer.Argument(help="Output dataset folder.")],
+    stages: Annotated[int, typer.Option(help="2 (rank_pos, rank_neg, coarse_neg, prerank_neg) or 3 (+ rerank).")] = 2,
+    days: Annotated[
+        str | None, typer.Option(help="Days to convert, e.g. 2024-01-13..2024-02-04 or a,b,c (default: all).")
+    ] = None,
+    test_days: Annotated[int, typer.Option(help="Last days used as the test partition.")] = 1,
+    valid_days: Annotated[int, typer.Option(help="Days before the test days held out for validation.")] = 0,
+) -> None:
+    """Convert RecFlow's published files into the request-list store (one partition per day)."""
+    from .data.recflow import convert_recflow
+
+    try:
+        schema = convert_recflow(
+            src, out, stages=stages, days=days, test_days=test_days, valid_days=valid_days, progress=True
+        )
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    console.print(_partition_table(f"{schema.name} -> {out}", schema))
+
+
+@prepare_app.command("synthetic")
+def prepare_synthetic_cmd(
+    out: Annotated[Path, typer.Argument(help="Output folder.")],
+    requests: Annotated[int, typer.Option(help="Requests in all.")] = 100_000,
+    days: Annotated[int, typer.Option(help="Days (one partition each; the last is the test day).")] = 7,
+    stages: Annotated[int, typer.Option(help="2 or 3 cascade stages.")] = 2,
+    layout: Annotated[
+        str, typer.Option(help="store (our Parquet store) or recflow (RecFlow's published layout).")
+    ] = "store",
+    seed: Annotated[int, typer.Option(help="Seed of the simulated world and funnel.")] = 0,
+) -> None:
+    """Simulate a production funnel (seeded world, noisy multi-stage cascade) at any scale, day by day."""
+    from .data.synthetic import simulate
+
+    try:
+        schema = simulate(out, requests=requests, days=days, stages=stages, layout=layout, seed=seed, progress=True)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    if schema is None:
+        console.print(
+            f"wrote RecFlow-layout files to {out}; convert with: cascade-ranking prepare recflow {out} DATA",
+            soft_wrap=True,
+        )
+    else:
+        console.print(_partition_table(f"{schema.name} -> {out}", schema))
 
 
 def main() -> None:
