@@ -61,3 +61,13 @@ def test_benchmark_command(tmp_path, tiny_dataset):
 def test_benchmark_rejects_unknown_methods(tiny_dataset):
     result = CliRunner().invoke(app, ["benchmark", "--methods", "lcron,nope", "--data", str(tiny_dataset)])
     assert result.exit_code == 2 and "unknown method 'nope'" in result.output
+
+
+def test_benchmark_command_from_a_config_file(tmp_path, tiny_dataset):
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"methods: [bce]\nrepeats: 1\nmodels: [dssm, ranktower]\ndata: {tiny_dataset}\ndevice: cpu\n")
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, ["benchmark", "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "runs" / "bce-seed0" / "config.json").read_text())
+    assert saved["models"] == ["dssm", "ranktower"] and saved["method"] == "bce"

@@ -331,7 +331,7 @@ def benchmark(
     """
     from . import losses
     from .benchmark import markdown_table, run_benchmark
-    from .config import BenchmarkConfig, TrainConfig, config_from
+    from .config import BenchmarkConfig, config_from
 
     try:
         overrides = dict(
@@ -350,7 +350,7 @@ def benchmark(
         out_dir = bench.out or Path(
             f"benchmark-{bench.stages}stage" if bench.data is None else f"benchmark-{data_dir.name}"
         )
-        base = TrainConfig.model_validate({**bench.model_dump(exclude={"methods", "repeats", "out"}), "data": data_dir})
+        base = bench.train_config(data=data_dir)
         with _progress() as progress:
             task = progress.add_task("benchmark", total=len(names) * bench.repeats, info="")
 
@@ -372,7 +372,6 @@ def benchmark(
 
 def _prerank_benchmark(bench) -> None:
     """``benchmark --task prerank``: the RankTower paper's pre-ranking comparison on full-stage samples."""
-    from .config import TrainConfig
     from .data.cache import cache_dir
     from .prerank import PRERANK_DATASET_NAME, prepare_prerank_movielens, run_prerank_benchmark
 
@@ -387,9 +386,7 @@ def _prerank_benchmark(bench) -> None:
             prepare_prerank_movielens(data_dir, src=Path(src) if src else None, url=url, progress=True,
                                       threads=bench.threads or 1)  # fmt: skip
     out_dir = bench.out or Path("benchmark-prerank" if bench.data is None else f"benchmark-{data_dir.name}")
-    base = TrainConfig.model_validate(
-        bench.model_dump(exclude={"task", "methods", "repeats", "out", "ablations", "data", "stages"})
-    )
+    base = bench.train_config(data=None)
     with _progress() as progress:
         task = progress.add_task("prerank benchmark", total=None, info="")
 

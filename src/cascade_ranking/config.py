@@ -96,6 +96,11 @@ class BenchmarkConfig(TrainConfig):
     out: Path | None = None
     ablations: bool = False
 
+    def train_config(self, **updates: Any) -> TrainConfig:
+        """The :class:`TrainConfig` shared by the benchmark's runs (its own fields dropped), with ``updates``."""
+        own = set(type(self).model_fields) - set(TrainConfig.model_fields)
+        return TrainConfig.model_validate({**self.model_dump(exclude=own), **updates})
+
 
 def read_config_file(path: str | Path, model: type[BaseModel] = TrainConfig) -> dict[str, Any]:
     """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file into a dict of ``model``'s fields.
