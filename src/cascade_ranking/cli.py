@@ -366,7 +366,7 @@ def benchmark(
             )
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
-    console.print(markdown_table(results["summary"]), markup=False, highlight=False)
+    console.print(markdown_table(results["summary"]), markup=False, highlight=False, soft_wrap=True)
     console.print(f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png")
 
 
@@ -396,7 +396,7 @@ def _prerank_benchmark(bench) -> None:
 
         run_prerank_benchmark(data=data_dir, out_dir=out_dir, repeats=bench.repeats, models=bench.methods,
                               ablations=bench.ablations, base=base, on_run=on_run)  # fmt: skip
-    console.print((out_dir / "results.md").read_text(), markup=False, highlight=False)
+    console.print((out_dir / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png")
 
 

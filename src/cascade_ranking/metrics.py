@@ -200,15 +200,29 @@ def ndcg_at_k(logits: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, k: 
     return _ndcg(logits.detach(), label, mask, k)
 
 
+def _counts_below(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per candidate, the number of valid candidates with a smaller value and with a value at most its own.
+
+    ``O(N log N)`` per request (a sort and two binary searches) instead of ``[B, N, N]`` comparisons; exact,
+    infinities included (padded slots sort as ``+inf`` and the counts are clipped to the valid ones).
+    """
+    x = x.double() if not x.is_floating_point() else x
+    srt = torch.where(mask, x, torch.full_like(x, math.inf)).sort(-1).values
+    n = mask.sum(-1, keepdim=True)
+    below = torch.minimum(torch.searchsorted(srt, x.contiguous(), right=False), n)
+    upto = torch.minimum(torch.searchsorted(srt, x.contiguous(), right=True), n)
+    return below, upto
+
+
 def _ndcg(s: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     n = s.shape[-1]
     y = torch.where(mask, label.double(), torch.zeros((), dtype=torch.float64, device=label.device))
     ranks = torch.arange(n, device=s.device, dtype=torch.float64)
     disc = torch.where(ranks < k, 1.0 / torch.log2(ranks + 2.0), torch.zeros_like(ranks))  # [N]
     cum = torch.cat([disc.new_zeros(1), disc.cumsum(0)])  # cum[r] = sum of the first r discounts
-    pair = mask.unsqueeze(1) & mask.unsqueeze(2)  # [B, j, l]: both valid
-    higher = ((s.unsqueeze(1) > s.unsqueeze(2)) & pair).sum(-1)  # [B, j]: valid l scored above j
-    tied = ((s.unsqueeze(1) == s.unsqueeze(2)) & pair).sum(-1)  # [B, j]: valid l tied with j (incl. j)
+    below, upto = _counts_below(s, mask)
+    higher = mask.sum(-1, keepdim=True) - upto  # [B, j]: valid l scored above j
+    tied = upto - below  # [B, j]: valid l tied with j (j included when valid)
     share = (cum[higher + tied] - cum[higher]) / tied.clamp(min=1).double()  # mean discount of the tie
     dcg = (y * share * mask.double()).sum(-1)
     ideal = torch.sort(y.masked_fill(~mask, 0.0), dim=-1, descending=True).values
@@ -234,20 +248,34 @@ def kendall_tau(logits: torch.Tensor, label: torch.Tensor, mask: torch.Tensor) -
     return _kendall(logits.detach(), label, mask)
 
 
-def _sign_matrix(x: torch.Tensor) -> torch.Tensor:
-    """``[B, N, N]`` int8 sign of ``x_i - x_j`` (exact, also for infinities)."""
-    a, b = x.unsqueeze(2), x.unsqueeze(1)
-    return (a > b).to(torch.int8) - (a < b).to(torch.int8)
+def _pair_signs(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, N, N]`` sign of ``x_i - x_j`` over valid pairs (0 elsewhere), exact, also for infinities.
+
+    The values are replaced by their dense ranks among the valid candidates (:func:`_counts_below`), which
+    keep every comparison and are small integers, so the signs of their differences are exact in floating point.
+    Float32 (every count below ``2^24`` is exact) unless ``N^2`` is larger, then float64.
+    """
+    n = x.shape[-1]
+    dtype = torch.float32 if n * n < 2**24 else torch.float64
+    rank = _counts_below(x, mask)[0].to(dtype)
+    m = mask.to(dtype)
+    d = (rank.unsqueeze(2) - rank.unsqueeze(1)).sign_()
+    return d.mul_(m.unsqueeze(2)).mul_(m.unsqueeze(1))
 
 
-def _kendall(s: torch.Tensor, label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    pair = (mask.unsqueeze(1) & mask.unsqueeze(2)).to(torch.int8)
-    ds = _sign_matrix(s) * pair
-    dy = _sign_matrix(label) * pair
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per request ``sum_ij a_ij b_ij`` of two ``[B, N, N]`` tensors, as float64 (a batched matrix product)."""
+    bsz = a.shape[0]
+    return torch.bmm(a.reshape(bsz, 1, -1), b.reshape(bsz, -1, 1)).reshape(bsz).double()
+
+
+def _kendall(s: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, dy: torch.Tensor | None = None) -> torch.Tensor:
+    dy = _pair_signs(label, mask) if dy is None else dy
+    ds = _pair_signs(s, mask)
     # each unordered pair appears twice (i, j) and (j, i) with the same product; diagonal is 0
-    concordance = (ds.to(torch.int32) * dy).sum((-2, -1)).double() / 2  # C - D
-    untied_s = (ds != 0).sum((-2, -1)).double() / 2
-    untied_y = (dy != 0).sum((-2, -1)).double() / 2
+    concordance = _dot(ds, dy) / 2  # C - D
+    untied_s = _dot(ds, ds) / 2
+    untied_y = _dot(dy, dy) / 2
     tau = concordance / untied_s.sqrt() / untied_y.sqrt()
     nan = torch.full_like(tau, math.nan)
     return torch.where((untied_s > 0) & (untied_y > 0), tau.clamp(-1.0, 1.0), nan)
@@ -371,9 +399,10 @@ class CascadeMetrics:
             (mask.sum(-1) > 0).sum().double(),
             _recall(final, weights, mask, self.gt_num).sum(),
         ]
+        dy = _pair_signs(label, mask)  # shared by every stage's Kendall tau
         for s, k in zip(logits, self.keep):
             top = topk_mask(s, mask, k, generator=self.generator)
-            tau = _kendall(s, label, mask)
+            tau = _kendall(s, label, mask, dy)
             defined = ~torch.isnan(tau)
             parts += [
                 _recall(top, weights, mask, self.gt_num).sum(),
