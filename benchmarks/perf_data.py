@@ -37,7 +37,8 @@ HISTORY_LENGTH = 50
 
 @dataclass(frozen=True)
 class Vocab:
-    """Vocabulary sizes (ids ``1..size-1``; 0 = padding). Defaults: RecFlow's users, a 1M-item corpus."""
+    """Vocabulary sizes (ids ``1..size-1``; 0 = padding). Defaults: RecFlow's 42K users, a 1M-item corpus
+    (RecFlow has about 9M videos: ``run.py --items 9000000``)."""
 
     users: int = 42_474
     devices: int = 42_474
@@ -45,11 +46,6 @@ class Vocab:
     authors: int = 200_000
     cate_two: int = 1_000
     cate_one: int = 50
-
-    @classmethod
-    def recflow(cls) -> Vocab:
-        """RecFlow's published sizes (Liu et al., ICLR 2025: 42K users, ~9M videos); author count estimated."""
-        return cls(items=9_000_000, authors=2_000_000)
 
 
 def perf_schema(stages: int, vocab: Vocab = Vocab(), requests: int = 0, partitions: int = 1) -> DatasetSchema:

@@ -56,9 +56,9 @@ QUICK = {
 FULL = {
     "methods": None,  # every method of losses.available()
     "stream_parts": 3,
-    "per_part": 4096,
-    "steps": 6,
-    "warmup": 2,
+    "per_part": 2048,
+    "steps": 5,
+    "warmup": 1,
     "loss_methods": ["lcron", "arf", "arf_v2"],
     "loss_sizes": [40, 100, 200, 500, 1000],
     "loss_repeats": 3,

@@ -329,7 +329,12 @@ def test_mlp_forward_equals_the_sequential_on_the_concatenation(with_request):
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 100])
-def test_din_pairwise_kernel_equals_broadcast_incl_exact_zeros(chunk):
+@pytest.mark.parametrize("fused", [True, False])
+def test_din_pairwise_kernel_equals_broadcast_incl_exact_zeros(monkeypatch, chunk, fused):
+    import cascade_ranking.models.din as din
+
+    if not fused:  # the path of devices (and torch builds) without the fused add + ReLU kernel
+        monkeypatch.setattr(din, "_FUSED_ADD_RELU", None)
     g = gen(5)
     hh = torch.randn(5, 6, 4, generator=g, dtype=torch.float64)
     cc = torch.randn(5, 3, 4, generator=g, dtype=torch.float64)
@@ -342,6 +347,58 @@ def test_din_pairwise_kernel_equals_broadcast_incl_exact_zeros(chunk):
     out_g = torch.randn(fast.shape, generator=g, dtype=fast.dtype)
     for a, b in zip(torch.autograd.grad(fast, inputs, out_g), torch.autograd.grad(ref, inputs, out_g)):
         torch.testing.assert_close(a, b, **TIGHT)
+
+
+# ------------------------------------------------------------------------------------------------------
+# metrics
+# ------------------------------------------------------------------------------------------------------
+def ref_kendall(s, label, mask):
+    """Kendall's tau-b from the [B, N, N] sign matrices of scores and labels."""
+
+    def signs(x):
+        a, b = x.unsqueeze(2), x.unsqueeze(1)
+        return (a > b).double() - (a < b).double()
+
+    pair = (mask.unsqueeze(1) & mask.unsqueeze(2)).double()
+    ds, dy = signs(s) * pair, signs(label) * pair
+    c = (ds * dy).sum((-2, -1)) / 2
+    ts, ty = (ds != 0).sum((-2, -1)) / 2, (dy != 0).sum((-2, -1)) / 2
+    tau = c / ts.double().sqrt() / ty.double().sqrt()
+    return torch.where((ts > 0) & (ty > 0), tau.clamp(-1, 1), torch.full_like(tau, float("nan")))
+
+
+def ref_higher_tied(s, mask):
+    pair = mask.unsqueeze(1) & mask.unsqueeze(2)
+    higher = ((s.unsqueeze(1) > s.unsqueeze(2)) & pair).sum(-1)
+    tied = ((s.unsqueeze(1) == s.unsqueeze(2)) & pair).sum(-1)
+    return higher, tied
+
+
+def metric_inputs(seed: int):
+    g = gen(seed)
+    s = torch.randint(-3, 4, (6, 10), generator=g).float()  # many score ties
+    s[0, 0], s[0, 1], s[2, 3] = float("inf"), float("-inf"), float("inf")
+    label = torch.randint(0, 4, (6, 10), generator=g).float()
+    mask = torch.rand(6, 10, generator=g) > 0.3
+    mask[1] = False
+    mask[3] = True
+    return s, label, mask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kendall_and_ndcg_counts_equal_the_pairwise_formulation(seed):
+    from cascade_ranking.metrics import _counts_below, _kendall
+
+    s, label, mask = metric_inputs(seed)
+    torch.testing.assert_close(
+        _kendall(s, label, mask), ref_kendall(s, label, mask), rtol=0, atol=1e-15, equal_nan=True
+    )
+    below, upto = _counts_below(s, mask)
+    higher, tied = ref_higher_tied(s, mask)
+    n = mask.sum(-1, keepdim=True)
+    valid = mask  # counts are compared at valid candidates (padded ones are never read)
+    assert torch.equal((n - upto)[valid], higher[valid])
+    assert torch.equal((upto - below)[valid], tied[valid])
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -399,3 +456,31 @@ def test_read_partition_without_copy_reads_the_same_values(tmp_path):
 
 def test_module_reexports_are_the_fast_paths():
     assert sorting.neural_sort is neural_sort and "pairwise_abs_sum" in sorting.__all__
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fast_paths_on_cuda_equal_cpu():
+    s, mask = random_scores(5, 9, seed=11)
+    for fn in (
+        lambda x: pairwise_abs_sum(x, mask.to(x.device)),
+        lambda x: neural_sort(x, tau=0.5, mask=mask.to(x.device)),
+    ):
+        cpu = s.clone().requires_grad_(True)
+        gpu = s.cuda().requires_grad_(True)
+        torch.testing.assert_close(fn(gpu).cpu(), fn(cpu), **TIGHT)
+        torch.testing.assert_close(
+            torch.autograd.grad(fn(gpu).sum(), gpu)[0].cpu(), torch.autograd.grad(fn(cpu).sum(), cpu)[0]
+        )
+    schema = make_schema(False)
+    batch = make_batch(schema, seed=4)
+    for name in ("dssm", "din", "mlp"):
+        torch.manual_seed(0)
+        model = build_model(name, schema, emb_dim=4, hidden=16).double()
+        out_cpu = model(batch)
+        grads_cpu = torch.autograd.grad(out_cpu.sum(), list(model.parameters()))
+        model = model.cuda()
+        out_gpu = model(batch.to("cuda"))
+        grads_gpu = torch.autograd.grad(out_gpu.sum(), list(model.parameters()))
+        torch.testing.assert_close(out_gpu.cpu(), out_cpu, **TIGHT)
+        for a, b in zip(grads_gpu, grads_cpu):
+            torch.testing.assert_close(a.cpu(), b, **TIGHT)

@@ -52,46 +52,58 @@ def _softmax_valid_rows(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     Padded columns need no second mask: in a row with a valid column, ``exp(finfo.min - max)`` is exactly 0.
     """
     p = torch.softmax(logits, dim=-1)
+    if mask.device.type == "cpu" and bool(mask.all()):  # every row valid: the row mask is all ones
+        return p
     row_valid = torch.arange(mask.shape[-1], device=mask.device) < mask.sum(-1, keepdim=True)  # [B, N]
     return p * row_valid.unsqueeze(-1).to(p.dtype)
 
 
-class _PairwiseAbsSum(torch.autograd.Function):
-    """``a[b, j] = sum_k m[b, k] |x[b, j] - x[b, k]|`` by sorting and prefix sums, ``O(N log N)`` per row.
+def _tie_groups(srt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each position of rows sorted ascending: the first position of its tie group and the last + 1."""
+    n = srt.shape[-1]
+    pos = torch.arange(n, device=srt.device).expand_as(srt)
+    differs = srt[..., 1:] != srt[..., :-1]
+    start = torch.cat([torch.ones_like(srt[..., :1], dtype=torch.bool), differs], -1)
+    stop = torch.cat([differs, torch.ones_like(srt[..., :1], dtype=torch.bool)], -1)
+    first = torch.where(start, pos, 0).cummax(-1).values
+    last = torch.where(stop, pos + 1, n).flip(-1).cummin(-1).values.flip(-1)
+    return first, last
 
-    With the valid values sorted, ``p_j`` of them below ``x_j``, ``q_j`` at or below it and prefix sums
-    ``S``: ``a_j = p_j x_j - S[p_j] + (S[n] - S[q_j]) - (n - q_j) x_j`` (ties contribute 0). Computed in
-    float64 for float32 inputs, so the prefix sums lose nothing to cancellation. The gradient is that of
-    the ``[B, N, N]`` formula under autograd (``abs'(0) = 0``), also at ties:
-    ``dx_t = g_t (p_t - (n - q_t)) + m_t sum_j g_j sign(x_t - x_j)``, the last sum again by sorting.
+
+class _PairwiseAbsSum(torch.autograd.Function):
+    """``a[b, j] = sum_k m[b, k] |x[b, j] - x[b, k]|`` by one sort and prefix sums, ``O(N log N)`` per row.
+
+    In ascending order, with ``V`` / ``W`` the prefix count / sum of the valid values and ``[f_j, l_j)`` the
+    positions of ``x_j``'s tie group: ``a_j = V[f] x_j - W[f] + (W[N] - W[l]) - (V[N] - V[l]) x_j`` (ties
+    contribute 0). Computed in float64 for float32 inputs, so the prefix sums lose nothing to cancellation.
+    The gradient is that of the ``[B, N, N]`` formula under autograd (``abs'(0) = 0``), also at ties:
+    ``dx_t = g_t (V[f_t] - (V[N] - V[l_t])) + m_t sum_j g_j sign(x_t - x_j)``, the last sum from prefix sums
+    of ``g`` in the same order (no second sort).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         work = torch.float64 if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else x.dtype
-        xs = x.to(work)
-        n = m.sum(-1, keepdim=True)  # [B, 1]
-        srt = torch.where(m, xs, torch.full_like(xs, torch.inf)).sort(-1).values  # valid values first
-        places = torch.arange(x.shape[-1], device=x.device)
-        prefix = torch.cat([xs.new_zeros(*x.shape[:-1], 1), torch.where(places < n, srt, 0).cumsum(-1)], -1)
-        below = torch.minimum(torch.searchsorted(srt, xs, right=False), n)  # p_j: valid values < x_j
-        upto = torch.minimum(torch.searchsorted(srt, xs, right=True), n)  # q_j: valid values <= x_j
-        total = prefix.gather(-1, n)
-        a = below * xs - prefix.gather(-1, below) + (total - prefix.gather(-1, upto)) - (n - upto) * xs
-        ctx.save_for_backward(xs, m, below, upto, n)
-        return a.to(x.dtype)
+        srt, order = x.to(work).sort(-1)
+        w = m.gather(-1, order).to(work)  # validity in sorted order
+        zero = srt.new_zeros(*srt.shape[:-1], 1)
+        count = torch.cat([zero, w.cumsum(-1)], -1)  # V: [B, N + 1]
+        total = torch.cat([zero, (w * srt).cumsum(-1)], -1)  # W
+        first, last = _tie_groups(srt)
+        below, upto = count.gather(-1, first), count.gather(-1, last)
+        n, s_all = count[..., -1:], total[..., -1:]
+        a = below * srt - total.gather(-1, first) + (s_all - total.gather(-1, last)) - (n - upto) * srt
+        ctx.save_for_backward(order, first, last, w, below - (n - upto))
+        return torch.zeros_like(a).scatter_(-1, order, a).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # differentiable in ``grad`` (double backward works)
-        xs, m, below, upto, n = ctx.saved_tensors
-        g = grad.to(xs.dtype)
-        srt, order = xs.sort(-1)
-        prefix = torch.cat([g.new_zeros(*g.shape[:-1], 1), g.gather(-1, order).cumsum(-1)], -1)
-        lo = torch.searchsorted(srt, xs, right=False)  # all j (valid or not) with x_j < x_t
-        hi = torch.searchsorted(srt, xs, right=True)
-        signed = prefix.gather(-1, lo) - (prefix[..., -1:] - prefix.gather(-1, hi))  # sum_j g_j sign(x_t - x_j)
-        d_x = g * (below - (n - upto)).to(g.dtype) + m.to(g.dtype) * signed
-        return d_x.to(grad.dtype), None
+        order, first, last, w, balance = ctx.saved_tensors
+        g = grad.to(w.dtype).gather(-1, order)
+        prefix = torch.cat([g.new_zeros(*g.shape[:-1], 1), g.cumsum(-1)], -1)
+        signed = prefix.gather(-1, first) - (prefix[..., -1:] - prefix.gather(-1, last))  # sum_j g_j sign(x_t - x_j)
+        d = g * balance + w * signed
+        return torch.zeros_like(d).scatter(-1, order, d).to(grad.dtype), None
 
 
 def pairwise_abs_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
