@@ -101,8 +101,10 @@ class Stepper:
         self.guard = guard
         self.soft = getattr(loss_fn, "needs_soft_label", False)
         self.times: dict[str, list[float]] = {p: [] for p in self.PARTS}
+        self.cpu: list[float] = []
 
     def __call__(self, batch, record: bool = True) -> float:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         logits = self.cascade(batch)
         t1 = time.perf_counter()
@@ -123,6 +125,7 @@ class Stepper:
         if record:
             for name, dt in zip(self.PARTS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                 self.times[name].append(dt)
+            self.cpu.append(time.process_time() - c0)
         return t5 - t0
 
 
@@ -149,10 +152,13 @@ def run_training(spec: dict) -> dict:
             step(b, record=False)
         totals = [step(b) for b in batches[spec["warmup"] :]]
         med = statistics.median(totals)
+        cpu = statistics.median(step.cpu)
         result.update(
             requests_per_second=batch_size / med,
             step_seconds=med,
             step_seconds_all=totals,
+            step_cpu_seconds=cpu,
+            cpu_per_wall=cpu / med,
             parts_seconds={k: statistics.median(v) for k, v in step.times.items()},
         )
     else:
@@ -169,8 +175,9 @@ def run_training(spec: dict) -> dict:
             if i >= spec["warmup"]:
                 break
             step(b, record=False)
-        rates, seconds, requests = [], 0.0, 0
+        rates, seconds, requests, cpu = [], 0.0, 0, 0.0
         for part in parts[1:]:
+            c = time.process_time()
             t = time.perf_counter()
             n = 0
             for b in iterate_partition(data, schema, part, batch_size=batch_size, shuffle=True, rng=rng):
@@ -180,10 +187,12 @@ def run_training(spec: dict) -> dict:
             rates.append(n / dt)
             seconds += dt
             requests += n
+            cpu += time.process_time() - c
         result.update(
             requests_per_second=statistics.median(rates),
             requests_per_second_all=rates,
             mean_requests_per_second=requests / seconds,
+            cpu_per_wall=cpu / seconds,
             parts_seconds={k: statistics.median(v) for k, v in step.times.items()},
         )
     result.update(

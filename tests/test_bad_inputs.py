@@ -133,11 +133,6 @@ CLI_CASES = [
         lambda d, t: ["--device", "tpu9"],
         ["tpu9"],
         id="device-unknown",
-        marks=xfail(
-            "train.resolve_device (train.py:58) calls torch.device('tpu9'), whose RuntimeError \"Invalid device "
-            "string: 'tpu9'\" is not in cli.USER_ERRORS: uncaught traceback from inside torch; validate `device` in "
-            "config.TrainConfig (auto|cpu|cuda|cuda:N|mps) or resolve_device with ValueError naming --device"
-        ),
     ),
     pytest.param(
         lambda d, t: ["--device", "cuda:0"],
@@ -166,27 +161,16 @@ CLI_CASES = [
         lambda d, t: ["--loss-param", "taux=3"],
         ["taux"],
         id="loss-param-unknown",
-        marks=xfail(
-            "losses.build (losses/__init__.py:76) passes unknown hyper-parameters to the loss constructor, whose "
-            "TypeError ('unexpected keyword argument') is not in cli.USER_ERRORS: uncaught traceback; check "
-            "**hyper against the constructor's signature and raise ValueError naming the key and the known ones"
-        ),
     ),
     pytest.param(
         lambda d, t: ["--config", _config(t, "[loss]\nsmooth = 1\n")],
         ["smooth"],
         id="loss-param-unknown-config",
-        marks=xfail("as loss-param-unknown: TypeError from the loss constructor escapes (losses/__init__.py:76)"),
     ),
     pytest.param(
         lambda d, t: ["--loss-param", "tau=fast"],
         ["tau"],
         id="loss-param-wrong-type",
-        marks=xfail(
-            "tau='fast' (a string): LCRONLoss.__init__ (losses/lcron.py:176, `not tau > 0`) raises TypeError "
-            "\"'>' not supported between instances of 'str' and 'int'\", which escapes as a traceback (TypeError is "
-            "not in cli.USER_ERRORS); check the type and raise ValueError naming tau"
-        ),
     ),
     pytest.param(
         lambda d, t: ["--loss-param", "tau=NaN"],
@@ -197,10 +181,6 @@ CLI_CASES = [
         lambda d, t: ["--lr", "inf"],
         ["lr"],
         id="lr-inf",
-        marks=xfail(
-            "config.TrainConfig.lr = Field(gt=0) accepts inf; training then stops with 'non-finite loss nan at step "
-            "2 ...', which does not name lr; add allow_inf_nan=False to lr in config.py"
-        ),
     ),
     pytest.param(lambda d, t: ["--batch-size", "0"], ["batch_size", "greater than 0"], id="batch-size-zero"),
     pytest.param(lambda d, t: ["--threads", "0"], ["threads", "greater than 0"], id="threads-zero"),
@@ -265,12 +245,6 @@ def test_resume_with_a_corrupt_checkpoint(tmp_path, trained_run):
     assert_clean_error(cli("train", "--resume", run), "checkpoint.pt", "not a readable checkpoint")
 
 
-@xfail(
-    "a corrupt config.json in a run folder: train.load_config / load_run (train.py:469, 482) call "
-    "TrainConfig.model_validate_json; its pydantic ValidationError prints as the multi-line '1 validation error "
-    "for TrainConfig ...', not naming the file; wrap it in ValueError '<run>/config.json: not a valid run "
-    "configuration (...)' on one line"
-)
 def test_resume_with_a_corrupt_config_json(tmp_path, trained_run):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -289,11 +263,6 @@ def test_evaluate_without_checkpoint(tmp_path, trained_run):
     assert_clean_error(cli("evaluate", run), "checkpoint.pt: missing")
 
 
-@xfail(
-    "evaluate --data with a dataset of other vocabulary sizes: load_run (train.py:473) calls "
-    "cascade.load_state_dict, whose RuntimeError ('size mismatch for ...embedding...') escapes as a traceback; "
-    "catch it and raise ValueError naming the run, the dataset and the mismatched feature"
-)
 def test_evaluate_on_a_dataset_with_another_schema(tmp_path, trained_run):
     other = tmp_path / "other"
     make_tiny_dataset(other, num_candidates=12, history_length=7)
@@ -410,77 +379,44 @@ def _corrupt_store(d: Path, case: str) -> None:
         raise AssertionError(case)
 
 
-_VOCAB_BUG = (
-    "read_partition (data/store.py:153-203) never checks ids against the vocabulary (write_partition does); "
-    "a file from another tool with an id outside [0, vocab) reaches nn.Embedding and fails with IndexError "
-    "'index out of range in self' from inside torch; check the vocabulary in read_partition, naming file and column"
-)
 STORE_CASES = [
     pytest.param("request-id-strings", ["part-00.parquet", "'request_id'"], id="request-id-strings"),
     pytest.param(
         "item-id-floats",
         ["part-00.parquet", "'item.item_id'"],
         id="item-id-floats",
-        marks=xfail(
-            "read_partition (data/store.py:193) casts a float64 id column with astype(int64): ids 1.5 silently "
-            "become 1 and training succeeds; reject non-integer Arrow types for id columns, naming file and column"
-        ),
     ),
     pytest.param(
         "item-id-beyond-vocab",
         ["part-00.parquet", "'item.item_id'"],
         id="item-id-beyond-vocab",
-        marks=xfail(_VOCAB_BUG),
     ),
-    pytest.param(
-        "user-id-negative", ["part-00.parquet", "'user.user_id'"], id="user-id-negative", marks=xfail(_VOCAB_BUG)
-    ),
+    pytest.param("user-id-negative", ["part-00.parquet", "'user.user_id'"], id="user-id-negative"),
     pytest.param(
         "history-id-beyond-vocab",
         ["part-00.parquet", "'history.item_id'"],
         id="history-id-beyond-vocab",
-        marks=xfail(_VOCAB_BUG),
     ),
     pytest.param(
         "label-nan-train",
         ["part-00.parquet", "'label'"],
         id="label-nan-train",
-        marks=xfail(
-            "read_partition (data/store.py:153-203) does not check float columns for NaN/inf (write_partition "
-            "does): a NaN label in a training file stops training with 'lcron: label holds NaN or inf at valid "
-            "candidates', naming neither the file nor the partition; check np.isfinite in read_partition"
-        ),
     ),
     pytest.param(
         "label-inf-test",
         ["part-02.parquet", "'label'"],
         id="label-inf-test",
-        marks=xfail(
-            "SILENT NaN: an inf label in the test file trains and evaluates with exit code 0 and test ndcg@10 = nan "
-            "in metrics.json; read_partition (data/store.py:153-203) should reject non-finite labels, naming "
-            "file and column"
-        ),
     ),
     pytest.param("label-null", ["part-00.parquet", "'label'", "null"], id="label-null"),
     pytest.param(
         "stage-beyond-funnel",
         ["part-00.parquet", "'stage'"],
         id="stage-beyond-funnel",
-        marks=xfail(
-            "read_partition (data/store.py:153-203) accepts stage values outside [0, len(funnel_positions)): "
-            "funnel position 9 of a 4-position funnel trains silently (exit 0); check the range, naming file and "
-            "column"
-        ),
     ),
     pytest.param(
         "duplicate-request-ids",
         ["part-00.parquet", "'request_id'", "duplicate"],
         id="duplicate-request-ids",
-        marks=xfail(
-            "read_partition (data/store.py:153-203) accepts duplicate request_id values (trains with exit 0) "
-            "although the store documents request_id as unique; check in write_partition and read_partition, "
-            "naming file and a duplicated id"
-        ),
     ),
     pytest.param("row-count-mismatch", ["part-00.parquet", "40 requests", "50"], id="row-count-mismatch"),
     pytest.param("schema-truncated", ["schema.json", "not readable JSON"], id="schema-truncated"),
@@ -488,11 +424,6 @@ STORE_CASES = [
         "schema-version",
         ["schema.json", "version 99"],
         id="schema-version",
-        marks=xfail(
-            "DatasetSchema.load (data/schema.py:182) embeds str(pydantic.ValidationError) in the SchemaError: a "
-            "multi-line message whose first line '...schema.json: invalid schema: 1 validation error for "
-            "DatasetSchema' does not say what is wrong; format the errors on one line as config.config_from does"
-        ),
     ),
     pytest.param("schema-no-train", ["no partition with role 'train'"], id="schema-no-train"),
     pytest.param(
@@ -537,11 +468,6 @@ def test_empty_training_partitions_train_nothing_but_evaluation_works(tmp_path):
     assert all(np.isfinite(v) for v in metrics["test"].values())
 
 
-@xfail(
-    "SILENT NaN: an empty test partition (0 requests) trains and evaluates with exit 0, and metrics.json reports "
-    "test requests 0 with every metric nan (metrics.CascadeMetrics.compute returns math.nan for count 0); "
-    "train.evaluate_cascade should raise ValueError naming the partition(s) with no request"
-)
 def test_empty_test_partition_is_a_clear_error(tmp_path):
     data = tmp_path / "data"
     make_tiny_dataset(data)
@@ -642,11 +568,6 @@ def test_disk_full_writing_a_partition_leaves_no_partial_file(tmp_path, monkeypa
     assert leftovers(data) == []
 
 
-@xfail(
-    "disk full during `prepare synthetic`: the OSError(ENOSPC) is not in cli.USER_ERRORS (cli.py:41) and escapes "
-    "as a traceback (no partial output is left: staged_output cleans up); catch OSError in the commands and print "
-    "one line naming the path and 'No space left on device'"
-)
 def test_disk_full_during_prepare_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr("cascade_ranking.data.store.pq.write_table", _enospc_after_partial_write(pq.write_table))
     out = tmp_path / "synth"
@@ -655,10 +576,6 @@ def test_disk_full_during_prepare_is_a_clear_error_and_leaves_nothing(tmp_path, 
     assert_clean_error(result, "No space left on device")
 
 
-@xfail(
-    "disk full while writing checkpoint.pt: the OSError(ENOSPC) from torch.save escapes `train` as a traceback "
-    "(cli.py:41 USER_ERRORS lacks OSError); the temporary file is removed by atomic_path"
-)
 def test_disk_full_during_checkpoint_is_a_clear_error(tmp_path, monkeypatch, tiny_dataset):
     def save(obj, where, *args, **kwargs):
         Path(where).write_bytes(b"partial")

@@ -153,9 +153,7 @@ def write_results(out_dir: Path, results: dict) -> None:
     writer = csv.writer(buf)
     writer.writerow(["method"] + [f"{c}_{s}" for c in cols for s in ("mean", "std")])
     for row, metrics in summary.items():
-        writer.writerow(
-            [row] + [f"{metrics[c][s]:.6f}" if c in metrics else "" for c in cols for s in ("mean", "std")]
-        )
+        writer.writerow([row] + [f"{metrics[c][s]:.6f}" if c in metrics else "" for c in cols for s in ("mean", "std")])
     write_text_atomic(out_dir / "results.csv", buf.getvalue())
     stages, keep, seeds = len(results["stages"]), results["keep"], results["repeats"]
     title = f"{results['dataset']}: {stages}-stage cascade, keep {keep}, {seeds} seeds"

@@ -38,13 +38,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 #: Errors that are the user's to fix: printed as one clear line, exit code 2 (never a traceback).
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    SchemaError,
-    StoreError,
-    ValueError,
-    FileNotFoundError,
-    KeyError,
-)
+USER_ERRORS: tuple[type[BaseException], ...] = (SchemaError, StoreError, ValueError, OSError, KeyError)
 
 MOVIELENS_SRC_ENV = "CASCADE_RANKING_MOVIELENS_SRC"
 MOVIELENS_URL_ENV = "CASCADE_RANKING_MOVIELENS_URL"  # a mirror of the GroupLens zip

@@ -57,7 +57,7 @@ class TrainConfig(BaseModel):
     hidden: int = Field(default=128, gt=0)
     batch_size: int | None = Field(default=None, gt=0)
     passes: int | None = Field(default=None, gt=0)
-    lr: float = Field(default=0.01, gt=0)
+    lr: float = Field(default=0.01, gt=0, allow_inf_nan=False)
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = Field(default=4096, gt=0)

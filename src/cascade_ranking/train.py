@@ -55,7 +55,10 @@ class RunResult:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device {name!r}: not a device name (auto, cpu, cuda, cuda:N): {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
     return device
@@ -404,6 +407,8 @@ def evaluate_cascade(
     parts = schema.partitions_with_role(role)  # type: ignore[arg-type]
     if not parts:
         raise ValueError(f"{data}: no partition with role {role!r}")
+    if not sum(p.num_requests for p in parts):
+        raise ValueError(f"{data}: the {role} partitions {[p.name for p in parts]} hold no request to evaluate")
     return evaluate(
         cascade.to(device).eval(), data, schema, parts, stage_names=[s.name for s in cascade.stages],
         keep=config.keep, gt_num=config.gt_num, batch_size=config.eval_batch_size, seed=config.seed,
@@ -466,17 +471,31 @@ def load_run(run_dir: Path, *, data: Path | None = None) -> tuple[TrainConfig, D
     for name in (CONFIG_FILE, CHECKPOINT_FILE):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name}: missing; is {run_dir} a run folder written by `train`?")
-    config = TrainConfig.model_validate_json((run_dir / CONFIG_FILE).read_text())
+    config = load_config(run_dir)
     data = Path(data) if data is not None else config.data
     schema = open_dataset(data)
     cascade = build_cascade(config, schema)
-    cascade.load_state_dict(_load_checkpoint(run_dir)["cascade"])
+    try:
+        cascade.load_state_dict(_load_checkpoint(run_dir)["cascade"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
+        raise ValueError(
+            f"{run_dir / CHECKPOINT_FILE} does not fit dataset {data} (different features or vocabulary sizes?): "
+            f"{detail}"
+        ) from None
     return config, schema, data, cascade
 
 
 def load_config(run_dir: Path) -> TrainConfig:
     """The resolved config saved in a run folder."""
+    from pydantic import ValidationError
+
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; is {run_dir} a run folder written by `train`?")
-    return TrainConfig.model_validate_json(path.read_text())
+    try:
+        return TrainConfig.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{path}: not a valid run configuration ({problems})") from None

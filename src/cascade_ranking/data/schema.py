@@ -118,9 +118,7 @@ class DatasetSchema(BaseModel):
     @classmethod
     def _known_version(cls, v: int) -> int:
         if v != SCHEMA_VERSION:
-            raise ValueError(
-                f"schema version {v} is not supported (this release reads version {SCHEMA_VERSION})"
-            )
+            raise ValueError(f"schema version {v} is not supported (this release reads version {SCHEMA_VERSION})")
         return v
 
     @model_validator(mode="after")
@@ -169,9 +167,7 @@ class DatasetSchema(BaseModel):
         if not Path(directory).is_dir():
             raise SchemaError(f"dataset directory {str(directory)!r} does not exist")
         if not path.is_file():
-            raise SchemaError(
-                f"{path}: missing; a dataset directory must hold schema.json and partition files"
-            )
+            raise SchemaError(f"{path}: missing; a dataset directory must hold schema.json and partition files")
         try:
             raw = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -179,15 +175,18 @@ class DatasetSchema(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValueError as exc:
-            raise SchemaError(f"{path}: invalid schema: {exc}") from exc
+            errors = getattr(exc, "errors", None)
+            if callable(errors):
+                detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'schema'}: {e['msg']}" for e in errors())
+            else:
+                detail = str(exc)
+            raise SchemaError(f"{path}: invalid schema: {detail}") from None
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
 
 
-def validate_keep(
-    keep: list[int] | tuple[int, ...], gt_num: int, num_candidates: int, *, what: str = "keep"
-) -> None:
+def validate_keep(keep: list[int] | tuple[int, ...], gt_num: int, num_candidates: int, *, what: str = "keep") -> None:
     """Check that cascade keep sizes fit ``num_candidates >= keep[0] > keep[1] > ... >= gt_num``.
 
     Raises ``ValueError`` naming ``what`` when ``keep`` is empty or non-positive, not strictly decreasing,

@@ -88,6 +88,33 @@ def expected_columns(schema: DatasetSchema) -> dict[str, tuple[np.dtype, int | N
     return cols
 
 
+def _vocab_sizes(schema: DatasetSchema) -> dict[str, int]:
+    vocab = {f"{f.role}.{f.name}": f.vocab_size for f in schema.features}
+    vocab.update({f"history.{h.name}": schema.feature(h.item_field).vocab_size for h in schema.history})
+    return vocab
+
+
+def validate_arrays(where: str, schema: DatasetSchema, arrays: dict[str, np.ndarray]) -> None:
+    """Check values against the schema: ids inside their vocabulary, funnel positions known, floats finite,
+    request ids unique. Raises :class:`StoreError` naming ``where`` (file or partition) and the column."""
+    vocab = _vocab_sizes(schema)
+    bounds = {**vocab, "stage": len(schema.funnel_positions)}
+    for name, a in arrays.items():
+        if not a.size:
+            continue
+        if name in bounds:
+            lo, hi = a.min(), a.max()
+            if lo < 0 or hi >= bounds[name]:
+                what = "funnel positions" if name == "stage" else "the vocabulary"
+                raise StoreError(f"{where}, column {name!r}: values in [{lo}, {hi}] outside {what} [0, {bounds[name]})")
+        elif a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise StoreError(f"{where}, column {name!r}: non-finite values (NaN or inf)")
+    ids = arrays.get("request_id")
+    if ids is not None and len(np.unique(ids)) != len(ids):
+        values, counts = np.unique(ids, return_counts=True)
+        raise StoreError(f"{where}, column 'request_id': duplicate request ids, e.g. {values[counts > 1][:3].tolist()}")
+
+
 def _arrow_type(dtype: np.dtype) -> pa.DataType:
     for _, (np_t, pa_t) in _CANDIDATE_COLUMNS.items():
         if np.dtype(np_t) == dtype:
@@ -117,25 +144,25 @@ def write_partition(
     if missing or unknown:
         raise StoreError(f"partition {partition.name!r}: missing columns {missing}, unexpected columns {unknown}")
     num_rows = len(arrays["request_id"])
-    vocab = {f"{f.role}.{f.name}": f.vocab_size for f in schema.features}
-    vocab.update({f"history.{h.name}": schema.feature(h.item_field).vocab_size for h in schema.history})
-    columns = {}
+    where = f"partition {partition.name!r}"
+    converted: dict[str, np.ndarray] = {}
     for name, (dtype, width) in {**expected, **{k: v for k, v in optional.items() if k in arrays}}.items():
-        a = np.ascontiguousarray(arrays[name], dtype=dtype)
+        raw = np.asarray(arrays[name])
+        if dtype.kind in "iu" and raw.dtype.kind == "f" and not np.array_equal(raw, np.round(raw)):
+            raise StoreError(f"{where}, column {name!r}: fractional values where integer ids are expected")
+        a = np.ascontiguousarray(raw, dtype=dtype)
         want = (num_rows,) if width is None else (num_rows, width)
         if a.shape != want:
-            raise StoreError(f"partition {partition.name!r}, column {name!r}: shape {a.shape}, expected {want}")
-        if name in vocab and a.size and (a.min() < 0 or a.max() >= vocab[name]):
-            raise StoreError(
-                f"partition {partition.name!r}, column {name!r}: ids in [{a.min()}, {a.max()}] "
-                f"outside the vocabulary [0, {vocab[name]})"
-            )
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise StoreError(f"partition {partition.name!r}, column {name!r}: non-finite values")
-        if width is None:
+            raise StoreError(f"{where}, column {name!r}: shape {a.shape}, expected {want}")
+        converted[name] = a
+    validate_arrays(where, schema, converted)
+    columns = {}
+    for name, a in converted.items():
+        if a.ndim == 1:
             columns[name] = pa.array(a)
         else:
-            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), type=_arrow_type(dtype)), width)
+            flat = pa.array(a.reshape(-1), type=_arrow_type(a.dtype))
+            columns[name] = pa.FixedSizeListArray.from_arrays(flat, a.shape[1])
     table = pa.table(columns)
     path = Path(directory) / partition.file_name
     with atomic_path(path) as tmp:
@@ -159,8 +186,9 @@ def read_partition(
     callers that only read them (the loader, which gathers every column anyway).
 
     Raises:
-        StoreError: the file is missing or unreadable (e.g. truncated), a column is missing, or a column has
-            the wrong width or type. The message names the file and the column.
+        StoreError: the file is missing or unreadable (e.g. truncated), a column is missing, has the wrong
+            width or type, or holds bad values (ids outside the vocabulary, unknown funnel positions, NaN/inf,
+            duplicate request ids). The message names the file and the column.
     """
     path = Path(directory) / partition.file_name
     if not path.is_file():
@@ -189,6 +217,8 @@ def read_partition(
             values = col.flatten()
         if values.null_count:
             raise StoreError(f"{path}: column {name!r} has null values")
+        if dtype.kind in "iub" and not (pa.types.is_integer(values.type) or pa.types.is_boolean(values.type)):
+            raise StoreError(f"{path}: column {name!r} holds {values.type}, expected integers")
         try:
             a = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
         except (pa.ArrowException, ValueError, TypeError) as exc:
@@ -200,6 +230,7 @@ def read_partition(
         raise StoreError(
             f"{path}: holds {len(table)} requests, {SCHEMA_FILE} says {partition.num_requests} (file replaced?)"
         )
+    validate_arrays(str(path), schema, out)
     return out
 
 

@@ -12,6 +12,7 @@ module, citing its paper; the registry below maps a method name to ``module:Clas
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Sequence
 
 from .base import CascadeLoss, LossOutput
@@ -73,4 +74,14 @@ def build(name: str, *, keep: Sequence[int], gt_num: int = 10, **hyper) -> Casca
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ValueError(f"method {name!r} is registered but not installed ({exc})") from exc
-    return getattr(module, cls_name)(keep=keep, gt_num=gt_num, **hyper)
+    cls = getattr(module, cls_name)
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        known = [n for n in params if n not in ("keep", "gt_num")]
+        unknown = sorted(set(hyper) - set(known))
+        if unknown:
+            raise ValueError(f"{name}: unknown hyper-parameter(s) {unknown}; known: {known}")
+    try:
+        return cls(keep=keep, gt_num=gt_num, **hyper)
+    except TypeError as exc:  # e.g. a string where a number is expected
+        raise ValueError(f"{name}: invalid hyper-parameters {hyper}: {exc}") from None

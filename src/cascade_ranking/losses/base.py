@@ -68,9 +68,7 @@ def check_inputs(
     if isinstance(logits, torch.Tensor) or not isinstance(logits, Sequence):
         raise TypeError(f"{name}: logits must be a list of [B, N] tensors (one per stage, retrieval first)")
     if len(logits) != num_stages:
-        raise ValueError(
-            f"{name}: got logits for {len(logits)} stages, the loss was built for {num_stages} (keep)"
-        )
+        raise ValueError(f"{name}: got logits for {len(logits)} stages, the loss was built for {num_stages} (keep)")
     shape = tuple(label.shape)
     if len(shape) != 2:
         raise ValueError(f"{name}: label must be [B, N], got shape {shape}")
@@ -80,9 +78,7 @@ def check_inputs(
         if not x.is_floating_point():
             raise TypeError(f"{name}: logits[{i}] must be floating point, got {x.dtype}")
     if tuple(mask.shape) != shape or mask.dtype != torch.bool:
-        raise ValueError(
-            f"{name}: mask must be a bool tensor of shape {shape}, got {mask.dtype} {tuple(mask.shape)}"
-        )
+        raise ValueError(f"{name}: mask must be a bool tensor of shape {shape}, got {mask.dtype} {tuple(mask.shape)}")
     if stage.dtype.is_floating_point or stage.dtype == torch.bool or stage.is_complex():
         raise TypeError(f"{name}: stage must be an integer tensor (funnel positions), got {stage.dtype}")
     if tuple(stage.shape) != shape:
