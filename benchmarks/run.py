@@ -50,6 +50,7 @@ QUICK = {
     "loss_sizes": [40, 200, 1000],
     "loss_repeats": 2,
     "load_requests": 16384,
+    "load_repeats": 5,
     "repeats": 2,
     "eval_requests": 8192,
 }
@@ -63,6 +64,7 @@ FULL = {
     "loss_sizes": [40, 100, 200, 500, 1000],
     "loss_repeats": 3,
     "load_requests": 65536,
+    "load_repeats": 5,
     "repeats": 3,
     "eval_requests": 16384,
 }
@@ -195,7 +197,13 @@ def run_all(args: argparse.Namespace) -> dict:
         results["loading"] = [
             spawn(
                 "load",
-                {"data": str(data["load"]), "batch_size": 1024, "repeats": cfg["repeats"], "label": label, **common},
+                {
+                    "data": str(data["load"]),
+                    "batch_size": 1024,
+                    "repeats": cfg["load_repeats"],
+                    "label": label,
+                    **common,
+                },
                 src,
             )  # fmt: skip
             for label, src in sources
@@ -261,6 +269,10 @@ def _mb(x) -> str:
     return f"{x / 2**20:,.0f}" if isinstance(x, (int, float)) else "-"
 
 
+def _ratio(x) -> str:
+    return f"{x:.2f}" if isinstance(x, (int, float)) else "-"
+
+
 def _rate(x) -> str:
     return f"{x:,.0f}" if isinstance(x, (int, float)) else "-"
 
@@ -278,8 +290,8 @@ def print_tables(res: dict) -> None:
 
     print("\n## Training throughput (requests/s, batch 1024; median over steps / partitions)\n")
     print("| method | stages | label | preloaded | stream (incl. loading) | peak RSS MB (stream) | "
-          "fwd / loss / bwd / guard / adam ms |")  # fmt: skip
-    print("|---|---:|---|---:|---:|---:|---|")
+          "fwd / loss / bwd / guard / adam ms | CPU / wall |")  # fmt: skip
+    print("|---|---:|---|---:|---:|---:|---|---:|")
     rows: dict = {}
     for r in res["training"]:
         rows.setdefault((r.get("method"), r.get("stages"), r.get("label")), {})[r.get("mode")] = r
@@ -292,7 +304,8 @@ def print_tables(res: dict) -> None:
             else "-"
         )
         print(f"| {method} | {stages} | {label} | {_rate(pre.get('requests_per_second'))} | "
-              f"{_rate(st.get('requests_per_second'))} | {_mb(st.get('peak_rss_bytes'))} | {brk} |")  # fmt: skip
+              f"{_rate(st.get('requests_per_second'))} | {_mb(st.get('peak_rss_bytes'))} | {brk} | "
+              f"{_ratio(pre.get('cpu_per_wall'))} |")  # fmt: skip
     if len(labels) > 1:
         print("\n### Speed-up, current / baseline (same run)\n")
         print("| method | stages | preloaded | stream | peak RSS |")
@@ -322,7 +335,8 @@ def print_tables(res: dict) -> None:
     print("\n## Data loading and evaluation (requests/s)\n")
     for r in res["loading"]:
         print(f"- loading ({r.get('label')}): {_rate(r.get('requests_per_second'))} requests/s through the loader "
-              f"(batch {r.get('batch_size')}, {r.get('requests')} requests per partition); Parquet read alone "
+              f"(batch {r.get('batch_size')}, {r.get('requests')} requests per partition; "
+              f"{_rate(r.get('requests_per_cpu_second'))} per CPU-second); Parquet read alone "
               f"{_rate(r.get('read_only_requests_per_second'))}")  # fmt: skip
     for r in res["evaluation"]:
         print(f"- evaluation, {r.get('stages')} stages ({r.get('label')}): CascadeMetrics "

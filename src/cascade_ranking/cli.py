@@ -223,11 +223,17 @@ def train(
             eval_total = sum(p.num_requests for p in schema.partitions if p.role in ("valid", "test"))
             eval_task = progress.add_task("evaluate", total=eval_total, info="", visible=False)
 
+            batch_size = config.batch_size or schema.train_defaults.batch_size
+
             def on_step(step: int, total: int, loss: float) -> None:
-                progress.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
+                elapsed = progress.tasks[task].elapsed or 0.0
+                rate = f" · {step * batch_size / elapsed:,.0f} requests/s" if elapsed > 0 else ""
+                progress.update(task, completed=step, total=total, info=f"loss {loss:.4f}{rate}")
 
             def on_eval(n: int) -> None:
-                progress.update(eval_task, advance=n, visible=True, info="requests")
+                state = progress.tasks[eval_task]
+                rate = f"{(state.completed + n) / state.elapsed:,.0f} requests/s" if state.elapsed else "requests"
+                progress.update(eval_task, advance=n, visible=True, info=rate)
 
             result = run_training(
                 config, data=data_dir, run_dir=run_dir, on_step=on_step, on_eval=on_eval, resume=resume is not None
