@@ -221,7 +221,7 @@ def train(
         with _progress() as progress:
             task = progress.add_task("train", total=None, info="")
             eval_total = sum(p.num_requests for p in schema.partitions if p.role in ("valid", "test"))
-            eval_task = progress.add_task("evaluate", total=eval_total, info="", visible=False)
+            eval_task = progress.add_task("evaluate", total=eval_total, info="", visible=False, start=False)
 
             batch_size = config.batch_size or schema.train_defaults.batch_size
 
@@ -231,6 +231,8 @@ def train(
                 progress.update(task, completed=step, total=total, info=f"loss {loss:.4f}{rate}")
 
             def on_eval(n: int) -> None:
+                if not progress.tasks[eval_task].started:
+                    progress.start_task(eval_task)
                 state = progress.tasks[eval_task]
                 rate = f"{(state.completed + n) / state.elapsed:,.0f} requests/s" if state.elapsed else "requests"
                 progress.update(eval_task, advance=n, visible=True, info=rate)
