@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/run.py [--quick] [--out results.json] [--baseline REV] [--methods lcron,bce]
+    python benchmarks/run.py [--quick] [--out results.json] [--baseline REV] [--rounds R] [--methods lcron,bce]
                              [--threads N] [--items 1000000] [--fused-adam] [--no-guard]
 
 Prints tables and writes every figure (with the machine, its load before and after, and the torch thread
@@ -22,7 +22,9 @@ Parquet store in a temporary folder with ``cascade_ranking.data.store``. Section
 
 Every figure is a median over repeats (steps, partitions, passes). ``--baseline REV`` runs the training and
 loss workers a second time with the package as of git revision ``REV`` (``git archive``, read-only) and
-prints the ratios, measured side by side (each baseline run right after its current counterpart).
+prints the ratios, measured side by side (each baseline run right after its current counterpart);
+``--rounds R`` repeats every training and loss worker R times, alternating, and keeps the median run (a shared
+machine's load drifts: the CPU / wall column shows how much of the wall time a worker actually ran).
 ``--quick`` (a subset: LCRON and BCE, fewer steps and sizes) finishes in about two minutes on two cores.
 """
 
@@ -156,7 +158,8 @@ def run_all(args: argparse.Namespace) -> dict:
         "load_average_before": load_average(),
         "machine": machine_info(),
         "config": {**cfg, "methods": methods, "vocab": vars(vocab), "batch_size": 1024, "fused_adam": args.fused_adam,
-                   "guard": not args.no_guard, "baseline": args.baseline, "loss_budget_BN": LOSS_BUDGET},
+                   "guard": not args.no_guard, "baseline": args.baseline, "loss_budget_BN": LOSS_BUDGET,
+                   "rounds": args.rounds},
     }  # fmt: skip
     t_start = time.perf_counter()
     results["matmul"] = matmul_gflops(2048, repeats=3 if args.quick else 5)
@@ -174,24 +177,31 @@ def run_all(args: argparse.Namespace) -> dict:
         for stages in (2, 3):
             for method in methods:
                 for mode in ("preloaded", "stream"):
-                    for label, src in sources:
-                        spec = {"method": method, "stages": stages, "mode": mode, "label": label,
-                                "data": str(data[f"stream{stages}"]), "steps": cfg["steps"], "warmup": cfg["warmup"],
-                                "fused_adam": args.fused_adam, "guard": not args.no_guard, **common}  # fmt: skip
-                        r = spawn("train", spec, src)
-                        train.append(r)
-                        _progress("train", r)
+                    runs = {}
+                    for _ in range(args.rounds):  # current and baseline alternate: load drift hits both
+                        for label, src in sources:
+                            spec = {"method": method, "stages": stages, "mode": mode, "label": label,
+                                    "data": str(data[f"stream{stages}"]), "steps": cfg["steps"],
+                                    "warmup": cfg["warmup"], "fused_adam": args.fused_adam,
+                                    "guard": not args.no_guard, **common}  # fmt: skip
+                            r = spawn("train", spec, src)
+                            runs.setdefault(label, []).append(r)
+                            _progress("train", r)
+                    train += [median_run(rs) for rs in runs.values()]
         results["training"] = train
 
         scaling = []
         for method in cfg["loss_methods"]:
             for num in cfg["loss_sizes"]:
-                for label, src in sources:
-                    spec = {"method": method, "num": num, "batch": max(1, LOSS_BUDGET // num), "label": label,
-                            "repeats": cfg["loss_repeats"], **common}  # fmt: skip
-                    r = spawn("loss", spec, src)
-                    scaling.append(r)
-                    _progress("loss", r)
+                runs = {}
+                for _ in range(args.rounds):
+                    for label, src in sources:
+                        spec = {"method": method, "num": num, "batch": max(1, LOSS_BUDGET // num), "label": label,
+                                "repeats": cfg["loss_repeats"], **common}  # fmt: skip
+                        r = spawn("loss", spec, src)
+                        runs.setdefault(label, []).append(r)
+                        _progress("loss", r)
+                scaling += [median_run(rs) for rs in runs.values()]
         results["loss_scaling"] = scaling
 
         results["loading"] = [
@@ -221,6 +231,21 @@ def run_all(args: argparse.Namespace) -> dict:
     results["seconds"] = time.perf_counter() - t_start
     results["load_average_after"] = load_average()
     return results
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median ``requests_per_second`` of repeated workers (lower middle for an even count),
+    with every round's figure and the highest peak memory of all rounds."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    ok.sort(key=lambda r: r["requests_per_second"])
+    out = dict(ok[(len(ok) - 1) // 2])
+    out["rounds_requests_per_second"] = [r["requests_per_second"] for r in runs if "error" not in r]
+    for key in ("peak_rss_bytes", "extra_peak_bytes"):
+        if key in out:
+            out[key] = max(r[key] for r in ok)
+    return out
 
 
 def _progress(kind: str, r: dict) -> None:
@@ -366,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--items", type=int, default=1_000_000, help="item vocabulary (authors = items / 5)")
     p.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True) instead of the default")
     p.add_argument("--no-guard", action="store_true", help="leave out the non-finite gradient check of train.py")
+    p.add_argument("--rounds", type=int, default=1, help="run each training / loss worker this many times "
+                   "(current and baseline alternating) and keep the median run")  # fmt: skip
     p.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:

@@ -484,3 +484,17 @@ def test_fast_paths_on_cuda_equal_cpu():
         torch.testing.assert_close(out_gpu.cpu(), out_cpu, **TIGHT)
         for a, b in zip(grads_gpu, grads_cpu):
             torch.testing.assert_close(a.cpu(), b, **TIGHT)
+
+
+@pytest.mark.parametrize("bad", [-1, -(2**62), 20, 2**40])
+def test_one_pass_id_check_rejects_what_min_max_rejects(tmp_path, bad):
+    from cascade_ranking.data.store import StoreError, validate_arrays
+
+    make_tiny_dataset(tmp_path / "d")
+    schema = open_dataset(tmp_path / "d")
+    arrays = read_partition(tmp_path / "d", schema, schema.partitions[0])
+    validate_arrays("ok", schema, arrays)  # user_id vocabulary is 20: ids 0..19 pass
+    arrays["user.user_id"] = arrays["user.user_id"].copy()
+    arrays["user.user_id"][3] = bad
+    with pytest.raises(StoreError, match=r"user\.user_id.*outside the vocabulary \[0, 20\)"):
+        validate_arrays("bad", schema, arrays)

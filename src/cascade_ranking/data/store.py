@@ -103,8 +103,10 @@ def validate_arrays(where: str, schema: DatasetSchema, arrays: dict[str, np.ndar
         if not a.size:
             continue
         if name in bounds:
-            lo, hi = a.min(), a.max()
-            if lo < 0 or hi >= bounds[name]:
+            # one pass: viewed as unsigned, negative ids wrap above every bound (min and max only on failure)
+            as_unsigned = a.view(f"u{a.dtype.itemsize}") if a.dtype.kind == "i" else a
+            if as_unsigned.max() >= bounds[name]:
+                lo, hi = a.min(), a.max()
                 what = "funnel positions" if name == "stage" else "the vocabulary"
                 raise StoreError(f"{where}, column {name!r}: values in [{lo}, {hi}] outside {what} [0, {bounds[name]})")
         elif a.dtype.kind == "f" and not np.isfinite(a).all():
