@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/run.py [--quick] [--out results.json] [--baseline REV] [--rounds R] [--methods lcron,bce]
-                             [--threads N] [--items 1000000] [--fused-adam] [--no-guard]
+                             [--variants fused-adam,malloc] [--threads N] [--items 1000000] [--fused-adam]
+                             [--no-guard]
 
 Prints tables and writes every figure (with the machine, its load before and after, and the torch thread
 count) as JSON. Data: random RecFlow-shaped requests (:mod:`perf_data`: 8 user/context fields, 8 item fields,
@@ -70,6 +71,20 @@ FULL = {
     "repeats": 3,
     "eval_requests": 16384,
 }
+#: ``--variants``: the current code under another setting (worker environment, spec additions), measured
+#: side by side: Adam's fused CPU kernel, and glibc malloc options that keep freed memory for reuse (so the
+#: step's 20-32 MB activations and gradients are not page-faulted in anew every step).
+VARIANTS = {
+    "fused-adam": ({}, {"fused_adam": True}),
+    "malloc": (
+        {
+            "MALLOC_MMAP_THRESHOLD_": str(1 << 25),
+            "MALLOC_TRIM_THRESHOLD_": str(1 << 32),
+            "MALLOC_TOP_PAD_": str(1 << 28),
+        },
+        {},
+    ),
+}
 LOSS_BUDGET = 20480  # B * N of the loss-scaling runs (B = 512 at N = 40, 20 at N = 1000)
 
 
@@ -100,9 +115,9 @@ def worker(kind: str, spec: dict) -> dict:
     raise ValueError(f"unknown worker kind {kind!r}")
 
 
-def spawn(kind: str, spec: dict, src: Path, timeout: float = 1800) -> dict:
+def spawn(kind: str, spec: dict, src: Path, timeout: float = 1800, env: dict | None = None) -> dict:
     """Run one worker in a fresh interpreter with ``src`` first on the path; return its JSON result."""
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join([str(src), str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, json.dumps(spec)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -159,7 +174,7 @@ def run_all(args: argparse.Namespace) -> dict:
         "machine": machine_info(),
         "config": {**cfg, "methods": methods, "vocab": vars(vocab), "batch_size": 1024, "fused_adam": args.fused_adam,
                    "guard": not args.no_guard, "baseline": args.baseline, "loss_budget_BN": LOSS_BUDGET,
-                   "rounds": args.rounds},
+                   "rounds": args.rounds, "variants": args.variants},
     }  # fmt: skip
     t_start = time.perf_counter()
     results["matmul"] = matmul_gflops(2048, repeats=3 if args.quick else 5)
@@ -168,64 +183,59 @@ def run_all(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         data = make_data(tmp, cfg, vocab)
         results["data_seconds"] = time.perf_counter() - t
-        sources = [("current", REPO / "src")]
+        sources = [("current", REPO / "src", {}, {})]  # label, package src, worker env, spec additions
         if args.baseline:
-            sources.append((f"baseline {args.baseline}", baseline_source(args.baseline, tmp)))
+            sources.append((f"baseline {args.baseline}", baseline_source(args.baseline, tmp), {}, {}))
         common = {"threads": args.threads, "vocab": vars(vocab)}
+        variants = [v for v in (args.variants or "").split(",") if v]
+        train_sources = list(sources) + [(f"current +{v}", REPO / "src", *VARIANTS[v]) for v in variants]
 
-        train = []
-        for stages in (2, 3):
+        def rounds(kind: str, spec: dict, srcs, key: str = "requests_per_second") -> list[dict]:
+            """Every source ``args.rounds`` times, alternating; the median run of each."""
+            runs: dict[str, list[dict]] = {}
+            for _ in range(args.rounds):
+                for label, src, env, extra in srcs:
+                    r = spawn(kind, {**spec, **extra, "label": label}, src, env=env)
+                    runs.setdefault(label, []).append(r)
+                    _progress(kind, r, key)
+            return [median_run(rs, key) for rs in runs.values()]
+
+        train, want = [], set((args.sections or "train,loss,load,eval").split(","))
+        for stages in (2, 3) if "train" in want else ():
             for method in methods:
                 for mode in ("preloaded", "stream"):
-                    runs = {}
-                    for _ in range(args.rounds):  # current and baseline alternate: load drift hits both
-                        for label, src in sources:
-                            spec = {"method": method, "stages": stages, "mode": mode, "label": label,
-                                    "data": str(data[f"stream{stages}"]), "steps": cfg["steps"],
-                                    "warmup": cfg["warmup"], "fused_adam": args.fused_adam,
-                                    "guard": not args.no_guard, **common}  # fmt: skip
-                            r = spawn("train", spec, src)
-                            runs.setdefault(label, []).append(r)
-                            _progress("train", r)
-                    train += [median_run(rs) for rs in runs.values()]
+                    spec = {"method": method, "stages": stages, "mode": mode, "data": str(data[f"stream{stages}"]),
+                            "steps": cfg["steps"], "warmup": cfg["warmup"], "fused_adam": args.fused_adam,
+                            "guard": not args.no_guard, **common}  # fmt: skip
+                    train += rounds("train", spec, train_sources)
         results["training"] = train
-
-        scaling = []
-        for method in cfg["loss_methods"]:
-            for num in cfg["loss_sizes"]:
-                runs = {}
-                for _ in range(args.rounds):
-                    for label, src in sources:
-                        spec = {"method": method, "num": num, "batch": max(1, LOSS_BUDGET // num), "label": label,
-                                "repeats": cfg["loss_repeats"], **common}  # fmt: skip
-                        r = spawn("loss", spec, src)
-                        runs.setdefault(label, []).append(r)
-                        _progress("loss", r)
-                scaling += [median_run(rs) for rs in runs.values()]
-        results["loss_scaling"] = scaling
-
-        results["loading"] = [
-            spawn(
-                "load",
+        results["loss_scaling"] = [
+            r
+            for method in (cfg["loss_methods"] if "loss" in want else ())
+            for num in cfg["loss_sizes"]
+            for r in rounds(
+                "loss",
                 {
-                    "data": str(data["load"]),
-                    "batch_size": 1024,
-                    "repeats": cfg["load_repeats"],
-                    "label": label,
+                    "method": method,
+                    "num": num,
+                    "batch": max(1, LOSS_BUDGET // num),
+                    "repeats": cfg["loss_repeats"],
                     **common,
                 },
-                src,
+                sources,
             )  # fmt: skip
-            for label, src in sources
         ]
+        load_spec = {"data": str(data["load"]), "batch_size": 1024, "repeats": cfg["load_repeats"], **common}
+        results["loading"] = rounds("load", load_spec, sources) if "load" in want else []
         results["evaluation"] = [
-            spawn(
+            r
+            for key in (("load", "eval3") if "eval" in want else ())
+            for r in rounds(
                 "eval",
-                {"data": str(data[key]), "batch_size": 4096, "repeats": cfg["repeats"], "label": label, **common},
-                src,
+                {"data": str(data[key]), "batch_size": 4096, "repeats": cfg["repeats"], **common},
+                sources,
+                key="evaluate_requests_per_second",
             )  # fmt: skip
-            for key in ("load", "eval3")
-            for label, src in sources
         ]
     results["roofline"] = roofline(results)
     results["seconds"] = time.perf_counter() - t_start
@@ -233,24 +243,24 @@ def run_all(args: argparse.Namespace) -> dict:
     return results
 
 
-def median_run(runs: list[dict]) -> dict:
-    """The run with the median ``requests_per_second`` of repeated workers (lower middle for an even count),
-    with every round's figure and the highest peak memory of all rounds."""
+def median_run(runs: list[dict], key: str = "requests_per_second") -> dict:
+    """The run with the median ``key`` of repeated workers (lower middle for an even count), with every
+    round's figure and the highest peak memory of all rounds."""
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return runs[0]
-    ok.sort(key=lambda r: r["requests_per_second"])
+    ok.sort(key=lambda r: r[key])
     out = dict(ok[(len(ok) - 1) // 2])
-    out["rounds_requests_per_second"] = [r["requests_per_second"] for r in runs if "error" not in r]
+    out["rounds"] = [r[key] for r in ok]
     for key in ("peak_rss_bytes", "extra_peak_bytes"):
         if key in out:
             out[key] = max(r[key] for r in ok)
     return out
 
 
-def _progress(kind: str, r: dict) -> None:
+def _progress(kind: str, r: dict, key: str = "requests_per_second") -> None:
     what = {k: r.get(k) for k in ("method", "stages", "mode", "num", "label") if r.get(k) is not None}
-    rate = r.get("requests_per_second")
+    rate = r.get(key)
     msg = f"{rate:,.0f} requests/s" if rate else f"ERROR {r.get('error')}"
     print(f"  [{kind}] {what}: {msg}", file=sys.stderr, flush=True)
 
@@ -332,20 +342,21 @@ def print_tables(res: dict) -> None:
               f"{_rate(st.get('requests_per_second'))} | {_mb(st.get('peak_rss_bytes'))} | {brk} | "
               f"{_ratio(pre.get('cpu_per_wall'))} |")  # fmt: skip
     if len(labels) > 1:
-        print("\n### Speed-up, current / baseline (same run)\n")
-        print("| method | stages | preloaded | stream | peak RSS |")
-        print("|---|---:|---:|---:|---:|")
-        for (method, stages, label), modes in rows.items():
-            if label != labels[0]:
-                continue
-            base = rows.get((method, stages, labels[1]), {})
-            cells = []
-            for mode in ("preloaded", "stream"):
-                a, b = modes.get(mode, {}).get("requests_per_second"), base.get(mode, {}).get("requests_per_second")
-                cells.append(f"{a / b:.2f}x" if a and b else "-")
-            a, b = modes.get("stream", {}).get("peak_rss_bytes"), base.get("stream", {}).get("peak_rss_bytes")
-            cells.append(f"{a / b:.2f}x" if a and b else "-")
-            print(f"| {method} | {stages} | " + " | ".join(cells) + " |")
+        print("\n### Ratios (same run): current / baseline, and each variant / current\n")
+        print("| comparison | method | stages | preloaded | stream | peak RSS |")
+        print("|---|---|---:|---:|---:|---:|")
+        for other in labels[1:]:
+            num_label, den_label = ("current", other) if other.startswith("baseline") else (other, "current")
+            for (method, stages, label), num in rows.items():
+                if label != num_label:
+                    continue
+                den = rows.get((method, stages, den_label), {})
+                cells = []
+                for mode, key in (("preloaded", "requests_per_second"), ("stream", "requests_per_second"),
+                                  ("stream", "peak_rss_bytes")):  # fmt: skip
+                    x, y = num.get(mode, {}).get(key), den.get(mode, {}).get(key)
+                    cells.append(f"{x / y:.2f}x" if x and y else "-")
+                print(f"| {num_label} / {den_label} | {method} | {stages} | " + " | ".join(cells) + " |")
 
     print(f"\n## Loss only (forward + backward), B * N = {res['config']['loss_budget_BN']}, two stages\n")
     print("| method | label | N | B | ms | ns per B*N^2 cell | extra peak MB | bytes per cell |")
@@ -391,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--items", type=int, default=1_000_000, help="item vocabulary (authors = items / 5)")
     p.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True) instead of the default")
     p.add_argument("--no-guard", action="store_true", help="leave out the non-finite gradient check of train.py")
+    p.add_argument("--variants", default=None, help=f"comma-separated training variants of the current code, "
+                   f"measured side by side: {', '.join(VARIANTS)}")  # fmt: skip
+    p.add_argument("--sections", default=None, help="comma-separated subset of train,loss,load,eval (default: all)")
     p.add_argument("--rounds", type=int, default=1, help="run each training / loss worker this many times "
                    "(current and baseline alternating) and keep the median run")  # fmt: skip
     p.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
