@@ -1,13 +1,19 @@
 """Streaming loader: one partition at a time into :class:`RequestBatch` objects, no per-request Python.
 
-A partition is read whole into numpy (a day of RecFlow fits easily; memory stays bounded by the largest
-partition, not the dataset). Requests are shuffled within the partition, candidate slots are shuffled
-within each request (one ``argsort`` of a random matrix, so position can never leak the label), and the
-last partial batch is always yielded.
+Memory is bounded by a shuffle window, not by the partition or the dataset: a partition file is read a window
+of Parquet row groups at a time (at most ``window`` requests, :data:`DEFAULT_WINDOW`; at least one row group,
+:data:`.store.ROW_GROUP_REQUESTS` requests when written by this package). With ``shuffle`` the row groups are
+visited in a random order, requests are shuffled within each window (as a tf.data shuffle buffer of
+``window`` requests fed by randomly ordered row groups); a partition that fits one window — every MovieLens
+week, and any file with a single row group — is shuffled as a whole. Candidate slots are always shuffled within
+each request (one ``argsort`` of a random matrix, so position can never leak the label). Batches run across
+window boundaries, so a partition of R requests always gives ``ceil(R / batch_size)`` batches, only the last
+one partial (and never dropped).
 
-Speed: both shuffles are applied to the whole partition at once, one gather per column (a candidate column
-is gathered through one flat index combining the request order and each request's slot order), so every
-batch is a contiguous slice wrapped as tensors without a copy; no per-request or per-batch numpy work.
+Speed: both shuffles are applied to a whole window at once, one gather per column (a candidate column is
+gathered through one flat index combining the request order and each request's slot order), so every batch
+within a window is a contiguous slice wrapped as tensors without a copy; no per-request or per-batch numpy
+work.
 """
 
 from __future__ import annotations
@@ -19,7 +25,12 @@ import numpy as np
 import torch
 
 from .schema import DatasetSchema, Partition, RequestBatch
-from .store import read_partition
+from .store import StoreError, read_partition, row_group_sizes
+
+__all__ = ["DEFAULT_WINDOW", "iterate_partition", "iterate_partitions", "shuffle_candidates", "to_batch"]
+
+#: Requests read, shuffled and held in memory at once (rounded to whole row groups, at least one).
+DEFAULT_WINDOW = 32_768
 
 
 def shuffle_candidates(arrays: dict[str, np.ndarray], num_candidates: int, rng: np.random.Generator) -> None:
@@ -90,6 +101,7 @@ def iterate_partition(
     shuffle: bool,
     rng: np.random.Generator | None = None,
     shard: tuple[int, int] = (0, 1),
+    window: int | None = DEFAULT_WINDOW,
 ) -> Iterator[RequestBatch]:
     """Yield the batches of one partition.
 
@@ -97,29 +109,105 @@ def iterate_partition(
         directory: dataset directory.
         schema: its schema.
         partition: which partition.
-        batch_size: requests per batch; the last batch may be smaller (never dropped).
-        shuffle: shuffle request order within the partition. Candidate slots are always shuffled
+        batch_size: requests per batch; only the partition's last batch may be smaller (never dropped).
+        shuffle: shuffle request order within the partition (within each window when the partition spans
+            several; the row groups are then visited in random order). Candidate slots are always shuffled
             within each request (seeded by ``rng``) so that slot position carries no information.
         rng: numpy generator (seeded by the caller for reproducibility); a fixed default when ``None``.
         shard: ``(rank, world_size)``: yield only requests ``rank, rank + world, …`` of the (shuffled) order.
+        window: most requests read and held at once, rounded down to whole row groups (at least one);
+            ``None`` reads the partition whole. The memory bound of the loader.
 
     Raises:
-        StoreError: the partition file is missing, truncated or does not match the schema.
-        ValueError: ``batch_size`` is not positive.
+        StoreError: the partition file is missing, truncated or does not match the schema (incl. a request
+            id repeated anywhere in the partition).
+        ValueError: ``batch_size`` or ``window`` is not positive.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if window is not None and window <= 0:
+        raise ValueError(f"window must be positive or None, got {window}")
     rng = rng if rng is not None else np.random.default_rng(0)
-    arrays = read_partition(directory, schema, partition, copy=False)  # gathered below: no copy needed
+    groups = row_group_sizes(directory, partition) if window is not None else []
+    if window is None or partition.num_requests <= window or len(groups) <= 1:
+        windows = [_read_window(directory, schema, partition, None, shuffle, rng)]
+    else:
+        _check_unique_ids(directory, partition)
+        windows = (
+            _read_window(directory, schema, partition, w, shuffle, rng)
+            for w in _plan_windows(groups, window, rng.permutation(len(groups)) if shuffle else range(len(groups)))
+        )
+    yield from _batches(_sharded(windows, shard), batch_size, schema)
+
+
+def _plan_windows(sizes: list[int], window: int, order) -> list[list[int]]:
+    """Consecutive row groups of ``order`` packed into windows of at most ``window`` requests (>= 1 group)."""
+    plan: list[list[int]] = []
+    rows = 0
+    for g in order:
+        if plan and rows + sizes[g] <= window:
+            plan[-1].append(int(g))
+            rows += sizes[g]
+        else:
+            plan.append([int(g)])
+            rows = sizes[g]
+    return plan
+
+
+def _check_unique_ids(directory: str | Path, partition: Partition) -> None:
+    """Request ids unique over the whole partition (windows only see their own rows)."""
+    import pyarrow.parquet as pq
+
+    path = Path(directory) / partition.file_name
+    ids = pq.read_table(path, columns=["request_id"]).column("request_id").to_numpy()
+    values, counts = np.unique(ids, return_counts=True)
+    if len(values) != len(ids):
+        raise StoreError(f"{path}, column 'request_id': duplicate request ids, e.g. {values[counts > 1][:3].tolist()}")
+
+
+def _read_window(directory, schema: DatasetSchema, partition: Partition, row_groups, shuffle: bool, rng):
+    """One window's arrays, requests (and every request's candidate slots) shuffled, in one gather per column."""
+    arrays = read_partition(directory, schema, partition, copy=False, row_groups=row_groups)
     num_rows = len(arrays["request_id"])
     order = rng.permutation(num_rows) if shuffle else np.arange(num_rows)
-    rank, world = shard
-    order = order[rank::world]
     num = schema.num_candidates
     slots = np.argsort(rng.random((num_rows, num)), axis=1)  # the draws of shuffle_candidates
-    arrays = _shuffled(arrays, order, slots, num)
-    for start in range(0, len(order), batch_size):
-        yield to_batch({k: v[start : start + batch_size] for k, v in arrays.items()}, schema)
+    return _shuffled(arrays, order, slots, num)
+
+
+def _sharded(windows, shard: tuple[int, int]) -> Iterator[dict[str, np.ndarray]]:
+    """Rows ``rank, rank + world, ...`` of the concatenated windows."""
+    rank, world = shard
+    offset = 0
+    for arrays in windows:
+        n = len(arrays["request_id"])
+        if world > 1:
+            first = (rank - offset) % world
+            arrays = {k: v[first::world] for k, v in arrays.items()}
+        offset += n
+        yield arrays
+
+
+def _batches(windows, batch_size: int, schema: DatasetSchema) -> Iterator[RequestBatch]:
+    """Consecutive ``batch_size`` slices of the concatenated windows; a batch may join two windows."""
+    rest: dict[str, np.ndarray] | None = None
+    for arrays in windows:
+        n, start = len(arrays["request_id"]), 0
+        if rest is not None:
+            need = batch_size - len(rest["request_id"])
+            joined = {k: np.concatenate([rest[k], v[:need]]) for k, v in arrays.items()}
+            if n < need:
+                rest = joined
+                continue
+            yield to_batch(joined, schema)
+            rest, start = None, need
+        while n - start >= batch_size:
+            yield to_batch({k: v[start : start + batch_size] for k, v in arrays.items()}, schema)
+            start += batch_size
+        if start < n:
+            rest = {k: v[start:] for k, v in arrays.items()}
+    if rest is not None:
+        yield to_batch(rest, schema)
 
 
 def iterate_partitions(

@@ -18,14 +18,16 @@ column                 Arrow type                            meaning
 
 Fixed-size list columns load into ``[B, N]`` numpy arrays by a reshape of the flat child array, with no
 per-request Python. Every write goes to a temporary file in the same directory and is renamed into place,
-so a crash never leaves a half-written partition or schema.
+so a crash never leaves a half-written partition or schema. Files are written in row groups of
+``ROW_GROUP_REQUESTS`` requests, the unit the loader reads: a partition of any size streams through a bounded
+window of row groups.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,9 +37,28 @@ import pyarrow.parquet as pq
 
 from .schema import SCHEMA_FILE, DatasetSchema, Partition, SchemaError
 
+__all__ = [
+    "PARQUET_COMPRESSION",
+    "ROW_GROUP_REQUESTS",
+    "StoreError",
+    "atomic_path",
+    "expected_columns",
+    "open_dataset",
+    "read_partition",
+    "row_group_sizes",
+    "validate_arrays",
+    "write_partition",
+    "write_schema",
+    "write_text_atomic",
+]
+
 #: Codec of the partition files: LZ4 decodes about 1.3x faster than zstd (files about 1.3x larger), and a
 #: training run reads every partition once per pass. Any codec reads back; only new files use this one.
 PARQUET_COMPRESSION = "lz4"
+
+#: Requests per Parquet row group of a partition file: the unit the loader reads, so that a partition of any
+#: size is streamed through a bounded shuffle window (:func:`.loader.iterate_partition`), never read whole.
+ROW_GROUP_REQUESTS = 8192
 
 _CANDIDATE_COLUMNS = {
     "mask": (np.bool_, pa.bool_()),
@@ -168,7 +189,7 @@ def write_partition(
     table = pa.table(columns)
     path = Path(directory) / partition.file_name
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression=PARQUET_COMPRESSION)
+        pq.write_table(table, tmp, compression=PARQUET_COMPRESSION, row_group_size=ROW_GROUP_REQUESTS)
     return path
 
 
@@ -179,13 +200,41 @@ def write_schema(directory: str | Path, schema: DatasetSchema) -> Path:
     return path
 
 
+def row_group_sizes(directory: str | Path, partition: Partition) -> list[int]:
+    """Requests in each Parquet row group of a partition file, in file order (read from the footer only).
+
+    Raises:
+        StoreError: the file is missing or its footer is unreadable (e.g. truncated).
+    """
+    path = Path(directory) / partition.file_name
+    if not path.is_file():
+        raise StoreError(f"{path}: partition file missing (listed in {SCHEMA_FILE})")
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (pa.ArrowException, OSError) as exc:
+        raise StoreError(f"{path}: not a readable Parquet file ({exc})") from exc
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    if sum(sizes) != partition.num_requests:
+        raise StoreError(
+            f"{path}: holds {sum(sizes)} requests, {SCHEMA_FILE} says {partition.num_requests} (file replaced?)"
+        )
+    return sizes
+
+
 def read_partition(
-    directory: str | Path, schema: DatasetSchema, partition: Partition, *, copy: bool = True
+    directory: str | Path,
+    schema: DatasetSchema,
+    partition: Partition,
+    *,
+    copy: bool = True,
+    row_groups: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Read one partition into numpy arrays (``[B]`` or ``[B, W]``), checking it against the schema.
 
     With ``copy=False`` the arrays may be read-only views of Arrow's buffers (no copy of the partition), for
-    callers that only read them (the loader, which gathers every column anyway).
+    callers that only read them (the loader, which gathers every column anyway). With ``row_groups`` only those
+    Parquet row groups are read, in the order given (see :func:`row_group_sizes`); request-id uniqueness is then
+    checked within what was read only.
 
     Raises:
         StoreError: the file is missing or unreadable (e.g. truncated), a column is missing, has the wrong
@@ -196,7 +245,7 @@ def read_partition(
     if not path.is_file():
         raise StoreError(f"{path}: partition file missing (listed in {SCHEMA_FILE})")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path) if row_groups is None else pq.ParquetFile(path).read_row_groups(list(row_groups))
     except (pa.ArrowException, OSError) as exc:
         raise StoreError(f"{path}: not a readable Parquet file ({exc})") from exc
     out: dict[str, np.ndarray] = {}
@@ -228,7 +277,7 @@ def read_partition(
         if copy and not a.flags.writeable:  # Arrow buffers are immutable; callers get ordinary arrays
             a = a.copy()
         out[name] = a if width is None else a.reshape(len(table), width)
-    if len(table) != partition.num_requests:
+    if row_groups is None and len(table) != partition.num_requests:
         raise StoreError(
             f"{path}: holds {len(table)} requests, {SCHEMA_FILE} says {partition.num_requests} (file replaced?)"
         )
