@@ -199,7 +199,8 @@ def main() -> None:
     for d in report["days"]:
         print(f"| {d['day']} | {d['requests']:,} | {d['steps']} | {d['end_rss_mb']:.0f} | {d['peak_rss_mb']:.0f} |")
     print(f"\nRSS growth, end of day 2 -> end of last training day: {report['growth_day2_to_last_mb']:+.1f} MB")
-    print(f"evaluation peak RSS: {report['eval_peak_rss_mb']:.0f} MB; process peak {report['process_peak_rss_mb']:.0f} MB")
+    peaks = f"evaluation peak RSS: {report['eval_peak_rss_mb']:.0f} MB"
+    print(f"{peaks}; process peak {report['process_peak_rss_mb']:.0f} MB")
     print(f"training: {report['train_requests_per_second']:.0f} requests/s over {report['train_seconds']:.0f} s; "
           f"test joint recall {report['test_joint_recall']}")  # fmt: skip
     print(f"wrote {out / 'memory_curve.json'} and {out / 'memory_curve.png'}")

@@ -675,12 +675,6 @@ RECFLOW_CASES = [
         "feather-rank-index-inf",
         [".feather", "rank_index"],
         id="feather-rank-index-inf",
-        marks=xfail(
-            "an inf rank_index in the feather file becomes label -inf; write_partition then raises StoreError "
-            "\"partition '<day>', column 'label': non-finite values\" (not a RecFlowFormatError), naming neither "
-            "the feather file nor rank_index; check isfinite of the index in recflow._read_requests "
-            "(data/recflow.py:600)"
-        ),
     ),
     pytest.param("feather-timestamp-null", [".feather", "'request_timestamp'", "null"], id="feather-timestamp-null"),
     pytest.param("pickle-truncated", ["request_id_dict", "not a readable pickle"], id="pickle-truncated"),
@@ -816,6 +810,12 @@ def _corrupt_movielens(d: Path, case: str) -> Path:
         lines[3] = "|".join(fields)
         (g / "u.item").write_text("".join(lines), encoding="latin-1")
         return g
+    elif case == "grouplens-item-duplicate-id":
+        g = _grouplens_from(d, d.parent / "gl")
+        lines = (g / "u.item").read_text(encoding="latin-1").splitlines(keepends=True)
+        lines[5] = "|".join(["3", *lines[5].split("|")[1:]])
+        (g / "u.item").write_text("".join(lines), encoding="latin-1")
+        return g
     elif case == "grouplens-age-negative-float":
         g = _grouplens_from(d, d.parent / "gl")
         lines = (g / "u.user").read_text().splitlines(keepends=True)
@@ -829,11 +829,6 @@ def _corrupt_movielens(d: Path, case: str) -> Path:
     return d
 
 
-_DUPLICATE_BUG = (
-    "movielens._entity_ids (data/movielens.py:484) says '<src folder> users: column id has duplicate values': it "
-    "names the folder, not the file (ml-100k.user / u.user), says 'column id' instead of 'user_id' / 'item_id', "
-    "and omits the duplicated value; pass the file path and column name from movielens_log"
-)
 MOVIELENS_CASES = [
     pytest.param("inter-rating-nan", ["ml-100k.inter", "'rating'", "non-finite"], id="inter-rating-nan"),
     pytest.param("inter-timestamp-inf", ["ml-100k.inter", "'timestamp'", "non-finite"], id="inter-timestamp-inf"),
@@ -843,20 +838,21 @@ MOVIELENS_CASES = [
     pytest.param("user-age-word", ["ml-100k.user", "'age'"], id="user-age-word"),
     pytest.param(
         "user-duplicate-id",
-        ["ml-100k.user", "'user_id'", "duplicate"],
+        ["ml-100k.user", "'user_id'", "duplicate", "'1'"],
         id="user-duplicate-id",
-        marks=xfail(_DUPLICATE_BUG),
     ),
     pytest.param(
         "item-duplicate-id",
-        ["ml-100k.item", "'item_id'", "duplicate"],
+        ["ml-100k.item", "'item_id'", "duplicate", "'2'"],
         id="item-duplicate-id",
-        marks=xfail(_DUPLICATE_BUG),
     ),
     pytest.param("item-unknown-genre", ["'Cyberpunk'", "genre"], id="item-unknown-genre"),
     pytest.param("grouplens-comma-separated", ["u.data"], id="grouplens-comma-separated"),
     pytest.param("grouplens-genre-flag-word", ["u.item", "'genre_"], id="grouplens-genre-flag-word"),
     pytest.param("grouplens-age-negative-float", ["u.user", "'age'"], id="grouplens-age-float"),
+    pytest.param(
+        "grouplens-item-duplicate-id", ["u.item", "'item_id'", "duplicate", "'3'"], id="grouplens-item-duplicate-id"
+    ),
 ]
 
 

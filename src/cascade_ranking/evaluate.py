@@ -14,6 +14,8 @@ from .data.schema import DatasetSchema, Partition, RequestBatch
 from .data.store import read_partition
 from .metrics import CascadeMetrics
 
+__all__ = ["PopularityScorer", "RandomScorer", "Scorer", "evaluate"]
+
 log = logging.getLogger(__name__)
 
 Scorer = Callable[[RequestBatch], Sequence[torch.Tensor]]
@@ -73,6 +75,7 @@ class RandomScorer(torch.nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
 
     def forward(self, batch: RequestBatch) -> list[torch.Tensor]:
+        """``num_stages`` references to one ``[B, N]`` float32 tensor of uniform scores."""
         s = torch.rand(batch.mask.shape, generator=self.generator).to(batch.device)
         return [s] * self.num_stages
 
@@ -84,6 +87,8 @@ class PopularityScorer(torch.nn.Module):
     RecFlow: ranked positive) over the training partitions only. The item is identified by the schema's
     first item field. The same scores are used at every stage.
     """
+
+    counts: torch.Tensor  # buffer [V] float32: appearances per item id
 
     def __init__(self, counts: torch.Tensor, item_field: str, num_stages: int) -> None:
         super().__init__()
@@ -103,5 +108,6 @@ class PopularityScorer(torch.nn.Module):
         return cls(torch.from_numpy(counts), item.name, num_stages)
 
     def forward(self, batch: RequestBatch) -> list[torch.Tensor]:
+        """``num_stages`` references to one ``[B, N]`` float32 tensor: each candidate item's count."""
         s = self.counts[batch.item[self.item_field]]
         return [s] * self.num_stages

@@ -161,7 +161,17 @@ def soft_sort(
     sorts the valid scores in descending order. ``power=1`` is the paper's operator; ``power=2`` is the
     squared-distance variant used by RankTower's sorting loss (Yan & Li 2023, eq. 15).
 
-    Args, returns and raises as :func:`neural_sort`; ``power`` must be positive.
+    Args:
+        scores: ``[B, N]`` float scores (higher = earlier).
+        tau: temperature > 0.
+        mask: optional ``[B, N]`` bool, ``True`` at valid candidates.
+        power: exponent of the distance, > 0.
+
+    Returns:
+        ``[B, N, N]`` tensor of ``scores.dtype`` (layout as :func:`neural_sort`).
+
+    Raises:
+        ValueError / TypeError: wrong shapes or dtypes, ``tau <= 0`` or ``power <= 0``.
     """
     mask = _check(scores, mask, tau)
     if not power > 0:

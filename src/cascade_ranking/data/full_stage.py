@@ -66,7 +66,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +75,15 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from .schema import CategoricalField, DatasetSchema, HistoryField, Partition, PartitionRole, TrainDefaults
+from .schema import (
+    CategoricalField,
+    DatasetSchema,
+    HistoryField,
+    Partition,
+    PartitionRole,
+    TrainDefaults,
+    roles_in_time_order,
+)
 from .store import write_partition, write_schema
 
 __all__ = [
@@ -93,6 +101,7 @@ __all__ = [
     "sample_negatives",
     "week_of",
     "week_start_date",
+    "week_start_seconds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -419,7 +428,7 @@ def funnel_state(log: InteractionLog, cutoff: int) -> FunnelState:
     return FunnelState(cutoff=int(cutoff), popularity=popularity, cooccurrence=(x.T @ x).toarray())
 
 
-def funnel_states(log: InteractionLog, weeks: Sequence[int]) -> Iterator[FunnelState]:
+def funnel_states(log: InteractionLog, weeks: Iterable[int]) -> Iterator[FunnelState]:
     """Yield :func:`funnel_state` ``(log, start of week)`` for increasing ``weeks``, updating incrementally.
 
     With ``D`` the interactions added since the previous week, ``X' = X + D`` and
@@ -529,7 +538,7 @@ def _roles(num_weeks: int, config: FullStageConfig) -> list[PartitionRole]:
             f"valid_weeks={config.valid_weeks} leave no training week"
         )
     n_train = num_weeks - config.test_weeks - config.valid_weeks
-    return ["train"] * n_train + ["valid"] * config.valid_weeks + ["test"] * config.test_weeks
+    return roles_in_time_order(n_train, config.valid_weeks, config.test_weeks)
 
 
 def _schema_features(log: InteractionLog) -> list[CategoricalField]:

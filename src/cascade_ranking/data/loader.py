@@ -18,7 +18,7 @@ work.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +129,7 @@ def iterate_partition(
         raise ValueError(f"window must be positive or None, got {window}")
     rng = rng if rng is not None else np.random.default_rng(0)
     groups = row_group_sizes(directory, partition) if window is not None else []
+    windows: Iterable[dict[str, np.ndarray]]
     if window is None or partition.num_requests <= window or len(groups) <= 1:
         windows = [_read_window(directory, schema, partition, None, shuffle, rng)]
     else:

@@ -201,6 +201,8 @@ class MovieLensTables:
             "" = none).
         source: a description of where the tables came from (file or folder).
         layout: ``"grouplens"`` or ``"recbole"``.
+        users_file / items_file: the file the user / item table was read from (``u.user`` / ``ml-100k.user``,
+            ...), named in errors found later; ``""`` = unknown (errors then name ``source``).
     """
 
     ratings: pa.Table
@@ -208,6 +210,8 @@ class MovieLensTables:
     items: pa.Table
     source: str
     layout: str
+    users_file: str = ""
+    items_file: str = ""
 
     def counts(self) -> tuple[int, int, int]:
         """(number of ratings, distinct users who rated, distinct items rated)."""
@@ -300,7 +304,15 @@ def read_grouplens(src: str | Path) -> MovieLensTables:
             "genre": pa.array(genre, pa.string()),
         }
     )
-    return MovieLensTables(ratings=ratings, users=users, items=items, source=where, layout="grouplens")
+    return MovieLensTables(
+        ratings=ratings,
+        users=users,
+        items=items,
+        source=where,
+        layout="grouplens",
+        users_file=what("u.user"),
+        items_file=what("u.item"),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -428,7 +440,15 @@ def _read_recbole_movielens(folder: Path) -> MovieLensTables:
             "genre": _first_token(_strings(rb.item, "class", pi)),
         }
     )
-    return MovieLensTables(ratings=_recbole_ratings(rb), users=users, items=items, source=str(folder), layout="recbole")
+    return MovieLensTables(
+        ratings=_recbole_ratings(rb),
+        users=users,
+        items=items,
+        source=str(folder),
+        layout="recbole",
+        users_file=pu,
+        items_file=pi,
+    )
 
 
 def read_movielens(src: str | Path) -> MovieLensTables:
@@ -477,11 +497,22 @@ def check_ml100k(tables: MovieLensTables) -> None:
 # ------------------------------------------------------------------------------------------------------
 # encoding into an InteractionLog
 # ------------------------------------------------------------------------------------------------------
-def _entity_ids(table_ids: pa.Array | None, rating_ids: pa.Array, what: str) -> tuple[pa.Array, int]:
+def _entity_ids(table_ids: pa.Array | None, rating_ids: pa.Array, what: str, column: str) -> tuple[pa.Array, int]:
+    """Sorted vocabulary of the ids in the entity table and the ratings, and its size.
+
+    Raises:
+        DataFormatError: ``table_ids`` (column ``column`` of file ``what``) holds an id twice; names an example.
+    """
+    if table_ids is not None:
+        counts = pc.value_counts(table_ids)
+        repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+        if len(repeated):
+            raise DataFormatError(
+                f"{what}: column {column!r} has {len(repeated)} duplicate value(s), e.g. {repeated[0].as_py()!r} "
+                "(each id must appear once)"
+            )
     universe = rating_ids if table_ids is None else pa.concat_arrays([table_ids, rating_ids])
     vocab = _vocabulary(universe)
-    if table_ids is not None and len(pc.unique(table_ids)) != len(table_ids):
-        raise DataFormatError(f"{what}: column id has duplicate values")
     return vocab, len(vocab)
 
 
@@ -509,12 +540,14 @@ def movielens_log(tables: MovieLensTables) -> InteractionLog:
     user_vocab, num_users = _entity_ids(
         tables.users.column("user_id").combine_chunks(),
         r["user_id"].combine_chunks(),
-        f"{tables.source} users",
+        tables.users_file or f"{tables.source} users",
+        "user_id",
     )
     item_vocab, num_items = _entity_ids(
         tables.items.column("item_id").combine_chunks(),
         r["item_id"].combine_chunks(),
-        f"{tables.source} items",
+        tables.items_file or f"{tables.source} items",
+        "item_id",
     )
     u_rows = _index(tables.users.column("user_id").combine_chunks(), user_vocab)
     i_rows = _index(tables.items.column("item_id").combine_chunks(), item_vocab)
@@ -589,7 +622,7 @@ def recbole_log(
         key = f"{kind}_id"
         path = str(tables.paths.get(kind, f"{kind} file"))
         ids = _strings(table, key, path) if table is not None else None
-        vocab, num = _entity_ids(ids, ratings[key].combine_chunks(), path)
+        vocab, num = _entity_ids(ids, ratings[key].combine_chunks(), path, key)
         nums[kind] = (vocab, num)
         feats[kind] = {}
         if table is None:

@@ -70,7 +70,7 @@ import torch
 from torch import nn
 
 from ..losses.ranktower import aggregate_hard_labels
-from ..models import build_model
+from ..models import DIN, DSSM
 from .full_stage import (
     InteractionLog,
     RequestTable,
@@ -83,7 +83,15 @@ from .full_stage import (
     week_start_seconds,
 )
 from .loader import to_batch
-from .schema import DatasetSchema, HistoryField, Partition, PartitionRole, RequestBatch, TrainDefaults
+from .schema import (
+    DatasetSchema,
+    HistoryField,
+    Partition,
+    PartitionRole,
+    RequestBatch,
+    TrainDefaults,
+    roles_in_time_order,
+)
 from .store import write_partition, write_schema
 
 __all__ = [
@@ -204,8 +212,8 @@ class RankTowerSamples:
     """What :func:`build_ranktower_samples` returns: the written schema and the two fitted models (eval mode)."""
 
     schema: DatasetSchema
-    retriever: nn.Module
-    ranker: nn.Module
+    retriever: DSSM
+    ranker: DIN
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -228,8 +236,11 @@ def period_cutoffs(weeks: np.ndarray, test_weeks: int, valid_weeks: int) -> tupl
             "leave no training week"
         )
     n_train = n - test_weeks - valid_weeks
-    roles: list[PartitionRole] = ["train"] * n_train + ["valid"] * valid_weeks + ["test"] * test_weeks
-    return roles, week_start_seconds(weeks[n_train]), week_start_seconds(weeks[n - test_weeks])
+    return (
+        roles_in_time_order(n_train, valid_weeks, test_weeks),
+        week_start_seconds(weeks[n_train]),
+        week_start_seconds(weeks[n - test_weeks]),
+    )
 
 
 def hard_labels(grade: np.ndarray, *, impression_label: float, rating_weight: float) -> np.ndarray:
@@ -288,10 +299,9 @@ def _item_table(log: InteractionLog) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def corpus_scores(retriever: nn.Module, batch: RequestBatch, item_table: dict[str, torch.Tensor]) -> torch.Tensor:
+def corpus_scores(retriever: DSSM, batch: RequestBatch, item_table: dict[str, torch.Tensor]) -> torch.Tensor:
     """Two-tower scores of every corpus item for every request: ``[B, I + 1]`` float32 (column 0 = padding).
 
-    ``retriever`` is a :class:`~cascade_ranking.models.DSSM` (``user_embedding`` and ``encode_items``);
     ``item_table`` maps every item field to its ``[I + 1]`` ids.
     """
     user = retriever.user_embedding(batch)  # [B, D]
@@ -333,7 +343,7 @@ def fit_retriever(
     *,
     history_fields: tuple[str, ...],
     seed: int,
-) -> tuple[nn.Module, float]:
+) -> tuple[DSSM, float]:
     """Fit the two-tower retriever (DSSM) on the requests ``req`` (the training period; module docstring).
 
     Per request: its ``S`` impressions (target 1) and ``config.negatives`` items drawn uniformly among the
@@ -365,7 +375,7 @@ def fit_retriever(
     arrays = _columns(log, req, rows, history_fields, items, mask, stage, (stage == _IMPRESSION).astype(np.float32))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        model = build_model("dssm", schema, emb_dim=config.emb_dim, hidden=config.hidden)
+        model = DSSM(schema, emb_dim=config.emb_dim, hidden=config.hidden)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         last = _fit(model, optimizer, arrays, schema, config, rng, _bce)
     return model.eval(), last
@@ -381,7 +391,7 @@ def fit_ranker(
     impression_label: float,
     rating_weight: float,
     seed: int,
-) -> tuple[nn.Module, float]:
+) -> tuple[DIN, float]:
     """Fit the ranking model (DIN) on the impression samples of ``req`` (the training period) by least squares.
 
     Target: the impressions' hard labels (:func:`hard_labels`). Only impressions are seen, as a ranking
@@ -398,7 +408,7 @@ def fit_ranker(
     arrays = _columns(log, req, rows, history_fields, req.items, mask, stage, label)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed) + 1)
-        model = build_model("din", schema, emb_dim=config.emb_dim, hidden=config.hidden)
+        model = DIN(schema, emb_dim=config.emb_dim, hidden=config.hidden)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         last = _fit(model, optimizer, arrays, schema, config, rng, _squared_error)
     return model.eval(), last
@@ -638,7 +648,7 @@ def _block_arrays(
     rows: np.ndarray,
     rated: sp.csr_matrix,
     schema: DatasetSchema,
-    models: tuple[nn.Module, nn.Module, dict[str, torch.Tensor]],
+    models: tuple[DSSM, DIN, dict[str, torch.Tensor]],
     config: RankTowerSamplingConfig,
     slot_stage: np.ndarray,
     rng: np.random.Generator,

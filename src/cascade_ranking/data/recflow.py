@@ -95,20 +95,41 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 
 from .loader import shuffle_candidates
-from .schema import SCHEMA_FILE, CategoricalField, DatasetSchema, HistoryField, Partition, TrainDefaults
+from .schema import (
+    SCHEMA_FILE,
+    CategoricalField,
+    DatasetSchema,
+    HistoryField,
+    Partition,
+    PartitionRole,
+    TrainDefaults,
+    roles_in_time_order,
+)
 from .store import write_partition, write_schema
 
 __all__ = [
+    "DATASET_VERSION",
     "FLOWS",
     "FLOW_COLUMNS",
     "FUNNELS",
     "GROUP_SIZE",
+    "HISTORY_FIELDS",
     "ID_CNT_KEYS",
+    "ITEM_COLUMNS",
+    "ITEM_ID_FIELDS",
+    "MISSING_RANK_INDEX",
+    "RANK_INDEX_BASE",
+    "REQUEST_COLUMNS",
     "SEQ_COLUMNS",
+    "TIME_VOCAB",
+    "USER_FIELDS",
     "FunnelSpec",
     "RecFlowDay",
     "RecFlowFormatError",
+    "assign_roles",
     "convert_recflow",
+    "day_partition",
+    "funnel_spec",
     "list_days",
     "parse_days",
     "read_id_cnt",
@@ -116,6 +137,8 @@ __all__ = [
     "to_store_arrays",
     "utc_time_fields",
 ]
+# Other names without an underscore (DayFiles, staged_output, day_progress, ...) are shared with
+# ``synthetic.py`` and the benchmarks: package plumbing, not public API.
 
 logger = logging.getLogger(__name__)
 
@@ -347,17 +370,17 @@ def recflow_schema(
     )
 
 
-def assign_roles(days: Sequence[str], test_days: int, valid_days: int) -> list[str]:
+def assign_roles(days: Sequence[str], test_days: int, valid_days: int) -> list[PartitionRole]:
     """Roles of ``days`` in time order: the last ``test_days`` test, ``valid_days`` before valid, rest train."""
     if test_days < 0 or valid_days < 0:
         raise ValueError(f"test_days={test_days}, valid_days={valid_days}: must be >= 0")
     if test_days + valid_days > len(days):
         raise ValueError(f"test_days={test_days} + valid_days={valid_days} exceed the {len(days)} day(s) to convert")
     n_train = len(days) - test_days - valid_days
-    return ["train"] * n_train + ["valid"] * valid_days + ["test"] * test_days
+    return roles_in_time_order(n_train, valid_days, test_days)
 
 
-def day_partition(day: str, role: str, num_requests: int) -> Partition:
+def day_partition(day: str, role: PartitionRole, num_requests: int) -> Partition:
     """A :class:`Partition` named after ``day`` (start/end filled when the name is an ISO date)."""
     iso = bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", day))
     return Partition(name=day, role=role, num_requests=num_requests, start=day if iso else "", end=day if iso else "")
@@ -602,6 +625,12 @@ def _read_requests(path: Path, spec: FunnelSpec) -> _FeatherDay:
         raise RecFlowFormatError(
             f"{path}: column {spec.top_flag!r} or {spec.top_index!r} is not numeric: {exc}"
         ) from exc
+    infinite = np.flatnonzero(np.isinf(index))
+    if len(infinite):  # NaN means "no rank row" (the release default, warned later); inf is corrupt data
+        raise RecFlowFormatError(
+            f"{path}: column {spec.top_index!r} holds {len(infinite)} infinite value(s) (first at row "
+            f"{int(infinite[0])}); expected finite rank indices (or null/NaN for none)"
+        )
     video = _int_column(table, "video_id", path, null=-1)
     return _FeatherDay(
         request_id=request_id,

@@ -28,8 +28,32 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SCHEMA_FILE = "schema.json"
 SCHEMA_VERSION = 1
 
+__all__ = [
+    "SCHEMA_FILE",
+    "SCHEMA_VERSION",
+    "CategoricalField",
+    "DatasetSchema",
+    "HistoryField",
+    "Partition",
+    "PartitionRole",
+    "RequestBatch",
+    "Role",
+    "SchemaError",
+    "TrainDefaults",
+    "roles_in_time_order",
+    "validate_keep",
+]
+
 Role = Literal["user", "context", "item"]
 PartitionRole = Literal["train", "valid", "test"]
+
+
+def roles_in_time_order(num_train: int, num_valid: int, num_test: int) -> list[PartitionRole]:
+    """Partition roles in time order: ``num_train`` ``"train"``, then ``num_valid`` ``"valid"``, then ``"test"``."""
+    train: PartitionRole = "train"
+    valid: PartitionRole = "valid"
+    test: PartitionRole = "test"
+    return [train] * num_train + [valid] * num_valid + [test] * num_test
 
 
 class SchemaError(ValueError):

@@ -69,7 +69,7 @@ from .recflow import (
 from .schema import SCHEMA_FILE, DatasetSchema, Partition
 from .store import write_partition, write_schema, write_text_atomic
 
-__all__ = ["SimulatedDay", "SimulatorConfig", "World", "build_world", "simulate", "simulate_days"]
+__all__ = ["SimulatedDay", "SimulatorConfig", "World", "build_world", "simulate", "simulate_days", "small_config"]
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,8 @@ import importlib
 import inspect
 from collections.abc import Sequence
 
+from torch import nn
+
 from .base import CascadeLoss, LossOutput
 
 __all__ = ["build", "available", "CascadeLoss", "LossOutput", "REGISTRY", "CASCADE_METHODS"]
@@ -50,7 +52,7 @@ def available() -> list[str]:
     return out
 
 
-def build(name: str, *, keep: Sequence[int], gt_num: int = 10, **hyper) -> CascadeLoss:
+def build(name: str, *, keep: Sequence[int], gt_num: int = 10, **hyper) -> nn.Module:
     """Build the loss module of method ``name`` for a cascade with ``len(keep)`` stages.
 
     Args:
@@ -58,6 +60,11 @@ def build(name: str, *, keep: Sequence[int], gt_num: int = 10, **hyper) -> Casca
         keep: number of candidates each stage keeps, retrieval first (e.g. ``[30, 20]``).
         gt_num: number of ground-truth candidates (top ``gt_num`` by label).
         **hyper: method hyper-parameters (each method documents its own and their defaults).
+
+    Returns:
+        the loss, an ``nn.Module`` following :class:`CascadeLoss`: ``loss_fn(logits, label=, mask=, stage=)``
+        with one ``[B, N]`` logits tensor per stage returns a :class:`LossOutput`; its parameters (learnable
+        loss weights, if any) train with the models.
 
     Raises:
         ValueError: unknown method (the message lists the known ones) or invalid ``keep``/``gt_num``.

@@ -27,12 +27,12 @@ __all__ = [
 
 
 def promoted_dtype(logits: Sequence[torch.Tensor]) -> torch.dtype:
-    """The common floating dtype of the stage logits (float64 wins over float32)."""
+    """The common floating dtype of the stage logits (``[B, N]`` each; float64 wins over float32)."""
     return functools.reduce(torch.promote_types, [x.dtype for x in logits])
 
 
 def zero_masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``x`` with padded slots replaced by 0: they never enter arithmetic and get exactly zero gradient."""
+    """``x [..., N]`` with padded slots (``mask [..., N]`` False) replaced by 0: exactly zero gradient there."""
     return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
@@ -136,6 +136,8 @@ class StageLoss(torch.nn.Module):
         mask: torch.Tensor,
         stage: torch.Tensor,
     ) -> LossOutput:
+        """The loss of one batch: ``logits`` one ``[B, N]`` float tensor per stage, ``label [B, N]`` float,
+        ``mask [B, N]`` bool, ``stage [B, N]`` integer (see :mod:`cascade_ranking.losses.base`)."""
         check_inputs(self.method, logits, label, mask, stage, self.num_stages)
         if stage.is_floating_point() or stage.dtype == torch.bool:
             raise TypeError(f"{self.method}: stage must be an integer tensor (funnel positions), got {stage.dtype}")

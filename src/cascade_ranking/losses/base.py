@@ -25,6 +25,17 @@ import torch
 
 from ..sorting import neural_sort
 
+__all__ = [
+    "EPS",
+    "LABEL_TAU",
+    "CascadeLoss",
+    "LossOutput",
+    "check_inputs",
+    "detached_parts",
+    "label_permutation",
+    "request_mean",
+]
+
 #: NeuralSort temperature of the label permutation matrix (as released with LCRON).
 LABEL_TAU = 1e-4
 #: epsilon inside logarithms (as released with LCRON).
@@ -33,7 +44,12 @@ EPS = 1e-6
 
 @dataclass
 class LossOutput:
-    """A loss value and its named components (``parts`` are detached scalars, for logging only)."""
+    """A loss value and its named components.
+
+    Attributes:
+        loss: scalar tensor to minimise (0-dim, differentiable).
+        parts: name -> detached 0-dim tensor (e.g. ``L_e2e``, ``L_single/retrieval``), for logging only.
+    """
 
     loss: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -41,7 +57,16 @@ class LossOutput:
 
 @runtime_checkable
 class CascadeLoss(Protocol):
-    """What ``losses.build`` returns: an ``nn.Module`` (it may own learnable loss weights)."""
+    """What ``losses.build`` returns: an ``nn.Module`` (it may own learnable loss weights).
+
+    Called as ``loss_fn(logits, label=label, mask=mask, stage=stage)`` with ``logits`` one ``[B, N]`` float
+    tensor per stage (retrieval first), ``label [B, N]`` float, ``mask [B, N]`` bool and ``stage [B, N]``
+    int64 (see the module docstring); returns a :class:`LossOutput`.
+
+    Attributes:
+        keep: candidates each stage keeps, retrieval first.
+        gt_num: number of ground-truth candidates (top ``gt_num`` by label).
+    """
 
     keep: tuple[int, ...]
     gt_num: int
@@ -64,7 +89,16 @@ def check_inputs(
     stage: torch.Tensor,
     num_stages: int,
 ) -> None:
-    """Validate the calling convention; raise ``ValueError``/``TypeError`` naming the method and argument."""
+    """Validate the calling convention; raise ``ValueError``/``TypeError`` naming the method and argument.
+
+    Args:
+        name: the method, named in errors.
+        logits: ``num_stages`` float tensors ``[B, N]``.
+        label: ``[B, N]`` float, finite at valid candidates.
+        mask: ``[B, N]`` bool.
+        stage: ``[B, N]`` integer funnel positions.
+        num_stages: the number of stages the loss was built for.
+    """
     if isinstance(logits, torch.Tensor) or not isinstance(logits, Sequence):
         raise TypeError(f"{name}: logits must be a list of [B, N] tensors (one per stage, retrieval first)")
     if len(logits) != num_stages:
@@ -106,4 +140,9 @@ def request_mean(values: torch.Tensor, include: torch.Tensor) -> torch.Tensor:
 
 
 def detached_parts(**parts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The ``parts`` of a :class:`LossOutput`, detached from the graph.
+
+    Args:
+        **parts: name -> 0-dim tensor (a loss component or a learnable weight).
+    """
     return {k: v.detach() for k, v in parts.items()}

@@ -99,7 +99,12 @@ def lcron_terms(
 
     Returns:
         Scalar tensors in the promoted dtype of ``logits``; each is 0 for a batch with no valid candidate.
+
+    Raises:
+        ValueError: ``logits`` is empty.
     """
+    if len(logits) == 0:
+        raise ValueError("logits must hold one [B, N] tensor per stage, got none")
     dtype = functools.reduce(torch.promote_types, [x.dtype for x in logits])
     n_valid = mask.sum(-1)  # [B]
     has_valid = n_valid > 0
@@ -111,8 +116,8 @@ def lcron_terms(
         y = (y > label_threshold).to(dtype)
     y_pos, y_neg = split_column_sums(y, gt_num)  # [B, N] each; zero at padded columns
 
-    joint_in = None  # prod_i a_i
-    joint_out = None  # prod_i (1 - b_i)
+    joint_in: torch.Tensor | None = None  # prod_i a_i
+    joint_out: torch.Tensor | None = None  # prod_i (1 - b_i)
     singles = []
     for x, q_i in zip(logits, q, strict=True):
         p = neural_sort(x.to(dtype), tau=tau, mask=mask)
@@ -123,6 +128,7 @@ def lcron_terms(
         per_req = (per_cand * m).sum(-1) * inv_n * (n_valid > q_i).to(dtype)
         singles.append(request_mean(per_req, has_valid))
 
+    assert joint_in is not None and joint_out is not None  # logits is not empty
     neg_target = (1.0 - y_pos).clamp(0.0, 1.0)
     per_cand = -y_pos * torch.log(joint_in + eps) - neg_target * torch.log((1.0 - joint_out).clamp_min(0.0) + eps)
     l_e2e = request_mean((per_cand * m).sum(-1) * inv_n, has_valid)

@@ -22,6 +22,9 @@ to floating-point rounding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +39,7 @@ _CPU_CHUNK_ELEMENTS = 1 << 20
 _GPU_CHUNK_ELEMENTS = 1 << 27
 
 
+_FUSED_ADD_RELU: Callable[..., torch.Tensor] | None
 try:  # a fused CPU kernel (private but long-standing); the two-op path gives the same values
     _FUSED_ADD_RELU = torch.ops.aten._add_relu.out
 except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
@@ -138,6 +142,8 @@ class DIN(nn.Module):
         ValueError: ``hidden < 4``, non-positive ``attention_hidden`` or ``emb_dim``.
     """
 
+    _key_columns: torch.Tensor  # buffer: the candidate-embedding columns matching the history fields
+
     def __init__(
         self, schema: DatasetSchema, *, emb_dim: int = 8, hidden: int = 128, attention_hidden: int = 80
     ) -> None:
@@ -170,17 +176,20 @@ class DIN(nn.Module):
         if self.attention is None:
             raise ValueError("this DIN was built for a schema without history fields; it has no attention")
         enc = self.encoder.encode(batch)
-        return self._weights(enc.history, enc.items, batch.history_mask)
+        return self._weights(enc.require_history(), enc.require_items(), batch.history_mask)
 
     def interest(self, batch: RequestBatch) -> torch.Tensor:
         """Attention-pooled history per candidate: ``[B, N, H * E]`` (zeros for an empty history)."""
         enc = self.encoder.encode(batch, history=self.attention is not None)
-        return self._interest(enc.history, enc.items, batch.history_mask)
+        return self._interest(enc.history, enc.require_items(), batch.history_mask)
 
     def _weights(self, h: torch.Tensor, c: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
         key = c[..., self._key_slice] if self._key_slice is not None else c.index_select(-1, self._key_columns)
         d = h.shape[-1]
-        first, second = self.attention[0], self.attention[2]
+        attention = self.attention
+        assert attention is not None  # callers check
+        # feed_forward([2D, A, 1]) is Linear, ReLU, Linear
+        first, second = cast(nn.Linear, attention[0]), cast(nn.Linear, attention[2])
         hh = F.linear(h, first.weight[:, :d])  # [B, L, A]: once per history slot
         cc = F.linear(key, first.weight[:, d:], first.bias)  # [B, N, A]: once per candidate
         logits = pairwise_relu_projection(hh, cc, second.weight[0]) + second.bias  # [B, N, L]
@@ -201,6 +210,6 @@ class DIN(nn.Module):
         user/context part N times).
         """
         enc = self.encoder.encode(batch, history=self.attention is not None)
-        c = enc.items  # [B, N, I*E]
+        c = enc.require_items()  # [B, N, I*E]
         x = torch.cat([self._interest(enc.history, c, batch.history_mask), c], dim=-1)  # [B, N, D + I*E]
         return mlp_forward(self.mlp, x, request=enc.user_context).squeeze(-1)

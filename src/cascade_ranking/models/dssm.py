@@ -40,13 +40,14 @@ class DSSM(nn.Module):
         self.encoder = FeatureEncoder(schema, emb_dim)
         enc = self.encoder
         sizes = [hidden, hidden // 2, hidden // 4]
+        self._embedding_dim = sizes[-1]
         self.user_tower = feed_forward([enc.user_context_dim + enc.history_dim, *sizes])
         self.item_tower = feed_forward([enc.item_dim, *sizes])
 
     @property
     def embedding_dim(self) -> int:
         """Width ``D`` of the tower outputs (``hidden // 4``)."""
-        return int(self.item_tower[-1].out_features)
+        return self._embedding_dim
 
     def user_embedding(self, batch: RequestBatch) -> torch.Tensor:
         """User-tower output ``[B, D]`` (user + context fields + masked-mean history)."""
@@ -65,5 +66,5 @@ class DSSM(nn.Module):
         """Logits ``[B, N]``: ``<user_embedding[b], item_embedding[b, n]>`` (padded slots hold a score too)."""
         enc = self.encoder.encode(batch)  # one lookup per table for the user and the item tower
         u = self.user_tower(torch.cat([enc.user_context, self.encoder.pooled_history(batch, enc.history)], dim=-1))
-        v = mlp_forward(self.item_tower, enc.items)
+        v = mlp_forward(self.item_tower, enc.require_items())
         return torch.bmm(v, u.unsqueeze(-1)).squeeze(-1)

@@ -97,6 +97,18 @@ class Encoded:
     history: torch.Tensor | None
     items: torch.Tensor | None
 
+    def require_history(self) -> torch.Tensor:
+        """``history`` ``[B, L, H * E]``; raises ValueError if the batch was encoded with ``history=False``."""
+        if self.history is None:
+            raise ValueError("the history was not encoded (FeatureEncoder.encode(..., history=False))")
+        return self.history
+
+    def require_items(self) -> torch.Tensor:
+        """``items`` ``[B, N, I * E]``; raises ValueError if the batch was encoded with ``items=False``."""
+        if self.items is None:
+            raise ValueError("the candidates were not encoded (FeatureEncoder.encode(..., items=False))")
+        return self.items
+
 
 class FeatureEncoder(nn.Module):
     """Embedding tables for every categorical field of a :class:`DatasetSchema`.
@@ -131,6 +143,16 @@ class FeatureEncoder(nn.Module):
         self.user_context_dim = (len(self.user_fields) + len(self.context_fields)) * self.emb_dim
         self.history_dim = len(self.history_fields) * self.emb_dim
         self.item_dim = len(self.item_fields) * self.emb_dim
+
+    def table(self, name: str) -> nn.Embedding:
+        """The embedding table ``[V, E]`` of field ``name`` (history fields use their item field's table).
+
+        Raises:
+            KeyError: ``name`` is not a field of the schema.
+        """
+        table = self.tables[name]
+        assert isinstance(table, nn.Embedding)  # built so in __init__
+        return table
 
     # -- ids (validated) ---------------------------------------------------------------------------
     @staticmethod
@@ -190,10 +212,10 @@ class FeatureEncoder(nn.Module):
                 by_table.setdefault(table, []).append((g, i))
         out: list[list[torch.Tensor | None]] = [[None] * len(group) for group in groups]
         for table, places in by_table.items():
-            rows = embedding_lookup(self.tables[table], [groups[g][i][1] for g, i in places])
+            rows = embedding_lookup(self.table(table), [groups[g][i][1] for g, i in places])
             for (g, i), r in zip(places, rows):
                 out[g][i] = r
-        return out
+        return [[r for r in group if r is not None] for group in out]  # every place was filled
 
     def _join(self, parts: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
         return torch.cat(parts, dim=-1) if parts else self._empty((*shape, 0))
@@ -286,7 +308,7 @@ class FeatureEncoder(nn.Module):
             raise ValueError(f"batch.item fields are {tuple(out.shape[:2])}, batch.mask is {tuple(batch.mask.shape)}")
 
     def _empty(self, shape: tuple[int, ...]) -> torch.Tensor:
-        w = next(iter(self.tables.values())).weight
+        w = self.table(next(iter(self.tables))).weight
         return w.new_zeros(shape)
 
 

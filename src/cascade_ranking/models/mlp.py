@@ -47,4 +47,4 @@ class MLP(nn.Module):
         """
         enc = self.encoder.encode(batch)
         req = torch.cat([enc.user_context, self.encoder.pooled_history(batch, enc.history)], dim=-1)
-        return mlp_forward(self.mlp, enc.items, request=req).squeeze(-1)
+        return mlp_forward(self.mlp, enc.require_items(), request=req).squeeze(-1)
