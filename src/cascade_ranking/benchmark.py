@@ -1,8 +1,10 @@
-"""Many methods x seeds on one cascade -> a table (Markdown / CSV / JSON) and a bar chart of joint recall.
+"""Many methods x seeds on one cascade -> a table (Markdown / CSV / JSON), a bar chart of joint recall and an
+HTML report comparing the runs (:mod:`cascade_ranking.report`).
 
 Each (method, seed) run is an ordinary ``train`` run folder under ``OUT/runs/``; a run whose
 ``metrics.json`` exists is reused, so an interrupted benchmark resumes where it stopped. Two reference rows
-are scored without training: random scores and item popularity (counted on the training partitions).
+are scored without training: random scores and item popularity (counted on the training partitions). With
+``base.tensorboard`` set, each run logs to TensorBoard in ``<tensorboard>/<method>-seed<seed>``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,17 @@ from .config import TrainConfig, stage_names
 from .data.store import open_dataset, write_text_atomic
 from .evaluate import PopularityScorer, RandomScorer, evaluate
 from .train import METRICS_FILE, train
+
+__all__ = [
+    "REFERENCE_ROWS",
+    "markdown_table",
+    "metric_columns",
+    "plot_joint_recall",
+    "run_benchmark",
+    "run_log_dir",
+    "summarize",
+    "write_results",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +60,11 @@ def run_benchmark(
     Args:
         methods: registered method names.
         data: dataset directory.
-        out_dir: output folder (``runs/``, ``results.json``, ``results.csv``, ``results.md``, ``joint_recall.png``).
+        out_dir: output folder (``runs/``, ``results.json``, ``results.csv``, ``results.md``, ``joint_recall.png``,
+            ``report.html``).
         repeats: seeds per method.
-        base: configuration shared by every run (its ``method`` and ``seed`` are replaced).
+        base: configuration shared by every run (its ``method`` and ``seed`` are replaced; its ``tensorboard``
+            directory, when set, gets one sub-directory per run).
         on_run: called after each run with ``(method, seed, metrics)``.
 
     Returns:
@@ -63,7 +78,10 @@ def run_benchmark(
     runs = []
     for method in methods:
         for seed in range(repeats):
-            config = base.model_copy(update={"method": method, "seed": seed})
+            update: dict = {"method": method, "seed": seed}
+            if base.tensorboard is not None:
+                update["tensorboard"] = run_log_dir(base.tensorboard, f"{method}-seed{seed}")
+            config = base.model_copy(update=update)
             TrainConfig.model_validate(config.model_dump())  # re-validates the method name
             metrics = _run_one(config, data, out_dir / "runs" / f"{method}-seed{seed}")
             row = {"row": method, "seed": seed, **metrics["test"], "train_seconds": metrics["train_seconds"]}
@@ -73,17 +91,13 @@ def run_benchmark(
     keep = base.keep or schema.keep
     gt_num = base.gt_num or schema.gt_num
     test = schema.partitions_with_role("test")
-    kw = dict(stage_names=stage_names(k), keep=keep, gt_num=gt_num)
     pop = PopularityScorer.fit(data, schema, k)
     for seed in range(repeats):
-        runs.append(
-            {
-                "row": "random",
-                "seed": seed,
-                **evaluate(RandomScorer(k, seed), data, schema, test, seed=seed, **kw),
-            }
-        )
-        runs.append({"row": "popularity", "seed": seed, **evaluate(pop, data, schema, test, seed=seed, **kw)})
+        for name, scorer in (("random", RandomScorer(k, seed)), ("popularity", pop)):
+            values = evaluate(
+                scorer, data, schema, test, stage_names=stage_names(k), keep=keep, gt_num=gt_num, seed=seed
+            )
+            runs.append({"row": name, "seed": seed, **values})
     summary = summarize(runs)
     results = {
         "dataset": schema.name,
@@ -97,6 +111,11 @@ def run_benchmark(
     }
     write_results(out_dir, results)
     return results
+
+
+def run_log_dir(root: Path, run_name: str) -> Path:
+    """A benchmark run's TensorBoard directory: ``root/run_name`` (``tensorboard --logdir root`` compares them)."""
+    return Path(root) / run_name
 
 
 def summarize(runs: list[dict]) -> dict[str, dict[str, dict]]:
@@ -118,6 +137,7 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, dict]]:
 
 
 def metric_columns(summary: dict) -> list[str]:
+    """Every metric of the summary's rows, in first-seen order: ``joint_recall`` first, ``train_seconds`` last."""
     keys: list[str] = []
     for metrics in summary.values():
         keys += [k for k in metrics if k not in keys]
@@ -127,6 +147,7 @@ def metric_columns(summary: dict) -> list[str]:
 
 
 def markdown_table(summary: dict) -> str:
+    """The summary as a Markdown table: one row per method, ``mean ± std`` per metric."""
     cols = metric_columns(summary)
     lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for row, metrics in summary.items():
@@ -144,7 +165,12 @@ def markdown_table(summary: dict) -> str:
 
 
 def write_results(out_dir: Path, results: dict) -> None:
-    """Write results.json, results.csv, results.md and joint_recall.png atomically."""
+    """Write results.json, results.csv, results.md, joint_recall.png and report.html atomically.
+
+    ``report.html`` (:func:`cascade_ranking.report.write_report`) also reads the run folders under
+    ``out_dir/runs`` for loss curves and configurations; a run folder it cannot read is logged as a warning and
+    leaves the other files in place.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = results["summary"]
     write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
@@ -159,9 +185,16 @@ def write_results(out_dir: Path, results: dict) -> None:
     title = f"{results['dataset']}: {stages}-stage cascade, keep {keep}, {seeds} seeds"
     write_text_atomic(out_dir / "results.md", f"# {title}\n\n" + markdown_table(summary))
     plot_joint_recall(out_dir / "joint_recall.png", summary, title)
+    from .report import ReportInputError, write_report
+
+    try:
+        write_report([out_dir], out_dir / "report.html", title=title)
+    except ReportInputError as exc:
+        log.warning("report.html not written: %s", exc)
 
 
 def plot_joint_recall(path: Path, summary: dict, title: str) -> None:
+    """A bar chart of joint recall (mean ± std; reference rows in grey) written atomically as PNG to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,4 +1,4 @@
-"""The ``cascade-ranking`` command: prepare data, train, evaluate, compare with reference scorers."""
+"""The ``cascade-ranking`` command: prepare data, train, evaluate, benchmark, compare runs in a report."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from rich.table import Table
 
 from .data.schema import SchemaError
 from .data.store import StoreError
+
+__all__ = ["USER_ERRORS", "app", "default_dataset_dir", "main", "metrics_table", "resolve_data"]
 
 app = typer.Typer(
     help="Train multi-stage cascade ranking systems (retrieval -> pre-ranking -> ranking) as one network.",
@@ -51,9 +53,10 @@ def _fail(message: str) -> typer.Exit:
 
 def _user_errors():
     from .data.movielens import DatasetUnavailableError
+    from .tracking import TrackingError
     from .train import TrainingError
 
-    return USER_ERRORS + (DatasetUnavailableError, TrainingError)
+    return USER_ERRORS + (DatasetUnavailableError, TrainingError, TrackingError)
 
 
 @app.callback()
@@ -80,6 +83,7 @@ def _progress() -> Progress:
 
 
 def default_dataset_dir(stages: int) -> Path:
+    """Where the prepared MovieLens-100K cascade dataset of ``stages`` stages lives in the user cache."""
     from .data.cache import cache_dir
     from .data.movielens import dataset_name
 
@@ -154,6 +158,15 @@ def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="TOML or YAML file with any of these options (the command line wins).")
 ]
+TensorBoardOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--tensorboard",
+        metavar="DIR",
+        help="Log losses, learnable loss weights, learning rate, requests/s and metrics to TensorBoard in DIR "
+        "(needs: pip install tensorboard).",
+    ),
+]
 
 
 @app.command()
@@ -193,6 +206,7 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue an interrupted run from its folder (its saved config is used).")
     ] = None,
+    tensorboard: TensorBoardOpt = None,
 ) -> None:
     """Train a cascade end to end on the training partitions and evaluate it on validation and test."""
     from .config import TrainConfig, config_from
@@ -203,13 +217,15 @@ def train(
     try:
         if resume is not None:
             config = load_config(resume)
+            if config.data is None:
+                raise ValueError(f"{resume}/config.json: no dataset path saved; cannot resume")
             data_dir, run_dir = Path(config.data), resume
         else:
             overrides = dict(
                 method=method, data=data, stages=stages, models=models.split(",") if models else None,
                 keep=_csv_ints(keep, "--keep"), batch_size=batch_size, passes=passes, lr=lr, seed=seed,
                 device=device, loss=_parse_loss_params(loss_param) if loss_param else None, threads=threads,
-                checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
+                checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite, tensorboard=tensorboard,
             )  # fmt: skip
             config = config_from(TrainConfig, config_file, overrides)
             data_dir = resolve_data(config.data, config.stages, seed=config.seed)
@@ -250,6 +266,8 @@ def train(
         f"trained {m['steps']} steps in {m['train_seconds']:.1f}s "
         f"({m['train_requests_per_second']:.0f} requests/s){skipped}; run folder: {result.run_dir}"
     )
+    if result.config.tensorboard is not None:
+        console.print(f"TensorBoard logs: tensorboard --logdir {result.config.tensorboard}", soft_wrap=True)
 
 
 @app.command()
@@ -326,8 +344,18 @@ def benchmark(
     ablations: Annotated[
         bool | None, typer.Option("--ablations", help="With --task prerank: also RankTower's Tables 2-4.")
     ] = None,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            "--tensorboard",
+            metavar="DIR",
+            help="TensorBoard logs, one sub-directory DIR/<method>-seed<seed> per run "
+            "(needs: pip install tensorboard).",
+        ),
+    ] = None,
 ) -> None:
-    """Train and evaluate every method x seed; print mean ± std; write results.{json,csv,md} and a PNG chart.
+    """Train and evaluate every method x seed; print mean ± std; write results.{json,csv,md}, a PNG chart and
+    report.html (tables, charts, loss curves, provenance).
 
     Finished (method, seed) runs in the output folder are reused, so an interrupted benchmark resumes.
     """
@@ -339,9 +367,14 @@ def benchmark(
         overrides = dict(
             methods=methods.split(",") if methods else None, stages=stages, repeats=repeats, data=data, out=out,
             batch_size=batch_size, passes=passes, device=device, threads=threads, task=task, ablations=ablations,
+            tensorboard=tensorboard,
         )  # fmt: skip
         bench = config_from(BenchmarkConfig, config_file, overrides)
         if bench.task == "prerank":
+            if bench.tensorboard is not None:
+                raise ValueError(
+                    "tensorboard: not supported with task prerank yet; train single rows with --tensorboard"
+                )
             _prerank_benchmark(bench)
             return
         names = bench.methods or list(losses.CASCADE_METHODS)
@@ -354,11 +387,11 @@ def benchmark(
         )
         base = bench.train_config(data=data_dir)
         with _progress() as progress:
-            task = progress.add_task("benchmark", total=len(names) * bench.repeats, info="")
+            bar = progress.add_task("benchmark", total=len(names) * bench.repeats, info="")
 
             def on_run(method: str, seed: int, metrics: dict) -> None:
                 progress.update(
-                    task,
+                    bar,
                     advance=1,
                     info=f"{method} seed {seed}: joint recall {metrics['test']['joint_recall']:.4f}",
                 )
@@ -369,7 +402,12 @@ def benchmark(
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     console.print(markdown_table(results["summary"]), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png")
+    console.print(
+        f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png, report: {out_dir}/report.html",
+        soft_wrap=True,
+    )
+    if bench.tensorboard is not None:
+        console.print(f"TensorBoard logs: tensorboard --logdir {bench.tensorboard}", soft_wrap=True)
 
 
 def _prerank_benchmark(bench) -> None:
@@ -399,7 +437,34 @@ def _prerank_benchmark(bench) -> None:
         run_prerank_benchmark(data=data_dir, out_dir=out_dir, repeats=bench.repeats, models=bench.methods,
                               ablations=bench.ablations, base=base, on_run=on_run)  # fmt: skip
     console.print((out_dir / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png")
+    console.print(
+        f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png, report: {out_dir}/report.html",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def report(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="INPUT...",
+            help="Run folders (written by `train`) and/or benchmark results (a folder with results.json, or the file).",
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Output file: .html (tables, charts, provenance) or .png (the charts).")
+    ] = Path("report.html"),
+    title: Annotated[str | None, typer.Option(help="Title of the HTML report.")] = None,
+) -> None:
+    """Compare runs in one self-contained file: metrics table, joint-recall chart, loss curves, config differences."""
+    from .report import write_report
+
+    try:
+        path = write_report(inputs, out, title=title)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"report: {path}", soft_wrap=True)
 
 
 config_app = typer.Typer(help="Show the configuration options and their defaults.", no_args_is_help=True)
@@ -503,6 +568,7 @@ def prepare_synthetic_cmd(
 
 
 def main() -> None:
+    """The ``cascade-ranking`` console entry point."""
     app()
 
 

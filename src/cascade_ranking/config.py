@@ -7,6 +7,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+__all__ = [
+    "DEFAULT_MODELS",
+    "STAGE_NAMES",
+    "BenchmarkConfig",
+    "TrainConfig",
+    "config_from",
+    "read_config_file",
+    "stage_names",
+]
+
 #: Stage names by position, retrieval first (a cascade of K stages uses the first K... see ``stage_names``).
 STAGE_NAMES = {1: ["retrieval"], 2: ["retrieval", "prerank"], 3: ["retrieval", "prerank", "rank"]}
 
@@ -43,6 +53,11 @@ class TrainConfig(BaseModel):
         threads: torch intra-op threads (``None`` = torch's default).
         checkpoint_every: also checkpoint every this many steps (always at partition boundaries).
         skip_nonfinite: skip (and count) a step whose loss or gradient is NaN/inf instead of stopping.
+        tensorboard: a TensorBoard log directory: per step the loss, its parts, the loss's learnable parameters,
+            the learning rate and requests/s, and the validation/test metrics after evaluation (needs the
+            ``tensorboard`` package; see :mod:`cascade_ranking.tracking`). ``None`` (default) = no logging. A
+            resumed run appends to the same directory. In a benchmark each (method, seed) run logs into
+            ``<tensorboard>/<method>-seed<seed>``, so ``tensorboard --logdir`` compares the runs.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -65,6 +80,7 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(default=None, gt=0)
     checkpoint_every: int | None = Field(default=None, gt=0)
     skip_nonfinite: bool = False
+    tensorboard: Path | None = None
 
     @field_validator("method")
     @classmethod

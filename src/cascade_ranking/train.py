@@ -6,7 +6,9 @@ partition (and report the validation partition too). RecFlow uses one pass at ba
 carry its own defaults (``schema.train_defaults``): MovieLens-100K has only ~7k training requests.
 
 A run folder holds ``config.json`` (the resolved config), ``metrics.json`` (seed, versions, timings, loss
-curve summary, validation and test metrics) and ``checkpoint.pt`` (model, loss and optimizer states).
+curve summary, validation and test metrics) and ``checkpoint.pt`` (model, loss and optimizer states). With
+``config.tensorboard`` set, the loss, its parts, the loss's learnable parameters, the learning rate and the
+throughput are also logged to TensorBoard every step (:mod:`cascade_ranking.tracking`).
 """
 
 from __future__ import annotations
@@ -33,12 +35,39 @@ from .data.schema import DatasetSchema, validate_keep
 from .data.store import atomic_path, open_dataset, write_text_atomic
 from .evaluate import evaluate
 from .models import build_model
+from .tracking import TensorBoardLogger, metric_scalars, step_scalars
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "CONFIG_FILE",
+    "LOSS_CURVE_EVERY",
+    "METRICS_FILE",
+    "LossCurve",
+    "Resolved",
+    "RunResult",
+    "StreamPosition",
+    "TrainingError",
+    "build_cascade",
+    "default_run_dir",
+    "evaluate_cascade",
+    "load_config",
+    "load_run",
+    "package_versions",
+    "resolve_config",
+    "resolve_device",
+    "save_checkpoint",
+    "train",
+    "with_prerank_model",
+]
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+
+#: ``metrics.json`` keeps the loss of every this-many-th optimizer step (``loss_curve_every_10_steps``).
+LOSS_CURVE_EVERY = 10
 
 
 class TrainingError(RuntimeError):
@@ -47,12 +76,19 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class RunResult:
+    """What :func:`train` returns: the run folder, the resolved config and the metrics (as in metrics.json)."""
+
     run_dir: Path
     config: TrainConfig
     metrics: dict
 
 
 def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` as a device.
+
+    Raises:
+        ValueError: not a device name, or CUDA requested where it is not available.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -85,6 +121,34 @@ def resolve_config(config: TrainConfig, schema: DatasetSchema, data: Path) -> Tr
     )
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """The fields of a :class:`TrainConfig` that :func:`resolve_config` fills from the dataset, typed as set."""
+
+    keep: list[int]
+    gt_num: int
+    models: list[str]
+    batch_size: int
+    passes: int
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> Resolved:
+        """Raises ``ValueError`` when ``config`` was not resolved (a field is still ``None``)."""
+        keep, gt_num, models, batch, passes = (
+            config.keep,
+            config.gt_num,
+            config.models,
+            config.batch_size,
+            config.passes,
+        )
+        if keep is None or gt_num is None or models is None or batch is None or passes is None:
+            raise ValueError(
+                "configuration not resolved against a dataset (keep, gt_num, models, batch_size or passes unset); "
+                "call resolve_config first"
+            )
+        return cls(keep=list(keep), gt_num=gt_num, models=list(models), batch_size=batch, passes=passes)
+
+
 def with_prerank_model(config: TrainConfig, schema: DatasetSchema, model: str) -> TrainConfig:
     """``config`` with the pre-ranking (second) stage's model replaced, e.g. RankTower in DIN's slot.
 
@@ -100,17 +164,20 @@ def with_prerank_model(config: TrainConfig, schema: DatasetSchema, model: str) -
 
 
 def build_cascade(config: TrainConfig, schema: DatasetSchema) -> Cascade:
-    """The cascade of ``config.models`` with ``config.keep``, built from the dataset's feature spec."""
-    names = stage_names(len(config.keep))
+    """The cascade of ``config.models`` with ``config.keep`` (a resolved config), built from the dataset's
+    feature spec."""
+    run = Resolved.of(config)
+    names = stage_names(len(run.keep))
     return Cascade(
         [
             Stage(name, build_model(model, schema, emb_dim=config.emb_dim, hidden=config.hidden), keep)
-            for name, model, keep in zip(names, config.models, config.keep)
+            for name, model, keep in zip(names, run.models, run.keep)
         ]
     )
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of this package, torch, numpy, pyarrow and Python, and the platform (saved in metrics.json)."""
     import pyarrow
 
     return {
@@ -140,6 +207,37 @@ class StreamPosition:
     step: int = 0
     requests: int = 0
     rng_state: dict | None = None
+
+
+@dataclass
+class LossCurve:
+    """A bounded training-loss record: the loss of every ``LOSS_CURVE_EVERY``-th optimizer step (steps skipped
+    as non-finite are not counted), how many were recorded in all, and the last one.
+
+    ``points`` equals ``full_curve[::LOSS_CURVE_EVERY]`` of the unbounded list of losses, so memory and checkpoint
+    size grow ten times slower than the number of steps.
+    """
+
+    points: list[float]
+    count: int = 0
+    last: float | None = None
+
+    def add(self, value: float) -> None:
+        if self.count % LOSS_CURVE_EVERY == 0:
+            self.points.append(value)
+        self.count += 1
+        self.last = value
+
+    def state(self) -> dict:
+        return {"points": self.points, "count": self.count, "last": self.last}
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> LossCurve:
+        """Read the checkpoint's record; a checkpoint of an earlier version stored every loss (``loss_curve``)."""
+        if "loss_record" in state:
+            return cls(**state["loss_record"])
+        full = state["loss_curve"]
+        return cls(points=full[::LOSS_CURVE_EVERY], count=len(full), last=full[-1] if full else None)
 
 
 def _distributed() -> tuple[int, int]:
@@ -214,16 +312,21 @@ def train(
         on_step: progress callback ``(step, total_steps, loss)``.
         on_eval: progress callback with the number of requests of each evaluated batch.
         resume: continue from ``run_dir/checkpoint.pt`` (written by an interrupted run of the same config).
+            TensorBoard logging (``config.tensorboard``) appends to the same log directory; events that the
+            interrupted run wrote after its checkpoint are purged (``purge_step``), so each step shows once.
 
     Raises:
         SchemaError / StoreError: the dataset is missing or malformed.
         ValueError: the configuration does not fit the dataset (keep sizes, models, unknown method).
         FileNotFoundError: ``resume`` without a checkpoint in ``run_dir``.
+        TrackingError: ``config.tensorboard`` is set but the ``tensorboard`` package is missing (raised before
+            anything is written).
         TrainingError: a non-finite loss or gradient (names the step, method and batch), unless
             ``config.skip_nonfinite``, which skips such steps and records them in the metrics.
     """
     schema = open_dataset(data)
     config = resolve_config(config, schema, Path(data))
+    run = Resolved.of(config)
     rank, world = _distributed()
     device = resolve_device(config.device)
     if device.type == "cuda" and world > 1:
@@ -237,7 +340,7 @@ def train(
     rng = np.random.default_rng(config.seed)
 
     cascade = build_cascade(config, schema).to(device)
-    loss_fn = losses.build(config.method, keep=config.keep, gt_num=config.gt_num, **config.loss).to(device)
+    loss_fn = losses.build(config.method, keep=run.keep, gt_num=run.gt_num, **config.loss).to(device)
     params = [p for p in list(cascade.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
     needs_soft_label = getattr(loss_fn, "needs_soft_label", False)
@@ -245,12 +348,12 @@ def train(
     train_parts = schema.partitions_with_role("train")
     if not train_parts:
         raise ValueError(f"{data}: the dataset has no partition with role 'train'")
-    steps_per_pass = sum(math.ceil(p.num_requests / config.batch_size) for p in train_parts)
-    total_steps = steps_per_pass * config.passes
+    steps_per_pass = sum(math.ceil(p.num_requests / run.batch_size) for p in train_parts)
+    total_steps = steps_per_pass * run.passes
 
     position = StreamPosition()
     nonfinite: list[dict] = []
-    loss_curve: list[float] = []
+    loss_curve = LossCurve(points=[])
     train_seconds = 0.0
     if resume:
         state = _load_checkpoint(run_dir)
@@ -259,7 +362,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         position = StreamPosition(**state["position"])
-        nonfinite, loss_curve, train_seconds = state["nonfinite"], state["loss_curve"], state["train_seconds"]
+        nonfinite, train_seconds = state["nonfinite"], state["train_seconds"]
+        loss_curve = LossCurve.from_checkpoint(state)
         log.info(
             "resuming %s at step %d (pass %d, partition %d, batch %d)",
             run_dir,
@@ -268,16 +372,19 @@ def train(
             position.partition,
             position.batch,
         )
-    elif rank == 0:
+    tracker = TensorBoardLogger(
+        config.tensorboard if rank == 0 else None, purge_step=position.step + 1 if resume else None
+    )
+    if not resume and rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / CONFIG_FILE, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
     log.info(
         "training %s on %s: %d stages %s, keep %s, %d steps, %d rank(s)",
         config.method,
         data,
-        len(config.keep),
-        config.models,
-        config.keep,
+        len(run.keep),
+        run.models,
+        run.keep,
         total_steps,
         world,
     )
@@ -294,97 +401,115 @@ def train(
                 loss_curve=loss_curve,
                 train_seconds=train_seconds + time.perf_counter() - t0,
             )
+            tracker.flush()
 
-    cascade.train()
-    t0 = time.perf_counter()
-    step, requests_seen = position.step, position.requests
-    out = None
-    for pass_ in range(position.pass_, config.passes):
-        for index, partition in enumerate(train_parts):
-            if (pass_, index) < (position.pass_, position.partition):
-                continue
-            resuming_here = (pass_, index) == (position.pass_, position.partition) and position.rng_state
-            if resuming_here:
-                rng.bit_generator.state = position.rng_state
-            start_state = rng.bit_generator.state
-            skip = position.batch if resuming_here else 0
-            batches = iterate_partition(data, schema, partition, batch_size=config.batch_size, shuffle=True, rng=rng)
-            for b, batch in enumerate(batches):
-                if b < skip:
+    def track_step(step: int, parts: dict[str, torch.Tensor], loss_value: float, problem: str | None) -> None:
+        """Log one step to TensorBoard (loss-module parameters as updated by the step)."""
+        if problem:
+            tracker.scalars(step, {"train/nonfinite_steps": float(len(nonfinite))})
+            return
+        rate = (requests_seen - start_requests) / max(time.perf_counter() - t0, 1e-9)
+        lr = optimizer.param_groups[0]["lr"]
+        scalars = step_scalars(loss=loss_value, parts=parts, loss_module=loss_fn, lr=lr, requests_per_second=rate)
+        tracker.scalars(step, scalars)
+
+    try:
+        cascade.train()
+        t0 = time.perf_counter()
+        step, requests_seen = position.step, position.requests
+        start_requests = requests_seen
+        out = None
+        for pass_ in range(position.pass_, run.passes):
+            for index, partition in enumerate(train_parts):
+                if (pass_, index) < (position.pass_, position.partition):
                     continue
-                batch = _local_rows(batch, rank, world).to(device)
-                extra = {"soft_label": batch.soft_label} if needs_soft_label else {}
-                out = loss_fn(cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage, **extra)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                mean_loss = _all_reduce_gradients(params, out.loss, world)
-                loss_value = float(mean_loss)
-                problem = _nonfinite(mean_loss, params)
-                step += 1
-                if problem:
-                    event = {
-                        "step": step,
-                        "method": config.method,
-                        "partition": partition.name,
-                        "batch": b,
-                        "what": problem,
-                        "request_ids": batch.request_id[:5].tolist(),
-                    }
-                    if not config.skip_nonfinite:
-                        raise TrainingError(
-                            f"{problem} at step {step} (method {config.method}, partition {partition.name}, "
-                            f"batch {b}, first requests {event['request_ids']}); "
-                            "rerun with skip_nonfinite to skip and count such steps"
-                        )
-                    log.warning("skipping step %d: %s", step, problem)
-                    nonfinite.append(event)
+                skip = 0
+                if (pass_, index) == (position.pass_, position.partition) and position.rng_state:
+                    rng.bit_generator.state = position.rng_state  # resuming inside this partition
+                    skip = position.batch
+                start_state = dict(rng.bit_generator.state)
+                batches = iterate_partition(data, schema, partition, batch_size=run.batch_size, shuffle=True, rng=rng)
+                for b, batch in enumerate(batches):
+                    if b < skip:
+                        continue
+                    batch = _local_rows(batch, rank, world).to(device)
+                    extra = {"soft_label": batch.soft_label} if needs_soft_label else {}
+                    out = loss_fn(cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage, **extra)
                     optimizer.zero_grad(set_to_none=True)
-                else:
-                    optimizer.step()
-                    loss_curve.append(loss_value)
-                requests_seen += batch.batch_size * world
-                if on_step is not None:
-                    on_step(step, total_steps, loss_value)
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    checkpoint(StreamPosition(pass_, index, b + 1, step, requests_seen, start_state))
-            nxt = (pass_, index + 1) if index + 1 < len(train_parts) else (pass_ + 1, 0)
-            position = StreamPosition(*nxt, 0, step, requests_seen, rng.bit_generator.state)
-            checkpoint(position)
-    train_seconds += time.perf_counter() - t0
+                    out.loss.backward()
+                    mean_loss = _all_reduce_gradients(params, out.loss, world)
+                    loss_value = float(mean_loss)
+                    problem = _nonfinite(mean_loss, params)
+                    step += 1
+                    if problem:
+                        event = {
+                            "step": step,
+                            "method": config.method,
+                            "partition": partition.name,
+                            "batch": b,
+                            "what": problem,
+                            "request_ids": batch.request_id[:5].tolist(),
+                        }
+                        if not config.skip_nonfinite:
+                            raise TrainingError(
+                                f"{problem} at step {step} (method {config.method}, partition {partition.name}, "
+                                f"batch {b}, first requests {event['request_ids']}); "
+                                "rerun with skip_nonfinite to skip and count such steps"
+                            )
+                        log.warning("skipping step %d: %s", step, problem)
+                        nonfinite.append(event)
+                        optimizer.zero_grad(set_to_none=True)
+                    else:
+                        optimizer.step()
+                        loss_curve.add(loss_value)
+                    requests_seen += batch.batch_size * world
+                    if tracker.enabled:
+                        track_step(step, out.parts, loss_value, problem)
+                    if on_step is not None:
+                        on_step(step, total_steps, loss_value)
+                    if config.checkpoint_every and step % config.checkpoint_every == 0:
+                        checkpoint(StreamPosition(pass_, index, b + 1, step, requests_seen, start_state))
+                nxt = (pass_, index + 1) if index + 1 < len(train_parts) else (pass_ + 1, 0)
+                position = StreamPosition(*nxt, 0, step, requests_seen, dict(rng.bit_generator.state))
+                checkpoint(position)
+        train_seconds += time.perf_counter() - t0
 
-    cascade.eval()
-    evaluation = {}
-    t1 = time.perf_counter()
-    for role in ("valid", "test"):
-        if schema.partitions_with_role(role):
-            evaluation[role] = evaluate_cascade(
-                cascade, config, data, schema, role, device=device, on_batch=on_eval, shard=(rank, world)
-            )
-    eval_seconds = time.perf_counter() - t1
+        cascade.eval()
+        evaluation = {}
+        t1 = time.perf_counter()
+        for role in ("valid", "test"):
+            if schema.partitions_with_role(role):
+                evaluation[role] = evaluate_cascade(
+                    cascade, config, data, schema, role, device=device, on_batch=on_eval, shard=(rank, world)
+                )
+        eval_seconds = time.perf_counter() - t1
+        tracker.scalars(step, metric_scalars(evaluation))
 
-    metrics = {
-        "method": config.method,
-        "seed": config.seed,
-        "dataset": schema.name,
-        "data": str(data),
-        "stages": [s.name for s in cascade.stages],
-        "steps": step,
-        "train_requests": requests_seen,
-        "train_seconds": train_seconds,
-        "train_requests_per_second": requests_seen / max(train_seconds, 1e-9),
-        "eval_seconds": eval_seconds,
-        "final_loss": loss_curve[-1] if loss_curve else None,
-        "final_loss_parts": {k: float(v) for k, v in out.parts.items()} if out is not None else {},
-        "loss_curve_every_10_steps": loss_curve[::10],
-        "nonfinite_steps": nonfinite,
-        "world_size": world,
-        "versions": package_versions(),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        **evaluation,
-    }
-    if rank == 0:
-        write_text_atomic(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+        metrics = {
+            "method": config.method,
+            "seed": config.seed,
+            "dataset": schema.name,
+            "data": str(data),
+            "stages": [s.name for s in cascade.stages],
+            "steps": step,
+            "train_requests": requests_seen,
+            "train_seconds": train_seconds,
+            "train_requests_per_second": requests_seen / max(train_seconds, 1e-9),
+            "eval_seconds": eval_seconds,
+            "final_loss": loss_curve.last,
+            "final_loss_parts": {k: float(v) for k, v in out.parts.items()} if out is not None else {},
+            "loss_curve_every_10_steps": loss_curve.points,
+            "nonfinite_steps": nonfinite,
+            "world_size": world,
+            "versions": package_versions(),
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            **evaluation,
+        }
+        if rank == 0:
+            write_text_atomic(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    finally:
+        tracker.close()
     return RunResult(run_dir=run_dir, config=config, metrics=metrics)
 
 
@@ -404,6 +529,7 @@ def evaluate_cascade(
     Raises:
         ValueError: the dataset has no partition with that role.
     """
+    run = Resolved.of(config)
     parts = schema.partitions_with_role(role)  # type: ignore[arg-type]
     if not parts:
         raise ValueError(f"{data}: no partition with role {role!r}")
@@ -411,7 +537,7 @@ def evaluate_cascade(
         raise ValueError(f"{data}: the {role} partitions {[p.name for p in parts]} hold no request to evaluate")
     return evaluate(
         cascade.to(device).eval(), data, schema, parts, stage_names=[s.name for s in cascade.stages],
-        keep=config.keep, gt_num=config.gt_num, batch_size=config.eval_batch_size, seed=config.seed,
+        keep=run.keep, gt_num=run.gt_num, batch_size=config.eval_batch_size, seed=config.seed,
         device=device, on_batch=on_batch, shard=shard,
     )  # fmt: skip
 
@@ -434,10 +560,13 @@ def save_checkpoint(
     position: StreamPosition,
     *,
     nonfinite: list[dict],
-    loss_curve: list[float],
+    loss_curve: LossCurve,
     train_seconds: float,
 ) -> None:
-    """Write ``run_dir/checkpoint.pt`` atomically (temp file + rename): a kill never leaves half a file."""
+    """Write ``run_dir/checkpoint.pt`` atomically (temp file + rename): a kill never leaves half a file.
+
+    The loss record is the bounded :class:`LossCurve` (every ``LOSS_CURVE_EVERY``-th loss), not every step's.
+    """
     state = {
         "cascade": cascade.state_dict(),
         "loss": loss_fn.state_dict(),
@@ -445,7 +574,7 @@ def save_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "position": asdict(position),
         "nonfinite": nonfinite,
-        "loss_curve": loss_curve,
+        "loss_record": loss_curve.state(),
         "train_seconds": train_seconds,
     }
     with atomic_path(run_dir / CHECKPOINT_FILE) as tmp:
@@ -472,7 +601,11 @@ def load_run(run_dir: Path, *, data: Path | None = None) -> tuple[TrainConfig, D
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name}: missing; is {run_dir} a run folder written by `train`?")
     config = load_config(run_dir)
-    data = Path(data) if data is not None else config.data
+    if data is None:
+        if config.data is None:
+            raise ValueError(f"{run_dir / CONFIG_FILE}: no dataset path saved; give the dataset folder")
+        data = config.data
+    data = Path(data)
     schema = open_dataset(data)
     cascade = build_cascade(config, schema)
     try:
