@@ -87,3 +87,42 @@ def test_config_show_prints_the_defaults_as_a_usable_file(tmp_path):
     assert config_from(TrainConfig, tmp_path / "c.yaml", {}) == TrainConfig()
     bench = runner.invoke(app, ["config", "show", "--benchmark"])
     assert "repeats: 3" in bench.stdout
+
+
+def test_set_overrides_any_option_between_the_file_and_the_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"method": "arf", "loss": {"tau": 100, "extra": 1}, "emb_dim": 4, "lr": 0.5}))
+    sets = ["emb_dim=16", "loss.tau=50", "keep=[30, 20]", "shuffle_window=null", "lr=0.1", "device=cpu"]
+    c = config_from(TrainConfig, path, {"lr": 0.2}, sets)
+    assert c.method == "arf" and c.emb_dim == 16 and c.keep == [30, 20] and c.shuffle_window is None
+    assert c.loss == {"tau": 50, "extra": 1}  # a dotted key updates the file's mapping, key by key
+    assert c.lr == 0.2 and c.device == "cpu"  # an explicit flag wins over --set
+    assert config_from(BenchmarkConfig, None, {}, ["repeats=5", "methods=[lcron, bce]"]).methods == ["lcron", "bce"]
+
+
+@pytest.mark.parametrize(
+    "item,message",
+    [
+        ("emb_dimm=16", "unknown key 'emb_dimm'; did you mean 'emb_dim'"),
+        ("emb_dim", "expected KEY=VALUE"),
+        ("=3", "expected KEY=VALUE"),
+        ("keep=[30, 20", "cannot read the value"),
+        ("passes=0", "passes: Input should be greater than 0"),
+        ("emb_dim=abc", "emb_dim: Input should be a valid integer"),
+    ],
+)
+def test_bad_set_items_are_clear_errors(item, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        config_from(TrainConfig, None, {}, [item])
+
+
+def test_train_with_set_saves_the_options(tmp_path, tiny_dataset):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_dataset), "--out", str(out), "--device", "cpu", "--passes", "1",
+            "--set", "emb_dim=4", "--set", "shuffle_window=16", "--set", "hidden=8"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["emb_dim"], saved["shuffle_window"], saved["hidden"]) == (4, 16, 8)
+    bad = runner.invoke(app, ["train", "--data", str(tiny_dataset), "--set", "hiden=8"])
+    assert bad.exit_code != 0 and "did you mean 'hidden'" in bad.output

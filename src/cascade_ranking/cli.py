@@ -158,6 +158,15 @@ def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="TOML or YAML file with any of these options (the command line wins).")
 ]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Any configuration option, e.g. --set emb_dim=16 --set loss.tau=50 --set keep=[30,20] (repeatable; "
+        "see `cascade-ranking config show`).",
+    ),
+]
 TensorBoardOpt = Annotated[
     Path | None,
     typer.Option(
@@ -172,6 +181,7 @@ TensorBoardOpt = Annotated[
 @app.command()
 def train(
     config_file: ConfigOpt = None,
+    set_: SetOpt = None,
     method: Annotated[str | None, typer.Option(help="Cascade method: lcron (default), bce, icc, rankflow, ...")] = None,
     data: Annotated[
         Path | None, typer.Option(help="Dataset folder (default: MovieLens-100K, prepared on first use).")
@@ -227,7 +237,7 @@ def train(
                 device=device, loss=_parse_loss_params(loss_param) if loss_param else None, threads=threads,
                 checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite, tensorboard=tensorboard,
             )  # fmt: skip
-            config = config_from(TrainConfig, config_file, overrides)
+            config = config_from(TrainConfig, config_file, overrides, set_)
             data_dir = resolve_data(config.data, config.stages, seed=config.seed)
             if prerank_model is not None:
                 config = with_prerank_model(config, open_dataset(data_dir), prerank_model)
@@ -325,6 +335,7 @@ def reference(
 @app.command()
 def benchmark(
     config_file: ConfigOpt = None,
+    set_: SetOpt = None,
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated methods (default: the eight cascade methods).")
     ] = None,
@@ -369,7 +380,7 @@ def benchmark(
             batch_size=batch_size, passes=passes, device=device, threads=threads, task=task, ablations=ablations,
             tensorboard=tensorboard,
         )  # fmt: skip
-        bench = config_from(BenchmarkConfig, config_file, overrides)
+        bench = config_from(BenchmarkConfig, config_file, overrides, set_)
         if bench.task == "prerank":
             if bench.tensorboard is not None:
                 raise ValueError(

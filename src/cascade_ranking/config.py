@@ -13,6 +13,7 @@ __all__ = [
     "BenchmarkConfig",
     "TrainConfig",
     "config_from",
+    "parse_sets",
     "read_config_file",
     "stage_names",
 ]
@@ -53,6 +54,9 @@ class TrainConfig(BaseModel):
         threads: torch intra-op threads (``None`` = torch's default).
         checkpoint_every: also checkpoint every this many steps (always at partition boundaries).
         skip_nonfinite: skip (and count) a step whose loss or gradient is NaN/inf instead of stopping.
+        shuffle_window: requests the loader reads, shuffles and holds at once (whole Parquet row groups, at least
+            one; ``None`` = a partition whole): the training's memory bound on data of any size. A partition
+            that fits is shuffled as a whole; see :mod:`cascade_ranking.data.loader`.
         tensorboard: a TensorBoard log directory: per step the loss, its parts, the loss's learnable parameters,
             the learning rate and requests/s, and the validation/test metrics after evaluation (needs the
             ``tensorboard`` package; see :mod:`cascade_ranking.tracking`). ``None`` (default) = no logging. A
@@ -81,6 +85,7 @@ class TrainConfig(BaseModel):
     checkpoint_every: int | None = Field(default=None, gt=0)
     skip_nonfinite: bool = False
     tensorboard: Path | None = None
+    shuffle_window: int | None = Field(default=32_768, gt=0)
 
     @field_validator("method")
     @classmethod
@@ -158,15 +163,63 @@ def read_config_file(path: str | Path, model: type[BaseModel] = TrainConfig) -> 
     return values
 
 
-def config_from(model: type[BaseModel], file: str | Path | None, overrides: dict[str, Any]):
-    """``model`` built from a config file (optional) with command-line ``overrides`` (``None`` = not given).
+def parse_sets(items: list[str] | tuple[str, ...], model: type[BaseModel] = TrainConfig) -> dict[str, Any]:
+    """``--set KEY=VALUE`` overrides as a dict of ``model``'s fields; ``a.b=v`` sets key ``b`` of mapping ``a``.
+
+    Values are read as YAML scalars or flow collections (``50``, ``0.01``, ``true``, ``null``, ``[30, 20]``,
+    ``dssm``), so ``--set keep=[30,20] --set loss.tau=50 --set emb_dim=16`` work as in a config file.
 
     Raises:
-        ValueError: as :func:`read_config_file`, or a value that fails validation (names the field).
+        ValueError: an item without ``=``, an unparsable value, or an unknown key (with the closest known key).
+    """
+    import difflib
+
+    import yaml
+
+    known = list(model.model_fields)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. emb_dim=16 or loss.tau=50")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: cannot read the value ({exc})") from None
+        top, _, sub = key.partition(".")
+        if top not in known:
+            close = difflib.get_close_matches(top, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            raise ValueError(f"--set {item!r}: unknown key {top!r}{hint}")
+        if sub:
+            target = out.setdefault(top, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"--set {item!r}: {top!r} was set to a value, not a mapping")
+            target[sub] = value
+        else:
+            out[top] = value
+    return out
+
+
+def config_from(
+    model: type[BaseModel], file: str | Path | None, overrides: dict[str, Any], sets: list[str] | None = None
+):
+    """``model`` built from a config file (optional), then ``--set`` items (:func:`parse_sets`; ``a.b=v`` updates
+    mapping ``a``), then command-line ``overrides`` (``None`` = not given), later ones winning.
+
+    Raises:
+        ValueError: as :func:`read_config_file` or :func:`parse_sets`, or a value that fails validation (names the
+            field).
     """
     from pydantic import ValidationError
 
     values = read_config_file(file, model) if file is not None else {}
+    for key, value in parse_sets(sets or [], model).items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return model.model_validate(values)

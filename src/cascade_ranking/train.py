@@ -428,7 +428,10 @@ def train(
                     rng.bit_generator.state = position.rng_state  # resuming inside this partition
                     skip = position.batch
                 start_state = dict(rng.bit_generator.state)
-                batches = iterate_partition(data, schema, partition, batch_size=run.batch_size, shuffle=True, rng=rng)
+                batches = iterate_partition(
+                    data, schema, partition, batch_size=run.batch_size, shuffle=True, rng=rng,
+                    window=config.shuffle_window,
+                )  # fmt: skip
                 for b, batch in enumerate(batches):
                     if b < skip:
                         continue
