@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from cascade_ranking.data import cache
+from cascade_ranking.data import cache, movielens
 from cascade_ranking.data.movielens import (
     GENRES,
     PREPARE_HINT,
@@ -29,6 +29,7 @@ from cascade_ranking.data.movielens import (
     read_recbole,
     recbole_log,
 )
+from cascade_ranking.data.store import open_dataset
 
 # ------------------------------------------------------------------------------------------------------
 # a GroupLens-layout copy written from the RecBole test copy (independent of the library's readers)
@@ -405,6 +406,25 @@ def test_train_without_data_or_network_says_which_command_to_run(monkeypatch, tm
     monkeypatch.setenv("CASCADE_RANKING_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("CASCADE_RANKING_MOVIELENS_SRC", raising=False)
     monkeypatch.setenv("CASCADE_RANKING_MOVIELENS_URL", "http://127.0.0.1:9/ml-100k.zip")  # nothing listens
+    monkeypatch.setattr(movielens, "local_copies", lambda: [])
     result = CliRunner().invoke(app, ["train"])
     assert result.exit_code == 2
     assert "cascade-ranking prepare movielens-100k --src PATH" in result.output
+
+
+def test_offline_the_default_dataset_comes_from_a_local_copy(monkeypatch, tmp_path, ml100k_src):
+    from cascade_ranking.cli import default_dataset_dir, resolve_data
+
+    monkeypatch.setenv("CASCADE_RANKING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CASCADE_RANKING_MOVIELENS_SRC", raising=False)
+    monkeypatch.setenv("CASCADE_RANKING_MOVIELENS_URL", "http://127.0.0.1:9/ml-100k.zip")  # nothing listens
+    monkeypatch.setattr(movielens, "local_copies", lambda: [ml100k_src])
+    assert resolve_data(None, 2) == default_dataset_dir(2)
+    assert open_dataset(default_dataset_dir(2)).name == movielens.dataset_name(2)
+
+
+def test_local_copies_finds_shared_data_beside_the_working_directory(monkeypatch, tmp_path):
+    (tmp_path / "shared" / "data" / "ml-100k").mkdir(parents=True)
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    assert (tmp_path / "shared" / "data" / "ml-100k").resolve() in movielens.local_copies()

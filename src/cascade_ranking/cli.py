@@ -94,19 +94,30 @@ def resolve_data(data: Path | None, stages: int, *, seed: int = 0) -> Path:
     """``data`` if given; else the prepared MovieLens-100K copy for ``stages``, prepared on first use.
 
     The raw data comes from ``$CASCADE_RANKING_MOVIELENS_SRC`` when set (a local copy), else the official
-    GroupLens download (or ``$CASCADE_RANKING_MOVIELENS_URL``, a mirror). Without network and local copy,
-    ``DatasetUnavailableError`` says which command to run.
+    GroupLens download (or ``$CASCADE_RANKING_MOVIELENS_URL``, a mirror), else (offline) the first local copy
+    of :func:`.data.movielens.local_copies`. With none of these, ``DatasetUnavailableError`` says which command
+    to run.
     """
     if data is not None:
         return data
     out = default_dataset_dir(stages)
     if not (out / "schema.json").is_file():
-        from .data.movielens import ML100K_URL, prepare_movielens
+        from .data import movielens
 
         src = os.environ.get(MOVIELENS_SRC_ENV)
-        url = os.environ.get(MOVIELENS_URL_ENV) or ML100K_URL
-        logging.getLogger(__name__).info("preparing MovieLens-100K (%d stages) into %s", stages, out)
-        prepare_movielens(out, src=Path(src) if src else None, stages=stages, seed=seed, url=url, progress=True)
+        url = os.environ.get(MOVIELENS_URL_ENV) or movielens.ML100K_URL
+        log = logging.getLogger(__name__)
+        log.info("preparing MovieLens-100K (%d stages) into %s", stages, out)
+        try:
+            movielens.prepare_movielens(
+                out, src=Path(src) if src else None, stages=stages, seed=seed, url=url, progress=True
+            )
+        except movielens.DatasetUnavailableError:
+            copies = [] if src else movielens.local_copies()
+            if not copies:
+                raise
+            log.warning("download failed; using the local copy %s", copies[0])
+            movielens.prepare_movielens(out, src=copies[0], stages=stages, seed=seed)
     return out
 
 

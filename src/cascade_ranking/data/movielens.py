@@ -81,6 +81,7 @@ __all__ = [
     "check_ml100k",
     "dataset_name",
     "download_movielens",
+    "local_copies",
     "movielens_log",
     "prepare_movielens",
     "read_grouplens",
@@ -99,6 +100,21 @@ DATASET_VERSION = 1
 CACHE_NAME = "movielens-100k"
 ZIP_NAME = "ml-100k.zip"
 PREPARE_HINT = "cascade-ranking prepare movielens-100k --src PATH"
+
+
+def local_copies() -> list[Path]:
+    """Where a local MovieLens-100K copy is looked for when the download fails, in order: ``data/ml-100k`` and
+    ``../shared/data/ml-100k`` under the current directory, then ``../shared/data/ml-100k`` beside this source
+    checkout (an editable install). Only folders that exist are returned."""
+    checkout = Path(__file__).resolve().parents[3]
+    here = Path.cwd()
+    found: list[Path] = []
+    for path in (here / "data" / "ml-100k", here.parent / "shared" / "data" / "ml-100k",
+                 checkout.parent / "shared" / "data" / "ml-100k"):  # fmt: skip
+        if path.is_dir() and path.resolve() not in found:
+            found.append(path.resolve())
+    return found
+
 
 #: The 19 GroupLens genre flags of ``u.item``, in file order.
 GENRES = (
