@@ -266,11 +266,14 @@ def train(
                 elapsed = progress.tasks[task].elapsed or 0.0
                 rate = f" · {step * batch_size / elapsed:,.0f} requests/s" if elapsed > 0 else ""
                 progress.update(task, completed=step, total=total, info=f"loss {loss:.4f}{rate}")
+                if step == total:  # evaluation starts now: its rate counts from here
+                    progress.start_task(eval_task)
 
             def on_eval(n: int) -> None:
-                if not progress.tasks[eval_task].started:
-                    progress.start_task(eval_task)
                 state = progress.tasks[eval_task]
+                if not state.started:  # no training step ran in this process (a resumed, finished run)
+                    progress.start_task(eval_task)
+                    state = progress.tasks[eval_task]
                 rate = f"{(state.completed + n) / state.elapsed:,.0f} requests/s" if state.elapsed else "requests"
                 progress.update(eval_task, advance=n, visible=True, info=rate)
 
