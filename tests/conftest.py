@@ -128,3 +128,28 @@ def tiny_dataset(tmp_path) -> Path:
     out = tmp_path / "tiny"
     make_tiny_dataset(out)
     return out
+
+
+@pytest.fixture
+def nan_at_step_3(monkeypatch):
+    """Make the loss NaN on the third call (a corrupt batch), finite otherwise."""
+    from cascade_ranking import losses
+
+    real_build = losses.build
+
+    def build(name, **kw):
+        loss_fn = real_build(name, **kw)
+        calls = {"n": 0}
+        original = loss_fn.forward
+
+        def forward(*args, **kwargs):
+            calls["n"] += 1
+            out = original(*args, **kwargs)
+            if calls["n"] == 3:
+                out.loss = out.loss * torch.tensor(float("nan"))
+            return out
+
+        loss_fn.forward = forward
+        return loss_fn
+
+    monkeypatch.setattr("cascade_ranking.train.losses.build", build)

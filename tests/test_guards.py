@@ -7,32 +7,8 @@ import json
 import pytest
 import torch
 
-from cascade_ranking import losses
 from cascade_ranking.config import TrainConfig
 from cascade_ranking.train import TrainingError, train
-
-
-@pytest.fixture
-def nan_at_step_3(monkeypatch):
-    """Make the loss NaN on the third call (a corrupt batch), finite otherwise."""
-    real_build = losses.build
-
-    def build(name, **kw):
-        loss_fn = real_build(name, **kw)
-        calls = {"n": 0}
-        original = loss_fn.forward
-
-        def forward(*args, **kwargs):
-            calls["n"] += 1
-            out = original(*args, **kwargs)
-            if calls["n"] == 3:
-                out.loss = out.loss * torch.tensor(float("nan"))
-            return out
-
-        loss_fn.forward = forward
-        return loss_fn
-
-    monkeypatch.setattr("cascade_ranking.train.losses.build", build)
 
 
 def test_nonfinite_loss_stops_training_naming_step_method_and_batch(tmp_path, tiny_dataset, nan_at_step_3):

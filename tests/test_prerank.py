@@ -322,7 +322,7 @@ def test_ablations_run_and_bad_arguments(prerank_data, tmp_path, monkeypatch):
     assert len(results["runs"]) == 3 and all(0.0 <= r["joint_recall"] <= 1.0 for r in results["runs"])
     assert (tmp_path / "abl" / "data" / "no_candidate" / "schema.json").is_file()
     config = json.loads((tmp_path / "abl" / "runs" / "rt_w_o_distill-seed0" / "config.json").read_text())
-    assert config["loss"] == {"lambdas": [0.0, 1.0, 1.0]} and config["models"] == ["ranktower"]
+    assert config["loss"] == {"lambdas": [0.0, 0.1, 1.0]} and config["models"] == ["ranktower"]
     assert "## Table 3" in (tmp_path / "abl" / "results.md").read_text()
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cascade_ranking import losses
+from cascade_ranking.losses import ranktower as rt
 from cascade_ranking.losses.ranktower import aggregate_hard_labels, sample_spaces, soft_sort_log_probs
 from cascade_ranking.sorting import soft_sort
 
@@ -36,7 +37,7 @@ def ref_spaces(stage, mask, top=None, random_position=0):
     return imp, cand, rnd
 
 
-def ref_distill(s, teacher, imp, temperature=1.0):
+def ref_distill(s, teacher, imp, temperature):
     if not imp:
         return None
     t = np.exp(np_log_softmax(teacher[imp] / temperature))
@@ -58,7 +59,7 @@ def ref_target_permutation(y):
     return out
 
 
-def ref_sort(s, y, space, tau=1.0):
+def ref_sort(s, y, space, tau):
     if not space:
         return None
     s, y = s[space], y[space]
@@ -91,15 +92,17 @@ def batch_mean(values):
 def ref_loss(name, s, y, stage, mask, teacher=None, **hp):
     """Reference loss of one stage's scores ``s`` [B, N] (numpy)."""
     teacher = y if teacher is None else teacher
-    lambdas = hp.get("lambdas", (1.0, 1.0, 1.0))
+    lambdas = hp.get("lambdas", rt.DEFAULT_LAMBDAS)
     per = {"distill": [], "sort": [], "rankmax": [], "am": []}
     for b in range(s.shape[0]):
         imp, cand, rnd = ref_spaces(stage[b], mask[b], hp.get("top_position"))
         valid = list(np.flatnonzero(mask[b]))
-        per["distill"].append(ref_distill(s[b], teacher[b], imp, hp.get("temperature", 1.0)))
-        per["sort"].append(ref_sort(s[b], y[b], sorted(imp + cand), hp.get("tau", 1.0)))
+        per["distill"].append(ref_distill(s[b], teacher[b], imp, hp.get("temperature", rt.DEFAULT_DISTILL_TEMPERATURE)))
+        per["sort"].append(ref_sort(s[b], y[b], sorted(imp + cand), hp.get("tau", rt.DEFAULT_SORT_TAU)))
         per["rankmax"].append(ref_rankmax(s[b], y[b], valid))
-        per["am"].append(ref_rankmax(s[b], y[b], valid, imp, hp.get("alpha", 1.0), hp.get("delta", 0.1)))
+        per["am"].append(
+            ref_rankmax(s[b], y[b], valid, imp, hp.get("alpha", rt.DEFAULT_ALPHA), hp.get("delta", rt.DEFAULT_DELTA))
+        )
     m = {k: batch_mean(v) for k, v in per.items()}
     if name == "ranktower_distill":
         return m["distill"]
@@ -170,6 +173,35 @@ def test_hybrid_with_hyper_parameters_and_soft_labels_matches_the_transcription(
     assert out.loss.item() == pytest.approx(want, rel=1e-10, abs=1e-12)
     computed = {k.split("/")[0] for k in out.parts}
     assert computed == {n for n, w in zip(["distill", "sort", "am_rankmax"], fn.lambdas) if w}
+
+
+def test_defaults_are_the_validation_choices_and_shared_by_the_single_term_losses():
+    """The hybrid's defaults (chosen on validation, see the module docstring) are those of its one-term losses."""
+    assert rt.DEFAULT_LAMBDAS == (0.1, 0.1, 1.0) and rt.DEFAULT_SORT_TAU == 10.0
+    assert (rt.DEFAULT_DISTILL_TEMPERATURE, rt.DEFAULT_ALPHA, rt.DEFAULT_DELTA) == (1.0, 1.0, 0.1)
+    hybrid = losses.build("ranktower", keep=[8])
+    assert hybrid.lambdas == rt.DEFAULT_LAMBDAS
+    assert losses.build("ranktower_distill", keep=[8]).temperature == hybrid.temperature
+    assert losses.build("ranktower_sort", keep=[8]).tau == hybrid.tau == rt.DEFAULT_SORT_TAU
+    am = losses.build("am_rankmax", keep=[8])
+    assert (am.alpha, am.delta) == (hybrid.alpha, hybrid.delta)
+
+
+@pytest.mark.parametrize("tau", [0.1, 1.0, 10.0])
+def test_sorting_loss_pulls_tied_labels_together_harder_at_small_tau(tau):
+    """The documented reason for a large SoftSort ``tau``: tied-label samples (the candidate samples, label 0)
+    are pulled onto one score, with a gradient that grows as ``tau`` shrinks."""
+    s = torch.tensor([[6.0, 3.0, 2.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[2.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    per, _ = rt.sorting_terms(s, y, torch.ones_like(y, dtype=torch.bool), tau=tau)
+    (g,) = torch.autograd.grad(per.sum(), s)
+    # gradient descent moves the highest tied sample down and the lowest up: the tied block contracts
+    assert g[0, 1] > 0 and g[0, 3] < 0
+    spread_rate = float(g[0, 1] - g[0, 3])  # d(s_1 - s_3)/dt under gradient flow, negated
+    s_small = s.detach().clone().requires_grad_(True)
+    per_small, _ = rt.sorting_terms(s_small, y, torch.ones_like(y, dtype=torch.bool), tau=tau / 10)
+    (g_small,) = torch.autograd.grad(per_small.sum(), s_small)
+    assert float(g_small[0, 1] - g_small[0, 3]) > spread_rate
 
 
 def test_distillation_uses_soft_labels_and_falls_back_to_the_graded_labels():

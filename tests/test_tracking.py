@@ -9,7 +9,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cascade_ranking import losses
 from cascade_ranking.cli import app
 from cascade_ranking.config import TrainConfig
 from cascade_ranking.tracking import TensorBoardLogger, TrackingError, metric_scalars, step_scalars
@@ -172,29 +171,6 @@ def test_step_scalars_flatten_vector_parameters_with_their_index():
         "test/joint_recall": 0.5,
         "test/requests": 10.0,
     }
-
-
-@pytest.fixture
-def nan_at_step_3(monkeypatch):
-    """The loss is NaN on the third call, finite otherwise."""
-    real_build = losses.build
-
-    def build(name, **kw):
-        loss_fn = real_build(name, **kw)
-        calls = {"n": 0}
-        original = loss_fn.forward
-
-        def forward(*args, **kwargs):
-            calls["n"] += 1
-            out = original(*args, **kwargs)
-            if calls["n"] == 3:
-                out.loss = out.loss * torch.tensor(float("nan"))
-            return out
-
-        loss_fn.forward = forward
-        return loss_fn
-
-    monkeypatch.setattr("cascade_ranking.train.losses.build", build)
 
 
 def test_bounded_loss_curve_keeps_every_10th_finite_loss(tmp_path, tiny_dataset, nan_at_step_3):
