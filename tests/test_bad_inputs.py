@@ -541,6 +541,25 @@ def test_unreadable_partition_file(tmp_path):  # pragma: no cover - skipped as r
         (data / "part-00.parquet").chmod(0o644)
 
 
+def _permission_denied(path, *args, **kwargs):
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
+@pytest.mark.parametrize("windowed", [False, True])
+def test_permission_denied_on_a_partition_file_even_as_root(tmp_path, monkeypatch, windowed):
+    """What chmod 000 does for a normal user, simulated at the open (root reads through chmod)."""
+    data = tmp_path / "data"
+    if windowed:  # several row groups: the loader reads the footer and the request ids before a window
+        monkeypatch.setattr("cascade_ranking.data.store.ROW_GROUP_REQUESTS", 4)
+    make_tiny_dataset(data)
+    monkeypatch.setattr("cascade_ranking.data.store.pq.read_table", _permission_denied)
+    monkeypatch.setattr("cascade_ranking.data.store.pq.ParquetFile", _permission_denied)
+    monkeypatch.setattr("pyarrow.parquet.read_table", _permission_denied)
+    args = ["--set", "shuffle_window=8"] if windowed else []
+    assert_clean_error(train_cli(data, tmp_path / "run", *args), "part-00.parquet", "Permission denied")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
 # ------------------------------------------------------------------------------------------------------
 # disk full on write
 # ------------------------------------------------------------------------------------------------------

@@ -157,10 +157,14 @@ def _plan_windows(sizes: list[int], window: int, order) -> list[list[int]]:
 
 def _check_unique_ids(directory: str | Path, partition: Partition) -> None:
     """Request ids unique over the whole partition (windows only see their own rows)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(directory) / partition.file_name
-    ids = pq.read_table(path, columns=["request_id"]).column("request_id").to_numpy()
+    try:
+        ids = pq.read_table(path, columns=["request_id"]).column("request_id").to_numpy()
+    except (pa.ArrowException, OSError, KeyError) as exc:
+        raise StoreError(f"{path}: cannot read column 'request_id' ({exc})") from exc
     values, counts = np.unique(ids, return_counts=True)
     if len(values) != len(ids):
         raise StoreError(f"{path}, column 'request_id': duplicate request ids, e.g. {values[counts > 1][:3].tolist()}")
