@@ -368,3 +368,12 @@ def test_benchmark_command_task_prerank(prerank_data, tmp_path):
     assert result.exit_code == 0, result.output
     assert "## Table 1" in result.stdout and "| lr |" in result.stdout
     assert (out / "results.json").is_file()
+
+
+def test_prerank_benchmark_logs_each_run_to_its_own_tensorboard_directory(prerank_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    base = FAST.model_copy(update={"tensorboard": tmp_path / "tb"})
+    run_prerank_benchmark(data=prerank_data, out_dir=tmp_path / "bench", models=["lr"], repeats=2, base=base)
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["lr-seed0", "lr-seed1"]
+    for seed in (0, 1):
+        assert list((tmp_path / "tb" / f"lr-seed{seed}").glob("events.out.tfevents.*"))

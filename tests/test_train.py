@@ -95,3 +95,16 @@ def test_lcron_on_movielens_beats_random_and_popularity(tmp_path, ml100k_dataset
     joint = result.metrics["test"]["joint_recall"]
     assert pop["joint_recall"] <= 0.75
     assert joint > pop["joint_recall"] + 0.03
+
+
+def test_metrics_record_every_loss_hyperparameter_used(tmp_path, tiny_dataset):
+    import inspect
+
+    from cascade_ranking.losses.lcron import LCRONLoss
+
+    config = TrainConfig(data=tiny_dataset, device="cpu", method="lcron", passes=1, loss={"tau": 20.0})
+    metrics = train(config, data=tiny_dataset, run_dir=tmp_path / "run").metrics
+    defaults = {k: p.default for k, p in inspect.signature(LCRONLoss).parameters.items() if k not in ("keep", "gt_num")}
+    assert metrics["loss_hyperparameters"] == {**defaults, "tau": 20.0}
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["loss_hyperparameters"]["tau"] == 20.0 and saved["loss_hyperparameters"]["q"] == defaults["q"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +26,15 @@ from rich.table import Table
 from .data.schema import SchemaError
 from .data.store import StoreError
 
-__all__ = ["USER_ERRORS", "app", "default_dataset_dir", "main", "metrics_table", "resolve_data"]
+__all__ = [
+    "USER_ERRORS",
+    "app",
+    "default_dataset_dir",
+    "main",
+    "metrics_table",
+    "resolve_data",
+    "with_movielens_source",
+]
 
 app = typer.Typer(
     help="Train multi-stage cascade ranking systems (retrieval -> pre-ranking -> ranking) as one network.",
@@ -102,23 +111,30 @@ def resolve_data(data: Path | None, stages: int, *, seed: int = 0) -> Path:
         return data
     out = default_dataset_dir(stages)
     if not (out / "schema.json").is_file():
-        from .data import movielens
+        from .data.movielens import prepare_movielens
 
-        src = os.environ.get(MOVIELENS_SRC_ENV)
-        url = os.environ.get(MOVIELENS_URL_ENV) or movielens.ML100K_URL
-        log = logging.getLogger(__name__)
-        log.info("preparing MovieLens-100K (%d stages) into %s", stages, out)
-        try:
-            movielens.prepare_movielens(
-                out, src=Path(src) if src else None, stages=stages, seed=seed, url=url, progress=True
-            )
-        except movielens.DatasetUnavailableError:
-            copies = [] if src else movielens.local_copies()
-            if not copies:
-                raise
-            log.warning("download failed; using the local copy %s", copies[0])
-            movielens.prepare_movielens(out, src=copies[0], stages=stages, seed=seed)
+        logging.getLogger(__name__).info("preparing MovieLens-100K (%d stages) into %s", stages, out)
+        with_movielens_source(lambda src, url: prepare_movielens(out, src=src, stages=stages, seed=seed, url=url,
+                                                                 progress=True))  # fmt: skip
     return out
+
+
+def with_movielens_source(prepare: Callable[[Path | None, str], object]) -> None:
+    """Call ``prepare(src, url)`` with MovieLens-100K's source: ``$CASCADE_RANKING_MOVIELENS_SRC`` when set, else
+    the download (``$CASCADE_RANKING_MOVIELENS_URL`` or GroupLens); when the download fails, again with the first
+    local copy of :func:`.data.movielens.local_copies` (none: the download's error, which says what to run)."""
+    from .data import movielens
+
+    src = os.environ.get(MOVIELENS_SRC_ENV)
+    url = os.environ.get(MOVIELENS_URL_ENV) or movielens.ML100K_URL
+    try:
+        prepare(Path(src) if src else None, url)
+    except movielens.DatasetUnavailableError:
+        copies = [] if src else movielens.local_copies()
+        if not copies:
+            raise
+        logging.getLogger(__name__).warning("download failed; using the local copy %s", copies[0])
+        prepare(copies[0], url)
 
 
 def _parse_loss_params(items: list[str]) -> dict:
@@ -396,10 +412,6 @@ def benchmark(
         )  # fmt: skip
         bench = config_from(BenchmarkConfig, config_file, overrides, set_)
         if bench.task == "prerank":
-            if bench.tensorboard is not None:
-                raise ValueError(
-                    "tensorboard: not supported with task prerank yet; train single rows with --tensorboard"
-                )
             _prerank_benchmark(bench)
             return
         names = bench.methods or list(losses.CASCADE_METHODS)
@@ -444,12 +456,8 @@ def _prerank_benchmark(bench) -> None:
     if data_dir is None:
         data_dir = cache_dir() / "datasets" / PRERANK_DATASET_NAME
         if not (data_dir / "schema.json").is_file():
-            from .data.movielens import ML100K_URL
-
-            src = os.environ.get(MOVIELENS_SRC_ENV)
-            url = os.environ.get(MOVIELENS_URL_ENV) or ML100K_URL
-            prepare_prerank_movielens(data_dir, src=Path(src) if src else None, url=url, progress=True,
-                                      threads=bench.threads or 1)  # fmt: skip
+            with_movielens_source(lambda src, url: prepare_prerank_movielens(
+                data_dir, src=src, url=url, progress=True, threads=bench.threads or 1))  # fmt: skip
     out_dir = bench.out or Path("benchmark-prerank" if bench.data is None else f"benchmark-{data_dir.name}")
     base = bench.train_config(data=None)
     with _progress() as progress:

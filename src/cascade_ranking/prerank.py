@@ -384,6 +384,7 @@ def run_prerank_benchmark(
     for i, row in enumerate(rows):
         row_data = data if row.variant is None else derive_variant(data, out_dir / "data" / row.variant, row.variant)
         for seed in range(repeats):
+            run_name = f"{_slug(row.key)}-seed{seed}"  # run folder and TensorBoard sub-directory
             config = base.model_copy(
                 update={
                     "method": row.method,
@@ -392,10 +393,11 @@ def run_prerank_benchmark(
                     "loss": dict(row.loss),
                     "seed": seed,
                     "data": row_data,
+                    "tensorboard": None if base.tensorboard is None else Path(base.tensorboard) / run_name,
                 }
             )
             TrainConfig.model_validate(config.model_dump())  # re-validates the method name
-            run_dir = out_dir / "runs" / f"{_slug(row.key)}-seed{seed}"
+            run_dir = out_dir / "runs" / run_name
             metrics = _run_row(config, row_data, data, schema, test, run_dir, ks, device)
             runs.append({"row": row.key, "table": row.table, "seed": seed, **_row_metrics(metrics["test"], keep)})
             runs[-1]["train_seconds"] = metrics["train_seconds"]

@@ -490,6 +490,7 @@ def train(
 
         metrics = {
             "method": config.method,
+            "loss_hyperparameters": losses.hyperparameters(config.method, **config.loss),
             "seed": config.seed,
             "dataset": schema.name,
             "data": str(data),

@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
 from .base import CascadeLoss, LossOutput
 
-__all__ = ["build", "available", "CascadeLoss", "LossOutput", "REGISTRY", "CASCADE_METHODS"]
+__all__ = ["build", "available", "hyperparameters", "CascadeLoss", "LossOutput", "REGISTRY", "CASCADE_METHODS"]
 
 #: The LCRON paper's eight cascade methods (Wang et al. 2025, Tables 2-3): the benchmark's default.
 CASCADE_METHODS = ("bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron")
@@ -50,6 +51,29 @@ def available() -> list[str]:
         if importlib.util.find_spec(module) is not None:
             out.append(name)
     return out
+
+
+def hyperparameters(name: str, **hyper) -> dict[str, Any]:
+    """Every hyper-parameter of method ``name`` as it will be used: its documented defaults updated by ``hyper``.
+
+    Values are made JSON-friendly (tuples become lists). What a run records, so that a default changed in a
+    later release cannot silently change what an old run folder means.
+
+    Raises:
+        ValueError: unknown method.
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(REGISTRY)}")
+    module_name, cls_name = REGISTRY[name].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    out: dict[str, Any] = {}
+    for param in inspect.signature(cls).parameters.values():
+        if param.name in ("keep", "gt_num") or param.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        if param.default is not inspect.Parameter.empty:
+            out[param.name] = param.default
+    out.update(hyper)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
 def build(name: str, *, keep: Sequence[int], gt_num: int = 10, **hyper) -> nn.Module:
