@@ -174,11 +174,11 @@ def prepare_prerank_movielens(
         DataFormatError: ``src`` is malformed or not MovieLens-100K.
     """
     from .data.movielens import (
-        DATASET_VERSION,
         ML100K_URL,
         check_ml100k,
         download_movielens,
         movielens_log,
+        movielens_provenance,
         read_movielens,
     )
 
@@ -186,7 +186,6 @@ def prepare_prerank_movielens(
         src = download_movielens(url or ML100K_URL, cache_dir, progress=progress)
     tables = read_movielens(src)
     check_ml100k(tables)
-    ratings, users, items = tables.counts()
     config = config or RankTowerSamplingConfig(history_fields=("item_id", "genre"))
     return build_ranktower_samples(
         movielens_log(tables),
@@ -195,13 +194,7 @@ def prepare_prerank_movielens(
         seed=seed,
         config=config,
         train_defaults=TrainDefaults(batch_size=256, passes=3),
-        provenance={
-            "dataset": "MovieLens-100K (Harper & Konstan 2015), https://grouplens.org/datasets/movielens/100k/",
-            "dataset_version": DATASET_VERSION,
-            "source_layout": tables.layout,
-            "source_counts": {"ratings": ratings, "users": users, "items": items},
-            "licence": "MovieLens terms of use: no redistribution; downloaded from GroupLens on first use",
-        },
+        provenance=movielens_provenance(tables),
         threads=threads,
     )
 

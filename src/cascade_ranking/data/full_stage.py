@@ -695,6 +695,21 @@ def _week_arrays(
     ).astype(np.float32)
     perm = np.argsort(_week_rng(seed, week, 1).random((b, n)), axis=1)
     items, mask, stage, label = (np.take_along_axis(a, perm, axis=1) for a in (items, mask, stage, label))
+    return request_columns(log, req, rows, config.history_fields, items, mask, stage, label)
+
+
+def request_columns(
+    log: InteractionLog,
+    req: RequestTable,
+    rows: np.ndarray,
+    history_fields: tuple[str, ...],
+    items: np.ndarray,
+    mask: np.ndarray,
+    stage: np.ndarray,
+    label: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The store columns of requests ``rows`` with the given ``[b, N]`` candidate items, mask, stage, label
+    (padded slots zeroed); user, context and history columns come from ``req`` and ``log``."""
     items = np.where(mask, items, 0)
     weekday, hour = _weekday_hour(req.time[rows])
     arrays: dict[str, np.ndarray] = {
@@ -711,7 +726,7 @@ def _week_arrays(
     arrays["item.item_id"] = items
     for fname in log.item_features:
         arrays[f"item.{fname}"] = _item_column(log, fname, items)
-    for fname in config.history_fields:
+    for fname in history_fields:
         arrays[f"history.{fname}"] = _item_column(log, fname, req.history[rows])
     return arrays
 

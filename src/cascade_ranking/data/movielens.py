@@ -83,6 +83,7 @@ __all__ = [
     "download_movielens",
     "local_copies",
     "movielens_log",
+    "movielens_provenance",
     "prepare_movielens",
     "read_grouplens",
     "read_movielens",
@@ -774,6 +775,19 @@ def dataset_name(stages: int) -> str:
     return f"movielens-100k-v{DATASET_VERSION}-{stages}stage"
 
 
+def movielens_provenance(tables: MovieLensTables) -> dict:
+    """The ``provenance`` of a dataset built from MovieLens-100K ``tables``: source, version, layout, counts,
+    licence (recorded in its ``schema.json``)."""
+    ratings, users, items = tables.counts()
+    return {
+        "dataset": "MovieLens-100K (Harper & Konstan 2015), https://grouplens.org/datasets/movielens/100k/",
+        "dataset_version": DATASET_VERSION,
+        "source_layout": tables.layout,
+        "source_counts": {"ratings": ratings, "users": users, "items": items},
+        "licence": "MovieLens terms of use: no redistribution; downloaded from GroupLens on first use",
+    }
+
+
 def prepare_movielens(
     out_dir: Path,
     *,
@@ -819,7 +833,6 @@ def prepare_movielens(
             ) from exc
     check_ml100k(tables)
     log = movielens_log(tables)
-    ratings, users, items = tables.counts()
     return build_full_stage(
         log,
         out_dir,
@@ -827,11 +840,5 @@ def prepare_movielens(
         seed=seed,
         config=FullStageConfig(stages=stages, history_fields=("item_id", "genre")),
         train_defaults=TrainDefaults(batch_size=256, passes=3),
-        provenance={
-            "dataset": "MovieLens-100K (Harper & Konstan 2015), https://grouplens.org/datasets/movielens/100k/",
-            "dataset_version": DATASET_VERSION,
-            "source_layout": tables.layout,
-            "source_counts": {"ratings": ratings, "users": users, "items": items},
-            "licence": "MovieLens terms of use: no redistribution; downloaded from GroupLens on first use",
-        },
+        provenance=movielens_provenance(tables),
     )

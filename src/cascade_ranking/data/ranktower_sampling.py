@@ -74,11 +74,10 @@ from ..models import DIN, DSSM
 from .full_stage import (
     InteractionLog,
     RequestTable,
-    _item_column,
     _schema_features,
     _staging_dir,
-    _weekday_hour,
     make_requests,
+    request_columns,
     week_start_date,
     week_start_seconds,
 )
@@ -258,38 +257,6 @@ def _rated_before(log: InteractionLog, cutoff: int | None) -> sp.csr_matrix:
     )
 
 
-def _columns(
-    log: InteractionLog,
-    req: RequestTable,
-    rows: np.ndarray,
-    history_fields: tuple[str, ...],
-    items: np.ndarray,
-    mask: np.ndarray,
-    stage: np.ndarray,
-    label: np.ndarray,
-) -> dict[str, np.ndarray]:
-    """The store columns of requests ``rows`` with the given ``[b, N]`` candidate items, mask, stage, label."""
-    items = np.where(mask, items, 0)
-    weekday, hour = _weekday_hour(req.time[rows])
-    arrays: dict[str, np.ndarray] = {
-        "request_id": rows.astype(np.int64),
-        "user.user_id": req.user[rows],
-        "context.weekday": weekday,
-        "context.hour": hour,
-        "mask": mask,
-        "stage": np.where(mask, stage, 0).astype(np.int8),
-        "label": np.where(mask, label, 0.0).astype(np.float32),
-    }
-    for fname, attr in log.user_features.items():
-        arrays[f"user.{fname}"] = attr.values[req.user[rows]]
-    arrays["item.item_id"] = items
-    for fname in log.item_features:
-        arrays[f"item.{fname}"] = _item_column(log, fname, items)
-    for fname in history_fields:
-        arrays[f"history.{fname}"] = _item_column(log, fname, req.history[rows])
-    return arrays
-
-
 def _item_table(log: InteractionLog) -> dict[str, torch.Tensor]:
     """Item field ids of the whole corpus, ``[I + 1]`` each (row 0 = the padding item)."""
     ids = np.arange(log.num_items + 1, dtype=np.int64)
@@ -372,7 +339,9 @@ def fit_retriever(
     items = np.concatenate([req.items, neg], axis=1)
     mask = np.concatenate([np.ones((len(rows), s), bool), neg_valid], axis=1)
     stage = np.concatenate([np.full((len(rows), s), _IMPRESSION), np.full((len(rows), m), _RANDOM)], axis=1)
-    arrays = _columns(log, req, rows, history_fields, items, mask, stage, (stage == _IMPRESSION).astype(np.float32))
+    arrays = request_columns(
+        log, req, rows, history_fields, items, mask, stage, (stage == _IMPRESSION).astype(np.float32)
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = DSSM(schema, emb_dim=config.emb_dim, hidden=config.hidden)
@@ -405,7 +374,7 @@ def fit_ranker(
     label = hard_labels(req.grade, impression_label=impression_label, rating_weight=rating_weight)
     mask = np.ones(req.items.shape, bool)
     stage = np.full(req.items.shape, _IMPRESSION)
-    arrays = _columns(log, req, rows, history_fields, req.items, mask, stage, label)
+    arrays = request_columns(log, req, rows, history_fields, req.items, mask, stage, label)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed) + 1)
         model = DIN(schema, emb_dim=config.emb_dim, hidden=config.hidden)
@@ -660,7 +629,7 @@ def _block_arrays(
     if b == 0:  # an empty week: no model call
         n = config.num_candidates
         empty = np.zeros((0, n), np.int64)
-        arrays = _columns(log, req, rows, hist, empty, empty.astype(bool), empty, empty.astype(np.float32))
+        arrays = request_columns(log, req, rows, hist, empty, empty.astype(bool), empty, empty.astype(np.float32))
         arrays["soft_label"] = empty.astype(np.float32)
         return arrays
     blocked = rated[req.user[rows]].toarray()
@@ -668,7 +637,9 @@ def _block_arrays(
     np.put_along_axis(blocked, req.items[rows], True, axis=1)
     # the request side of the batch is all the retriever reads: candidates are the impressions for now
     query = to_batch(
-        _columns(log, req, rows, hist, req.items[rows], np.ones((b, s), bool), np.zeros((b, s)), np.zeros((b, s))),
+        request_columns(
+            log, req, rows, hist, req.items[rows], np.ones((b, s), bool), np.zeros((b, s)), np.zeros((b, s))
+        ),
         schema,
     )
     scores = corpus_scores(retriever, query, item_table)
@@ -681,7 +652,7 @@ def _block_arrays(
     stage = np.broadcast_to(slot_stage, (b, len(slot_stage)))
     imp = hard_labels(req.grade[rows], impression_label=config.impression_label, rating_weight=config.rating_weight)
     label = np.concatenate([imp, np.zeros((b, c + r), np.float32)], axis=1)
-    arrays = _columns(log, req, rows, hist, items, mask, stage, label)
+    arrays = request_columns(log, req, rows, hist, items, mask, stage, label)
     soft = ranker(to_batch(arrays, schema)).float().numpy()
     arrays["soft_label"] = np.where(mask, soft, 0.0).astype(np.float32)
     return arrays
