@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .schema import DatasetSchema, Partition, RequestBatch
-from .store import StoreError, read_partition, row_group_sizes
+from .store import check_partition_request_ids, read_partition, row_group_sizes
 
 __all__ = ["DEFAULT_WINDOW", "iterate_partition", "iterate_partitions", "shuffle_candidates", "to_batch"]
 
@@ -128,12 +128,13 @@ def iterate_partition(
     if window is not None and window <= 0:
         raise ValueError(f"window must be positive or None, got {window}")
     rng = rng if rng is not None else np.random.default_rng(0)
-    groups = row_group_sizes(directory, partition) if window is not None else []
+    # the footer is read only when the partition is larger than a window
+    groups = [] if window is None or partition.num_requests <= window else row_group_sizes(directory, partition)
     windows: Iterable[dict[str, np.ndarray]]
-    if window is None or partition.num_requests <= window or len(groups) <= 1:
+    if window is None or len(groups) <= 1:
         windows = [_read_window(directory, schema, partition, None, shuffle, rng)]
     else:
-        _check_unique_ids(directory, partition)
+        check_partition_request_ids(directory, partition)
         windows = (
             _read_window(directory, schema, partition, w, shuffle, rng)
             for w in _plan_windows(groups, window, rng.permutation(len(groups)) if shuffle else range(len(groups)))
@@ -153,21 +154,6 @@ def _plan_windows(sizes: list[int], window: int, order) -> list[list[int]]:
             plan.append([int(g)])
             rows = sizes[g]
     return plan
-
-
-def _check_unique_ids(directory: str | Path, partition: Partition) -> None:
-    """Request ids unique over the whole partition (windows only see their own rows)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(directory) / partition.file_name
-    try:
-        ids = pq.read_table(path, columns=["request_id"]).column("request_id").to_numpy()
-    except (pa.ArrowException, OSError, KeyError) as exc:
-        raise StoreError(f"{path}: cannot read column 'request_id' ({exc})") from exc
-    values, counts = np.unique(ids, return_counts=True)
-    if len(values) != len(ids):
-        raise StoreError(f"{path}, column 'request_id': duplicate request ids, e.g. {values[counts > 1][:3].tolist()}")
 
 
 def _read_window(directory, schema: DatasetSchema, partition: Partition, row_groups, shuffle: bool, rng):

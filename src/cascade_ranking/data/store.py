@@ -42,6 +42,8 @@ __all__ = [
     "ROW_GROUP_REQUESTS",
     "StoreError",
     "atomic_path",
+    "check_partition_request_ids",
+    "check_unique_request_ids",
     "expected_columns",
     "open_dataset",
     "read_partition",
@@ -133,9 +135,26 @@ def validate_arrays(where: str, schema: DatasetSchema, arrays: dict[str, np.ndar
         elif a.dtype.kind == "f" and not np.isfinite(a).all():
             raise StoreError(f"{where}, column {name!r}: non-finite values (NaN or inf)")
     ids = arrays.get("request_id")
-    if ids is not None and len(np.unique(ids)) != len(ids):
-        values, counts = np.unique(ids, return_counts=True)
+    if ids is not None:
+        check_unique_request_ids(where, ids)
+
+
+def check_unique_request_ids(where: str, ids: np.ndarray) -> None:
+    """Raise :class:`StoreError` naming ``where`` and example ids when ``ids`` (``[B]``) has a repeat."""
+    values, counts = np.unique(ids, return_counts=True)
+    if len(values) != len(ids):
         raise StoreError(f"{where}, column 'request_id': duplicate request ids, e.g. {values[counts > 1][:3].tolist()}")
+
+
+def check_partition_request_ids(directory: str | Path, partition: Partition) -> None:
+    """Request ids unique over a whole partition file, reading that column only (what a reader of row groups
+    cannot see). Raises :class:`StoreError` naming the file."""
+    path = Path(directory) / partition.file_name
+    try:
+        ids = pq.read_table(path, columns=["request_id"]).column("request_id").to_numpy()
+    except (pa.ArrowException, OSError, KeyError) as exc:
+        raise StoreError(f"{path}: cannot read column 'request_id' ({exc})") from exc
+    check_unique_request_ids(str(path), ids)
 
 
 def _arrow_type(dtype: np.dtype) -> pa.DataType:
