@@ -439,12 +439,7 @@ def benchmark(
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     console.print(markdown_table(results["summary"]), markup=False, highlight=False, soft_wrap=True)
-    console.print(
-        f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png, report: {out_dir}/report.html",
-        soft_wrap=True,
-    )
-    if bench.tensorboard is not None:
-        console.print(f"TensorBoard logs: tensorboard --logdir {bench.tensorboard}", soft_wrap=True)
+    _print_outputs(out_dir, bench.tensorboard)
 
 
 def _prerank_benchmark(bench) -> None:
@@ -470,10 +465,17 @@ def _prerank_benchmark(bench) -> None:
         run_prerank_benchmark(data=data_dir, out_dir=out_dir, repeats=bench.repeats, models=bench.methods,
                               ablations=bench.ablations, base=base, on_run=on_run)  # fmt: skip
     console.print((out_dir / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
+    _print_outputs(out_dir, bench.tensorboard)
+
+
+def _print_outputs(out_dir: Path, tensorboard: Path | None) -> None:
+    """Where a benchmark wrote its results (and its TensorBoard logs)."""
     console.print(
         f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png, report: {out_dir}/report.html",
         soft_wrap=True,
     )
+    if tensorboard is not None:
+        console.print(f"TensorBoard logs: tensorboard --logdir {tensorboard}", soft_wrap=True)
 
 
 @app.command()
