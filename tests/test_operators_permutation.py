@@ -1,4 +1,4 @@
-"""Tests of the masked relaxed sorting operators (NeuralSort, SoftSort, hard sort, soft top-k membership).
+"""Tests of the masked relaxed permutation operators (NeuralSort, SoftSort, hard sort, soft top-k membership).
 
 Reference values come from independent numpy/scipy transcriptions of the papers' formulas:
 Grover et al. 2019 (NeuralSort, eq. 5) and Prillo & Eisenschlos 2020 (SoftSort, eq. 2).
@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.special import softmax
 
-from cascade_ranking.sorting import hard_sort, neural_sort, soft_sort, soft_topk_membership
+from cascade_ranking.operators import hard_sort, neural_sort, soft_sort, soft_topk_membership
 
 SOFT_OPS = {
     "neural_sort": lambda s, tau, mask=None: neural_sort(s, tau=tau, mask=mask),
@@ -68,9 +68,7 @@ def _np_hard(s: np.ndarray) -> np.ndarray:
 def test_gradcheck_float64(op, masked):
     s = _distinct_scores(3, 6, seed=1).requires_grad_()
     mask = _partial_mask() if masked else None
-    assert torch.autograd.gradcheck(
-        lambda x: SOFT_OPS[op](x, 0.7, mask), (s,), eps=1e-6, atol=1e-7, rtol=1e-5
-    )
+    assert torch.autograd.gradcheck(lambda x: SOFT_OPS[op](x, 0.7, mask), (s,), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 def test_gradgradcheck_neural_sort():
@@ -136,9 +134,7 @@ def test_soft_operators_tend_to_hard_sort(op):
 def test_neural_sort_ties_share_mass_at_small_tau():
     s = torch.tensor([[3.0, 1.0, 3.0, 0.0]], dtype=torch.float64)
     p = neural_sort(s, tau=1e-4)[0]
-    expected = torch.tensor(
-        [[0.5, 0, 0.5, 0], [0.5, 0, 0.5, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=torch.float64
-    )
+    expected = torch.tensor([[0.5, 0, 0.5, 0], [0.5, 0, 0.5, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=torch.float64)
     torch.testing.assert_close(p, expected)
 
 
@@ -236,13 +232,13 @@ def test_soft_topk_membership_reference():
     s = _distinct_scores(2, 6, seed=13)
     mask = _partial_mask()[:2]
     p = neural_sort(s, tau=0.5, mask=mask)
-    got = soft_topk_membership(p, 2)
+    got = soft_topk_membership(p, 2)[0]
     pn = p.numpy()
     expected = pn[:, :2].sum(1) / (pn.sum(1) + 1e-6)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
     assert torch.all(got[~mask] == 0)
     # hard limit: exactly the top-2 valid candidates (up to eps)
-    hard = soft_topk_membership(hard_sort(s, mask=mask), 2)
+    hard = soft_topk_membership(hard_sort(s, mask=mask), 2)[0]
     top2 = torch.zeros_like(s)
     for b in range(2):
         idx = torch.where(mask[b])[0]
@@ -252,11 +248,9 @@ def test_soft_topk_membership_reference():
 
 def test_soft_topk_membership_column_sum_is_detached():
     s = _distinct_scores(1, 5, seed=14).requires_grad_()
-    soft_topk_membership(neural_sort(s, tau=1.0), 2).sum().backward()
+    soft_topk_membership(neural_sort(s, tau=1.0), 2)[0].sum().backward()
     p = neural_sort(s, tau=1.0)
-    expected = torch.autograd.grad(
-        (p[:, :2].sum(-2) / (p.detach().sum(-2) + 1e-6)).sum(), s, retain_graph=True
-    )[0]
+    expected = torch.autograd.grad((p[:, :2].sum(-2) / (p.detach().sum(-2) + 1e-6)).sum(), s, retain_graph=True)[0]
     undetached = torch.autograd.grad((p[:, :2].sum(-2) / (p.sum(-2) + 1e-6)).sum(), s)[0]
     torch.testing.assert_close(s.grad, expected)
     assert not torch.allclose(s.grad, undetached)

@@ -4,7 +4,8 @@ The stable public API (imported on first use, so ``import cascade_ranking`` does
 
 * losses: the :mod:`~cascade_ranking.losses` module (``losses.build(name, keep=..., gt_num=...)``),
   :class:`LossOutput`, :class:`CascadeLoss` (the calling convention);
-* differentiable sorting: :func:`neural_sort`, :func:`soft_sort` (masked relaxed permutation matrices);
+* differentiable sorting and top-k: :func:`neural_sort`, :func:`soft_sort` (masked relaxed permutation
+  matrices) and the :mod:`~cascade_ranking.operators` registry (NeuralSort, SoftSort, DFTopK, LapSum, sparse top-k);
 * models and the cascade: :func:`build_model`, :class:`Cascade`, :class:`Stage`;
 * data: :class:`DatasetSchema`, :class:`RequestBatch`, :func:`open_dataset`, :func:`iterate_partitions`;
 * metrics: :class:`CascadeMetrics` (streaming joint recall, stage recall, NDCG@k, Kendall tau);
@@ -12,7 +13,7 @@ The stable public API (imported on first use, so ``import cascade_ranking`` does
   :func:`cascade_ranking.evaluate.evaluate` (the submodules ``train`` and ``evaluate`` keep their names, so
   no function shadows them here).
 
-Submodules (``losses``, ``metrics``, ``models``, ``sorting``, ``data``) are importable as attributes too.
+Submodules (``losses``, ``metrics``, ``models``, ``operators``, ``data``) are importable as attributes too.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _LAZY: dict[str, str] = {
     "losses": "cascade_ranking.losses",
     "metrics": "cascade_ranking.metrics",
     "models": "cascade_ranking.models",
-    "sorting": "cascade_ranking.sorting",
+    "operators": "cascade_ranking.operators",
     "Cascade": "cascade_ranking.cascade:Cascade",
     "CascadeLoss": "cascade_ranking.losses.base:CascadeLoss",
     "CascadeMetrics": "cascade_ranking.metrics:CascadeMetrics",
@@ -39,9 +40,9 @@ _LAZY: dict[str, str] = {
     "TrainConfig": "cascade_ranking.config:TrainConfig",
     "build_model": "cascade_ranking.models:build_model",
     "iterate_partitions": "cascade_ranking.data.loader:iterate_partitions",
-    "neural_sort": "cascade_ranking.sorting:neural_sort",
+    "neural_sort": "cascade_ranking.operators:neural_sort",
     "open_dataset": "cascade_ranking.data.store:open_dataset",
-    "soft_sort": "cascade_ranking.sorting:soft_sort",
+    "soft_sort": "cascade_ranking.operators:soft_sort",
 }
 
 __all__ = [
@@ -61,12 +62,12 @@ __all__ = [
     "models",
     "neural_sort",
     "open_dataset",
+    "operators",
     "soft_sort",
-    "sorting",
 ]
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real objects
-    from . import data, losses, metrics, models, sorting
+    from . import data, losses, metrics, models, operators
     from .cascade import Cascade, Stage
     from .config import TrainConfig
     from .data.loader import iterate_partitions
@@ -75,7 +76,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real objects
     from .losses.base import CascadeLoss, LossOutput
     from .metrics import CascadeMetrics
     from .models import build_model
-    from .sorting import neural_sort, soft_sort
+    from .operators import neural_sort, soft_sort
 
 
 def __getattr__(name: str) -> Any:

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..sorting import neural_sort, split_column_sums
+from ..operators import neural_sort, split_column_sums
 from ._common import StageLoss
 from .base import EPS, LossOutput, detached_parts, label_permutation, request_mean
 

@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..sorting import neural_sort
+from ..operators import neural_sort
 
 __all__ = [
     "EPS",

@@ -43,7 +43,7 @@ Deviations, all invisible when every candidate is valid:
 
 * Padded candidates contribute nothing (the released code adds ``-log(eps)`` per padded slot to the negative
   branch of ``L_e2e``) and the per-request mean is over the ``n`` valid candidates, not all ``N`` slots.
-  NeuralSort is taken over the valid candidates only (:func:`cascade_ranking.sorting.neural_sort`), so
+  NeuralSort is taken over the valid candidates only (:func:`cascade_ranking.operators.neural_sort`), so
   masking a candidate equals deleting it.
 * The batch mean is over requests with at least one valid candidate; a batch with none gives exactly 0 (the
   ``log |w_i|`` term included) with zero gradients.
@@ -59,7 +59,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..sorting import neural_sort, split_column_sums
+from ..operators import neural_sort, split_column_sums
 from .base import EPS, LossOutput, check_inputs, detached_parts, label_permutation, request_mean
 
 __all__ = ["LCRONLoss", "lcron_terms"]

@@ -1,61 +1,23 @@
-"""Relaxed sorting operators: NeuralSort and SoftSort permutation matrices, with a candidate mask.
+"""NeuralSort: the relaxed permutation matrix of Grover et al. (ICLR 2019), masked, and its soft top-k.
 
-Conventions (shared by every loss in this package):
+Layout of the returned ``P`` (shared with :mod:`.softsort`): ``[B, N, N]``, row ``r`` (0-based; rank
+``r + 1``) is a soft indicator of the candidate at the ``r``-th place of the **descending** order. Rows are
+stochastic over the valid candidates. Padded candidates are sorted last: for a request with ``n`` valid
+candidates, rows ``r < n`` put no mass on padded columns, rows ``r >= n`` are all zero, and padded scores
+receive exactly zero gradient. With every candidate valid the result is the operator of the paper, unchanged.
 
-* ``scores`` is ``[B, N]`` (floating); ``mask`` is ``[B, N]`` bool, ``True`` at valid candidates.
-* The returned ``P`` is ``[B, N, N]``: row ``r`` (0-based; rank ``r + 1``) is a soft indicator of the
-  candidate at the ``r``-th place of the **descending** order. Rows are stochastic over the valid
-  candidates.
-* Padded candidates are sorted last: for a request with ``n`` valid candidates, rows ``r < n`` put no mass
-  on padded columns, rows ``r >= n`` are all zero, and padded scores receive exactly zero gradient. With
-  every candidate valid the result is the operator of the paper, unchanged.
-
-References:
+Reference:
     Grover, Wang, Zweig, Ermon. "Stochastic Optimization of Sorting Networks via Continuous Relaxations."
     ICLR 2019 (NeuralSort, eq. 5: ``P[r, :] = softmax(((n + 1 - 2r) s - A_s 1) / tau)``).
-    Prillo, Eisenschlos. "SoftSort: A Continuous Relaxation for the argsort Operator." ICML 2020
-    (eq. 2: ``P[r, :] = softmax(-d(sort(s)_r, s) / tau)``, ``d = |.|``; RankTower uses ``d = (.)^2``).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["neural_sort", "soft_sort", "hard_sort", "soft_topk_membership", "pairwise_abs_sum", "split_column_sums"]
+from ._common import check_k, check_scores, soft_topk_membership, softmax_valid_rows
 
-
-def _check(scores: torch.Tensor, mask: torch.Tensor | None, tau: float) -> torch.Tensor:
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be [B, N], got shape {tuple(scores.shape)}")
-    if not scores.is_floating_point():
-        raise TypeError(f"scores must be floating point, got {scores.dtype}")
-    if not tau > 0:
-        raise ValueError(f"tau must be positive, got {tau}")
-    if mask is None:
-        return torch.ones_like(scores, dtype=torch.bool)
-    if mask.shape != scores.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match scores shape {tuple(scores.shape)}")
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be bool, got {mask.dtype}")
-    return mask
-
-
-def _finish(logits: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
-    """Softmax over valid columns of rows ``r < n``; zero rows ``r >= n``; finite for all-masked rows."""
-    logits = (logits / tau).masked_fill(~mask.unsqueeze(-2), torch.finfo(logits.dtype).min)
-    return _softmax_valid_rows(logits, mask)
-
-
-def _softmax_valid_rows(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``softmax(logits)`` with rows ``r >= n`` zeroed; ``logits`` hold ``finfo.min`` at padded columns.
-
-    Padded columns need no second mask: in a row with a valid column, ``exp(finfo.min - max)`` is exactly 0.
-    """
-    p = torch.softmax(logits, dim=-1)
-    if mask.device.type == "cpu" and bool(mask.all()):  # every row valid: the row mask is all ones
-        return p
-    row_valid = torch.arange(mask.shape[-1], device=mask.device) < mask.sum(-1, keepdim=True)  # [B, N]
-    return p * row_valid.unsqueeze(-1).to(p.dtype)
+__all__ = ["neural_sort", "neuralsort_topk", "pairwise_abs_sum"]
 
 
 def _tie_groups(srt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +103,7 @@ def neural_sort(scores: torch.Tensor, *, tau: float, mask: torch.Tensor | None =
     Raises:
         ValueError / TypeError: wrong shapes or dtypes, or ``tau <= 0``.
     """
-    mask = _check(scores, mask, tau)
+    mask = check_scores(scores, mask, tau)
     s = torch.where(mask, scores, torch.zeros_like(scores))  # padded scores never enter: zero gradient
     n = mask.sum(-1, keepdim=True).to(s.dtype)  # [B, 1]
     ranks = torch.arange(1, scores.shape[-1] + 1, device=s.device, dtype=s.dtype)
@@ -149,96 +111,21 @@ def neural_sort(scores: torch.Tensor, *, tau: float, mask: torch.Tensor | None =
     low = torch.finfo(s.dtype).min  # padded columns: coef * 0 + low = low (masked before the softmax)
     neg_a = torch.where(mask, pairwise_abs_sum(s, mask) / -tau, torch.full_like(s, low))  # [B, N] over j
     logits = torch.addcmul(neg_a.unsqueeze(-2), coef.unsqueeze(-1), s.unsqueeze(-2))  # [B, r, j]
-    return _softmax_valid_rows(logits, mask)
+    return softmax_valid_rows(logits, mask)
 
 
-def soft_sort(
-    scores: torch.Tensor, *, tau: float, mask: torch.Tensor | None = None, power: float = 1.0
+def neuralsort_topk(
+    scores: torch.Tensor, k: int, *, tau: float, mask: torch.Tensor | None = None, eps: float = 1e-6
 ) -> torch.Tensor:
-    """SoftSort relaxed permutation matrix (Prillo & Eisenschlos 2020, eq. 2), descending, masked.
+    """Soft top-``k`` membership from NeuralSort: ``sum_{r<k} P[r, j] / (sg(sum_r P[r, j]) + eps)``, ``[B, N]``.
 
-    Row ``r`` over valid columns ``j`` is ``softmax_j(-|sort(s)_r - s_j|^power / tau)`` where ``sort(s)``
-    sorts the valid scores in descending order. ``power=1`` is the paper's operator; ``power=2`` is the
-    squared-distance variant used by RankTower's sorting loss (Yan & Li 2023, eq. 15).
-
-    Args:
-        scores: ``[B, N]`` float scores (higher = earlier).
-        tau: temperature > 0.
-        mask: optional ``[B, N]`` bool, ``True`` at valid candidates.
-        power: exponent of the distance, > 0.
-
-    Returns:
-        ``[B, N, N]`` tensor of ``scores.dtype`` (layout as :func:`neural_sort`).
+    ``P = neural_sort(scores, tau=tau, mask=mask)``; the normalisation is LCRON's (Wang et al. 2025, Sec. 3.3).
+    Time and memory ``O(B N^2)`` (the ``[B, N, N]`` matrix). With ``k >= n`` every valid candidate gets
+    ``c / (c + eps)`` (1 up to ``eps``); padded candidates get 0. As ``tau -> 0``: the hard top-``k`` indicator
+    (ties at the ``k``-th place share it).
 
     Raises:
-        ValueError / TypeError: wrong shapes or dtypes, ``tau <= 0`` or ``power <= 0``.
+        ValueError / TypeError: as :func:`neural_sort`; ``k`` not an integer ``>= 0``.
     """
-    mask = _check(scores, mask, tau)
-    if not power > 0:
-        raise ValueError(f"power must be positive, got {power}")
-    s = torch.where(mask, scores, torch.zeros_like(scores))
-    low = torch.finfo(s.dtype).min
-    sorted_s, _ = torch.sort(torch.where(mask, s, torch.full_like(s, low)), dim=-1, descending=True)
-    n = mask.sum(-1, keepdim=True)
-    row_valid = torch.arange(scores.shape[-1], device=s.device).unsqueeze(0) < n
-    sorted_s = torch.where(row_valid, sorted_s, torch.zeros_like(sorted_s))  # no sentinel enters arithmetic
-    dist = (sorted_s.unsqueeze(-1) - s.unsqueeze(-2)).abs()
-    logits = -(dist**power) if power != 1.0 else -dist
-    return _finish(logits, mask, tau)
-
-
-def hard_sort(scores: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Exact descending permutation matrix ``[B, N, N]`` (ties broken by slot index), padded last.
-
-    The hard counterpart of :func:`neural_sort` / :func:`soft_sort`: row ``r`` is the one-hot indicator of
-    the candidate at place ``r``; rows ``r >= n`` are zero. No gradient.
-    """
-    mask = _check(scores, mask, 1.0)
-    with torch.no_grad():
-        low = torch.finfo(scores.dtype).min
-        order = torch.sort(
-            torch.where(mask, scores, torch.full_like(scores, low)), dim=-1, descending=True, stable=True
-        )[1]
-        p = torch.nn.functional.one_hot(order, scores.shape[-1]).to(scores.dtype)
-        row_valid = torch.arange(scores.shape[-1], device=scores.device).unsqueeze(0) < mask.sum(-1, keepdim=True)
-        return p * row_valid.unsqueeze(-1).to(p.dtype)
-
-
-def soft_topk_membership(p: torch.Tensor, k: int, *, eps: float = 1e-6) -> torch.Tensor:
-    """Soft probability that each candidate is among the top ``k``: ``sum_{r<k} P[r, j] / sg(sum_r P[r, j])``.
-
-    The column sum is detached (stop-gradient), as in LCRON (Wang et al. 2025, Sec. 3.3) and ARF: it only
-    renormalises NeuralSort's columns, which are not exactly stochastic. ``eps`` (1e-6, as released) keeps
-    padded columns (column sum 0) at exactly 0.
-
-    Args:
-        p: ``[B, N, N]`` permutation matrix (rows = places, columns = candidates).
-        k: number of top places, ``0 <= k``; values above N are clipped to N.
-
-    Returns:
-        ``[B, N]`` membership in ``[0, 1]``.
-    """
-    top, rest = split_column_sums(p, k)
-    return top / ((top + rest).detach() + eps)
-
-
-def split_column_sums(p: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mass of each column in the top ``k`` places and below: ``(sum_{r<k} P[r, j], sum_{r>=k} P[r, j])``.
-
-    Both come from one batched matrix product with a ``[2, N]`` indicator (and so does their gradient),
-    instead of two slices and sums over the ``[B, N, N]`` matrix.
-
-    Args:
-        p: ``[B, N, N]`` permutation matrix (rows = places, columns = candidates).
-        k: number of top places, ``0 <= k``; values above N are clipped to N.
-
-    Returns:
-        two ``[B, N]`` tensors; their sum is the column sum of ``p``.
-    """
-    n = p.shape[-2]
-    k = min(max(int(k), 0), n)
-    ind = torch.zeros(2, n, dtype=p.dtype, device=p.device)
-    ind[0, :k] = 1
-    ind[1, k:] = 1
-    sums = torch.matmul(ind, p)  # [B, 2, N]
-    return sums[..., 0, :], sums[..., 1, :]
+    k = check_k(k)
+    return soft_topk_membership(neural_sort(scores, tau=tau, mask=mask), k, eps=eps)[0]
