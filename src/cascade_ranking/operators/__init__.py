@@ -42,9 +42,11 @@ from .sparse_topk import sparse_topk
 __all__ = [
     "TopKOperator",
     "REGISTRY",
+    "LOG_FLOOR",
     "available",
     "get",
     "soft_topk",
+    "log1mexp",
     "neural_sort",
     "soft_sort",
     "hard_sort",
@@ -116,14 +118,28 @@ class TopKOperator:
         """``(log inside, log outside)`` ``[B, N]``, each floored at -100 (as ``torch.nn.BCELoss``).
 
         Sigmoid-form operators take them from the logits (``logsigmoid``, exact where the sigmoid rounds to
-        0 or 1); the others as ``log`` of :meth:`split`. Values at masked slots are meaningless (weight them 0).
+        0 or 1); the others as ``log`` of :meth:`split` (``eps`` 1e-6). Values at masked slots are
+        meaningless (weight them 0).
         """
         if self.logits is not None:
             z = self.logits(scores, k, tau=tau, mask=mask)
             logs = torch.nn.functional.logsigmoid(z), torch.nn.functional.logsigmoid(-z)
-        else:
-            logs = tuple(torch.log(v) for v in self.split(scores, k, tau=tau, mask=mask, eps=0.0))
+        else:  # below the smallest normal number the log is floored anyway: no 0 * inf gradient at exact 0
+            tiny = torch.finfo(scores.dtype).tiny
+            logs = tuple(torch.log(v.clamp_min(tiny)) for v in self.split(scores, k, tau=tau, mask=mask))
         return logs[0].clamp_min(LOG_FLOOR), logs[1].clamp_min(LOG_FLOOR)
+
+
+def log1mexp(log_p: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(log_p))`` for ``log_p [...] <= 0``, accurate at both ends, floored at -100, never NaN.
+
+    ``log(-expm1(x))`` near 0 and ``log1p(-exp(x))`` below ``-log 2`` (Maechler 2012); ``log_p`` is capped
+    at ``-tiny`` so that ``log_p = 0`` (``p = 1``) gives the floor with zero gradient instead of ``0 * inf``.
+    """
+    x = log_p.clamp_max(-torch.finfo(log_p.dtype).tiny)
+    near = torch.log(-torch.expm1(x.clamp_min(-0.6931471805599453)))
+    far = torch.log1p(-torch.exp(x.clamp_max(-0.6931471805599453)))
+    return torch.where(x > -0.6931471805599453, near, far).clamp_min(LOG_FLOOR)
 
 
 def _matrix_of(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
