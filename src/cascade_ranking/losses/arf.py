@@ -45,8 +45,9 @@ import torch
 
 from .. import operators
 from ..operators import split_column_sums
+from ..types import LossOutput
 from ._common import StageLoss
-from .base import EPS, LossOutput, detached_parts, label_permutation, request_mean
+from .base import EPS, detached_parts, label_permutation, request_mean
 
 __all__ = ["ARFLoss", "ARFv2Loss"]
 

@@ -51,8 +51,9 @@ import torch
 
 from .. import operators
 from ..operators import LOG_FLOOR, hard_topk, log1mexp
+from ..types import LossOutput
 from ._common import StageLoss
-from .base import LossOutput, detached_parts, request_mean
+from .base import detached_parts, request_mean
 
 __all__ = ["DFTopKLoss"]
 
