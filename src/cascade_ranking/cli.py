@@ -592,12 +592,28 @@ def prepare_synthetic_cmd(
         str, typer.Option(help="store (our Parquet store) or recflow (RecFlow's published layout).")
     ] = "store",
     seed: Annotated[int, typer.Option(help="Seed of the simulated world and funnel.")] = 0,
+    candidates: Annotated[
+        int | None,
+        typer.Option(
+            help="Candidates per request (store layout; default 10 per funnel group). The lowest group "
+            "(prerank_neg) takes the rest, e.g. 1000 or 10000, as a production pre-ranking stage scores."
+        ),
+    ] = None,
 ) -> None:
     """Simulate a production funnel (seeded world, noisy multi-stage cascade) at any scale, day by day."""
     from .datasets.synthetic import simulate
 
     try:
-        schema = simulate(out, requests=requests, days=days, stages=stages, layout=layout, seed=seed, progress=True)
+        schema = simulate(
+            out,
+            requests=requests,
+            days=days,
+            stages=stages,
+            layout=layout,
+            seed=seed,
+            progress=True,
+            candidates=candidates,
+        )
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     if schema is None:
