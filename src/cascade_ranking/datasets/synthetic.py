@@ -707,7 +707,12 @@ def simulate(
                 "seed": int(seed),
                 "requests": int(requests),
                 "days": int(days),
-                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+                "config": {  # prerank_neg_slots only when used: RecFlow-layout provenance as before
+                    k: list(v) if isinstance(v, tuple) else v
+                    for k, v in asdict(config).items()
+                    if k != "prerank_neg_slots" or v
+                },
+                **({} if candidates is None else {"candidates": int(spec.num_candidates)}),
             },
         )
         write_schema(tmp, schema)
