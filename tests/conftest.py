@@ -151,3 +151,12 @@ def nan_at_step_3(monkeypatch):
         return loss_fn
 
     monkeypatch.setattr("cascade_ranking.training.loop.losses.build", build)
+
+
+def distinct_scores(b: int, n: int, seed: int, gap: float = 0.3) -> torch.Tensor:
+    """``[b, n]`` float64 scores whose pairwise gaps are at least ``gap`` (no ties), in random order."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.arange(n, dtype=torch.float64) * gap
+    jitter = torch.rand(b, n, generator=g, dtype=torch.float64) * gap * 0.3
+    perm = torch.stack([torch.randperm(n, generator=g) for _ in range(b)])
+    return (base + jitter - base.mean()).gather(1, perm)

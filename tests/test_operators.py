@@ -22,6 +22,7 @@ from scipy.special import expit, softmax
 
 from cascade_ranking import operators
 from cascade_ranking.operators import hard_topk
+from conftest import distinct_scores
 
 ALL = operators.available()
 SUM_TO_K = ("lapsum", "sparse_topk")  # memberships sum to exactly min(k, n)
@@ -109,11 +110,7 @@ def _reference(
 
 def _scores(b: int = 4, n: int = 9, seed: int = 0, gap: float = 0.25) -> torch.Tensor:
     """float64 scores with pairwise gaps >= ``gap`` (no ties), random order."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.arange(n, dtype=torch.float64) * gap
-    jitter = torch.rand(b, n, generator=g, dtype=torch.float64) * gap * 0.3
-    perm = torch.stack([torch.randperm(n, generator=g) for _ in range(b)])
-    return (base + jitter - base.mean()).gather(1, perm)
+    return distinct_scores(b, n, seed, gap)
 
 
 def _mask() -> torch.Tensor:

@@ -372,7 +372,7 @@ def benchmark(
     config_file: ConfigOpt = None,
     set_: SetOpt = None,
     methods: Annotated[
-        str | None, typer.Option(help="Comma-separated methods (default: the eight cascade methods).")
+        str | None, typer.Option(help="Comma-separated methods (default: the eight cascade methods and dftopk).")
     ] = None,
     stages: Annotated[int | None, typer.Option(help="Stages of the default MovieLens-100K cascade: 2 or 3.")] = None,
     repeats: Annotated[int | None, typer.Option(help="Seeds per method (default 3).")] = None,

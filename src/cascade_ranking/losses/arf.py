@@ -47,7 +47,7 @@ from .. import operators
 from ..operators import split_column_sums
 from ..types import LossOutput
 from ._common import StageLoss
-from .base import EPS, detached_parts, label_permutation, request_mean
+from .base import EPS, detached_parts, label_permutation, request_mean, valid_counts
 
 __all__ = ["ARFLoss", "ARFv2Loss"]
 
@@ -100,10 +100,7 @@ class ARFLoss(StageLoss):
 
     def _compute(self, logits, label, mask, stage) -> LossOutput:
         dtype = logits[0].dtype
-        n_valid = mask.sum(-1)
-        has = n_valid > 0
-        valid = mask.to(dtype)
-        inv_n = 1.0 / n_valid.clamp_min(1).to(dtype)
+        n_valid, has, valid, inv_n = valid_counts(mask, dtype)
         complete = (n_valid == mask.shape[-1]).to(dtype)
         y = label_permutation(label, mask, dtype)  # [B, N, N], no gradient
         sigma = self.sigma.to(dtype)

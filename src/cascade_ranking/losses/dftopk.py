@@ -53,7 +53,7 @@ from .. import operators
 from ..operators import LOG_FLOOR, hard_topk, log1mexp
 from ..types import LossOutput
 from ._common import StageLoss
-from .base import detached_parts, request_mean
+from .base import detached_parts, request_mean, valid_counts
 
 __all__ = ["DFTopKLoss"]
 
@@ -117,10 +117,7 @@ class DFTopKLoss(StageLoss):
 
     def _compute(self, logits, label, mask, stage) -> LossOutput:
         dtype = logits[0].dtype
-        n_valid = mask.sum(-1)
-        has = n_valid > 0
-        valid = mask.to(dtype)
-        inv_n = 1.0 / n_valid.clamp_min(1).to(dtype)
+        n_valid, has, valid, inv_n = valid_counts(mask, dtype)
         y = hard_topk(label, self.gt_num, mask=mask)  # [B, N], no gradient
         log_joint = torch.zeros_like(label)  # log prod_i f_i
         parts: dict[str, torch.Tensor] = {}

@@ -64,7 +64,7 @@ from .. import operators
 from ..operators import split_column_sums
 from ..types import LossOutput
 from ._common import StageLoss
-from .base import EPS, detached_parts, label_permutation, request_mean
+from .base import EPS, detached_parts, label_permutation, request_mean, valid_counts
 
 __all__ = ["LCRONLoss", "lcron_terms"]
 
@@ -107,10 +107,7 @@ def lcron_terms(
     if len(logits) == 0:
         raise ValueError("logits must hold one [B, N] tensor per stage, got none")
     dtype = functools.reduce(torch.promote_types, [x.dtype for x in logits])
-    n_valid = mask.sum(-1)  # [B]
-    has_valid = n_valid > 0
-    m = mask.to(dtype)
-    inv_n = 1.0 / n_valid.clamp_min(1).to(dtype)  # [B]
+    n_valid, has_valid, m, inv_n = valid_counts(mask, dtype)  # [B], [B], [B, N], [B]
 
     y = label_permutation(label, mask, dtype)  # [B, N, N], no gradient
     if label_threshold is not None:

@@ -13,6 +13,7 @@ import torch
 __all__ = [
     "check_scores",
     "check_k",
+    "threshold_inputs",
     "softmax_valid_rows",
     "hard_sort",
     "hard_topk",
@@ -50,6 +51,24 @@ def check_k(k: int) -> int:
     if isinstance(k, bool) or int(k) != k or k < 0:
         raise ValueError(f"k must be an integer >= 0, got {k!r}")
     return int(k)
+
+
+def threshold_inputs(
+    scores: torch.Tensor, k: int, mask: torch.Tensor | None, tau: float
+) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shared start of the threshold operators (LapSum, sparse top-k), after validating the inputs.
+
+    Returns:
+        ``(mask, k, z, inside, kept)``: the mask; ``k``; ``z = s / tau`` ``[B, N]`` with padded scores 0 (they
+        never enter: zero gradient); ``inside [B, 1]`` bool, the requests that need a threshold
+        (``0 < k < n``); ``kept [B, N]``, the result of the others (1 at valid candidates if ``k > 0``).
+    """
+    mask = check_scores(scores, mask, tau)
+    k = check_k(k)
+    z = torch.where(mask, scores, torch.zeros_like(scores)) / tau
+    inside = (mask.sum(-1, keepdim=True) > k) & (k > 0)
+    kept = torch.where(mask & (k > 0), torch.ones_like(z), torch.zeros_like(z)) + 0.0 * z
+    return mask, k, z, inside, kept
 
 
 def softmax_valid_rows(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

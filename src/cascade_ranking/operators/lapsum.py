@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import check_k, check_scores
+from ._common import threshold_inputs
 
 __all__ = ["lapsum_topk"]
 
@@ -85,13 +85,9 @@ def lapsum_topk(scores: torch.Tensor, k: int, *, tau: float, mask: torch.Tensor 
     Raises:
         ValueError / TypeError: wrong shapes or dtypes, ``tau <= 0``, ``k`` not an integer ``>= 0``.
     """
-    mask = check_scores(scores, mask, tau)
-    k = check_k(k)
-    z = torch.where(mask, scores, torch.zeros_like(scores)) / tau
-    n = mask.sum(-1, keepdim=True)
-    inside = (n > k) & (k > 0)  # [B, 1]: rows that need a threshold
+    mask, k, z, inside, kept = threshold_inputs(scores, k, mask, tau)
     if scores.shape[-1] == 0 or not bool(inside.any()):
-        return torch.where(mask & (k > 0), torch.ones_like(z), torch.zeros_like(z)) + 0.0 * z
+        return kept
     b0 = torch.where(inside, _threshold(z, mask & inside, k), torch.zeros_like(z[..., :1]))  # finite everywhere
     with torch.no_grad():
         dens = torch.where(mask, 0.5 * torch.exp(-(z - b0).abs()), torch.zeros_like(z))
@@ -100,4 +96,4 @@ def lapsum_topk(scores: torch.Tensor, k: int, *, tau: float, mask: torch.Tensor 
     x = z - b
     half_tail = 0.5 * torch.exp(-x.abs())
     p = torch.where(x > 0, 1.0 - half_tail, half_tail)
-    return torch.where(mask, torch.where(inside, p, (k > 0) * torch.ones_like(p)), torch.zeros_like(p))
+    return torch.where(inside, torch.where(mask, p, torch.zeros_like(p)), kept)

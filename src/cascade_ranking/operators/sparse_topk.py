@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import check_k, check_scores
+from ._common import threshold_inputs
 
 __all__ = ["sparse_topk"]
 
@@ -75,12 +75,7 @@ def sparse_topk(scores: torch.Tensor, k: int, *, tau: float, mask: torch.Tensor 
     Raises:
         ValueError / TypeError: wrong shapes or dtypes, ``tau <= 0``, ``k`` not an integer ``>= 0``.
     """
-    mask = check_scores(scores, mask, tau)
-    k = check_k(k)
-    z = torch.where(mask, scores, torch.zeros_like(scores)) / tau
-    n = mask.sum(-1, keepdim=True)
-    inside = (n > k) & (k > 0)  # [B, 1]
-    kept = torch.where(mask & (k > 0), torch.ones_like(z), torch.zeros_like(z)) + 0.0 * z
+    mask, k, z, inside, kept = threshold_inputs(scores, k, mask, tau)
     if scores.shape[-1] == 0 or not bool(inside.any()):
         return kept
     upper, free = _free_sets(z, mask & inside, k)
