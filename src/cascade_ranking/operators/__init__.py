@@ -126,7 +126,8 @@ class TopKOperator:
             logs = torch.nn.functional.logsigmoid(z), torch.nn.functional.logsigmoid(-z)
         else:  # below the smallest normal number the log is floored anyway: no 0 * inf gradient at exact 0
             tiny = torch.finfo(scores.dtype).tiny
-            logs = tuple(torch.log(v.clamp_min(tiny)) for v in self.split(scores, k, tau=tau, mask=mask))
+            inside, outside = self.split(scores, k, tau=tau, mask=mask)
+            logs = torch.log(inside.clamp_min(tiny)), torch.log(outside.clamp_min(tiny))
         return logs[0].clamp_min(LOG_FLOOR), logs[1].clamp_min(LOG_FLOOR)
 
 
