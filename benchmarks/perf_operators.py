@@ -80,7 +80,7 @@ def run_all(args: argparse.Namespace) -> dict:
     src = REPO / "src"
     threads = {"threads": args.threads} if args.threads else {}
     out: dict = {"budget": args.budget, "operators": [], "losses": [], "training": []}
-    for num in _sizes(args.quick):
+    for num in _sizes(args.quick) if "operators" in args.sections else []:
         batch = max(1, args.budget // num)
         for name in operators.available():
             r = spawn("operator", {"name": name, "num": num, "batch": batch, "repeats": args.repeats, **threads}, src)
@@ -93,7 +93,7 @@ def run_all(args: argparse.Namespace) -> dict:
             r["hyper"] = hyper
             out["losses"].append(r)
             print(f"loss {method} {hyper} N={num} {r.get('seconds', float('nan')):.4f}s", flush=True)
-    for num in [40, 1000, 10000]:
+    for num in [40, 1000, 10000] if "training" in args.sections else []:
         batch = max(1, 40960 // num)
         for method in ("dftopk", "lcron"):
             if method == "lcron" and num > 1000:
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed training steps per configuration")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
     p.add_argument("--lcron-ops", default="softsort,dftopk", help="operators to run LCRON over (besides NeuralSort)")
+    p.add_argument("--sections", default="operators,training", help="operators (sections 1-2), training (3)")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
     args.lcron_ops = [o for o in args.lcron_ops.split(",") if o]
