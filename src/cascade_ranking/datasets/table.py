@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..data.recflow import staged_output
+from ..data.atomic import staged_directory
 from ..data.schema import (
     SCHEMA_FILE,
     CategoricalField,
@@ -77,6 +77,7 @@ from .table_source import (
     column_kind,
     describe_columns,
     epoch_us,
+    fetch_one,
     list_sources,
     local_time,
     mapped_columns,
@@ -169,7 +170,7 @@ def convert_table(
     out = Path(out)
     if out.resolve() == source.root.resolve() or source.root.resolve().is_relative_to(out.resolve()):
         raise ValueError(f"out={str(out)!r} would replace the source {str(source.root)!r}")
-    with staged_output(out, marker=SCHEMA_FILE) as tmp, _duckdb(out, threads, memory_limit) as con:
+    with staged_directory(out, marker=SCHEMA_FILE) as tmp, _duckdb(out, threads, memory_limit) as con:
         try:
             report = _Conversion(con, mapping, source, on_error).run(tmp)
         except duckdb.Error as exc:
@@ -208,7 +209,7 @@ class _Conversion:
     def _check_columns(self) -> None:
         per_file = self.source.column_types(self.con)
         check_columns(per_file, mapped_columns(self.m), describe_columns(self.m))
-        union = self.con.sql(f"DESCRIBE SELECT * FROM {self.source.reader()}").fetchall()
+        union = self.con.execute(f"DESCRIBE SELECT * FROM {self.source.reader()}").fetchall()
         self.types = {r[0]: r[1] for r in union}
 
     def _kind(self, column: str) -> str:
@@ -267,7 +268,7 @@ class _Conversion:
         example = "struct_pack(" + ", ".join([f"f := {quote(FILE_COLUMN)}", "r := CAST(rkey AS VARCHAR)",
                                               f"i := CAST(i_{m.item[0].name} AS VARCHAR)"]
                                              + [f"v{i} := raw_{i}" for i in range(len(reasons))]) + ")"  # fmt: skip
-        found = self.con.sql(
+        found = self.con.execute(
             f"SELECT reason, count(*), any_value({example}) FROM checked WHERE reason IS NOT NULL GROUP BY reason "
             "ORDER BY reason"
         ).fetchall()
@@ -282,7 +283,7 @@ class _Conversion:
             f"CREATE TABLE rows AS SELECT {', '.join(keep)}, {part} AS part FROM checked WHERE reason IS NULL "
             "ORDER BY part"
         )
-        total = self.con.sql("SELECT count(*) FROM rows").fetchone()
+        total = fetch_one(self.con, "SELECT count(*) FROM rows")
         return int(total[0] if total else 0) + sum(int(c) for _, c, _ in found)
 
     def _row_message(self, name: str, column: str, row: dict, code: int, count: int) -> str:
@@ -303,14 +304,14 @@ class _Conversion:
         params = [rkey] + ([part] if part is not None else []) + ([ikey] if ikey is not None else [])
         if part is None and ikey is not None:
             cond, params = cond.replace("$3", "$2"), [rkey, ikey]
-        found = self.con.execute(f"SELECT {quote(FILE_COLUMN)} FROM rows WHERE {cond} LIMIT 1", params).fetchone()
+        found = fetch_one(self.con, f"SELECT {quote(FILE_COLUMN)} FROM rows WHERE {cond} LIMIT 1", params)
         return str(found[0]) if found else str(self.source.root)
 
     def _check_spread(self) -> None:
         """A request must lie in one partition."""
         spread = "SELECT rkey, min(part) AS a, max(part) AS b, count(*) AS n FROM rows GROUP BY rkey HAVING a <> b"
-        found = self.con.sql(f"SELECT count(*), sum(n), any_value(struct_pack(r := rkey, a := a, b := b)) FROM ({spread})")
-        count, rows, ex = found.fetchone() or (0, 0, None)
+        found = fetch_one(self.con, f"SELECT count(*), sum(n), any_value(struct_pack(r := rkey, a := a, b := b)) FROM ({spread})")
+        count, rows, ex = found or (0, 0, None)
         if not count:
             return
         if self.on_error == "drop":
@@ -329,8 +330,8 @@ class _Conversion:
         """One row per (request, item)."""
         key = f"i_{self.m.item[0].name}"
         dups = f"SELECT rkey, {key}, count(*) AS n FROM rows GROUP BY rkey, {key} HAVING n > 1"
-        found = self.con.sql(f"SELECT count(*), sum(n - 1), any_value(struct_pack(r := rkey, i := {key}, n := n)) "
-                             f"FROM ({dups})").fetchone()  # fmt: skip
+        found = fetch_one(self.con, f"SELECT count(*), sum(n - 1), any_value(struct_pack(r := rkey, i := {key}, "
+                          f"n := n)) FROM ({dups})")  # fmt: skip
         count, extra, ex = found or (0, 0, None)
         if not count:
             return
@@ -365,7 +366,7 @@ class _Conversion:
 
     def _partitions(self) -> list[tuple[datetime, int, PartitionRole]]:
         """(start, requests, role) of each non-empty partition in time order; registers table ``roles``."""
-        found = self.con.sql("SELECT part, count(*) FROM req GROUP BY part ORDER BY part").fetchall()
+        found = self.con.execute("SELECT part, count(*) FROM req GROUP BY part ORDER BY part").fetchall()
         roles = _roles([p for p, _ in found], self.m)
         if "train" not in roles:
             raise TableFormatError(
@@ -396,14 +397,14 @@ class _Conversion:
                         f"AS BIGINT) AS id FROM (SELECT {prefix}_{f.name} AS value FROM {table} WHERE value IS NOT NULL"
                         f" AND {self._fit_scope()} GROUP BY value HAVING count(*) >= {v.min_count})"
                     )
-                    n = self.con.sql(f"SELECT count(*) FROM {name}").fetchone()
+                    n = fetch_one(self.con, f"SELECT count(*) FROM {name}")
                     self.encodings[f.name] = _Encoding(max(int(n[0] if n else 0) + v.oov_id + 1, 2), table=name)
 
     def _fit_bins(self, f: FeatureSpec, column: str, table: str) -> _Encoding:
         qs = [k / f.bins for k in range(1, f.bins)]
         scope = "part IN (SELECT part FROM roles WHERE role = 'train')"
-        found = self.con.sql(f"SELECT quantile_cont({column}, {qs}) FROM {table} WHERE isfinite({column}) AND {scope}")
-        row = found.fetchone()
+        sql = f"SELECT quantile_cont({column}, {qs}) FROM {table} WHERE isfinite({column}) AND {scope}"
+        row = fetch_one(self.con, sql)
         edges = sorted({float(e) for e in (row[0] if row and row[0] else [])})
         return _Encoding(len(edges) + 2, edges=edges)
 
@@ -442,8 +443,8 @@ class _Conversion:
                 e, j = self.encoded(prefix, f, "q")
                 exprs.append(f"{e} AS {quote(f'{role}.{f.name}')}")
                 joins += j
-        table = self.con.sql(f"SELECT {', '.join(exprs)} FROM req q{joins} WHERE q.part = {lit} ORDER BY q.ridx")
-        data = table.fetchnumpy()
+        sql = f"SELECT {', '.join(exprs)} FROM req q{joins} WHERE q.part = {lit} ORDER BY q.ridx"
+        data = self.con.execute(sql).fetchnumpy()
         assert len(data["ridx"]) == num and (data["ridx"] == np.arange(num)).all()
         arrays = {"request_id": np.asarray(data["rid"], dtype=np.int64)}
         arrays.update({k: np.asarray(v, dtype=np.int64) for k, v in data.items() if k not in ("ridx", "rid")})

@@ -29,6 +29,7 @@ from .table_source import (
     check_columns,
     column_kind,
     epoch_us,
+    fetch_one,
     list_sources,
     quote,
 )
@@ -50,7 +51,7 @@ def load_events(con, mapping: TableMapping, on_error: str) -> dict[str, int]:
     describe = {ev.user: "history.events.user", ev.time: "history.events.time"}
     describe.update({c: f"history.events.fields.{k}" for k, c in ev.fields.items()})
     check_columns(source.column_types(con), wanted, describe)
-    types = {r[0]: r[1] for r in con.sql(f"DESCRIBE SELECT * FROM {source.reader()}").fetchall()}
+    types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {source.reader()}").fetchall()}
     ts = epoch_us(ev.time, column_kind(types[ev.time]), ev.time_unit, mapping.partitions.time_zone)
     fields = ", ".join(f"{quote(c)} AS i_{k}" for k, c in ev.fields.items())
     con.sql(
@@ -64,10 +65,11 @@ def load_events(con, mapping: TableMapping, on_error: str) -> dict[str, int]:
         ("events: unknown item", f"{key} NOT IN (SELECT DISTINCT {key} FROM rows)", "unknown item"),
     )
     for reason, cond, what in checks:
-        found = con.sql(
+        found = fetch_one(
+            con,
             f"SELECT count(*), any_value(struct_pack(f := {quote(FILE_COLUMN)}, u := CAST(eu AS VARCHAR), "
-            f"i := CAST({key} AS VARCHAR))) FROM events_raw WHERE {cond}"
-        ).fetchone()
+            f"i := CAST({key} AS VARCHAR))) FROM events_raw WHERE {cond}",
+        )
         count, ex = found if found else (0, None)
         if not count:
             continue

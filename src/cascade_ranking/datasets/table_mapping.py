@@ -28,7 +28,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..data.schema import validate_keep
+from ..errors import validation_problems
+from ..types import check_keep
 
 __all__ = [
     "DERIVED_VOCAB",
@@ -251,8 +252,9 @@ class TableMapping(_Spec):
             if unknown:
                 raise ValueError(f"candidates.per_stage names {unknown}, not among funnel.stages {self.funnel.stages}")
         self._check_history()
-        validate_keep(
-            self.cascade.keep, self.cascade.gt_num, self.candidates.num_candidates, what="cascade.keep"
+        check_keep(
+            self.cascade.keep, gt_num=self.cascade.gt_num, num_candidates=self.candidates.num_candidates,
+            what="cascade.keep",
         )  # fmt: skip
         return self
 
@@ -301,8 +303,7 @@ def load_mapping(path: str | Path) -> TableMapping:
     try:
         mapping = TableMapping.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'mapping'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{path}: invalid mapping: {problems}") from None
+        raise ValueError(f"{path}: invalid mapping: {validation_problems(exc, 'mapping')}") from None
     if mapping.history is not None and mapping.history.events is not None:
         events = mapping.history.events
         if not events.path.is_absolute():  # relative to the mapping file

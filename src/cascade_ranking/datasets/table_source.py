@@ -21,6 +21,7 @@ __all__ = [
     "TableFormatError",
     "check_columns",
     "column_kind",
+    "fetch_one",
     "describe_columns",
     "epoch_us",
     "list_sources",
@@ -51,6 +52,13 @@ _KIND_WORDS = {"integer": "integer", "float": "float", "string": "string", "bool
 class TableFormatError(ValueError):
     """A long table or events table does not match the mapping: one line naming the file, the column and an
     example row (and, where dropping makes sense, that ``--on-error drop`` would drop such rows)."""
+
+
+def fetch_one(con, sql: str, params: list | None = None) -> tuple | None:
+    """The first row of ``sql`` (the result is read to its end, as DuckDB requires before the next query)."""
+    rows = con.execute(sql, params) if params is not None else con.execute(sql)
+    found = rows.fetchall()
+    return found[0] if found else None
 
 
 def quote(name: str) -> str:
@@ -111,7 +119,7 @@ class SourceFiles:
         """Column name -> DuckDB type name, for every file."""
         out = {}
         for f in self.files:
-            rows = con.sql(f"DESCRIBE SELECT * FROM {self.reader([f])}").fetchall()
+            rows = con.execute(f"DESCRIBE SELECT * FROM {self.reader([f])}").fetchall()
             out[f] = {r[0]: r[1] for r in rows if r[0] != FILE_COLUMN}
         return out
 
