@@ -392,13 +392,23 @@ class _Conversion:
                     self.encodings[f.name] = self._fit_bins(f, f"{prefix}_{f.name}", table)
                 else:
                     name = f"v_{prefix}_{f.name}"
+                    values = self._values_sql(prefix, f.name, table)
                     self.con.sql(
                         f"CREATE TABLE {name} AS SELECT value, CAST(row_number() OVER (ORDER BY value) + {v.oov_id} "
-                        f"AS BIGINT) AS id FROM (SELECT {prefix}_{f.name} AS value FROM {table} WHERE value IS NOT NULL"
-                        f" AND {self._fit_scope()} GROUP BY value HAVING count(*) >= {v.min_count})"
+                        f"AS BIGINT) AS id FROM ({values}) WHERE value IS NOT NULL AND {self._fit_scope()} "
+                        f"GROUP BY value HAVING count(*) >= {v.min_count}"
                     )
                     n = fetch_one(self.con, f"SELECT count(*) FROM {name}")
                     self.encodings[f.name] = _Encoding(max(int(n[0] if n else 0) + v.oov_id + 1, 2), table=name)
+
+    def _values_sql(self, prefix: str, name: str, table: str) -> str:
+        """SQL of (value, part) of a field's occurrences: its column, and for an item field with a history list
+        column, the list elements too (so an item seen only in histories is in the vocabulary)."""
+        sql = f"SELECT {prefix}_{name} AS value, part FROM {table}"
+        h = self.m.history
+        if prefix == "i" and h is not None and h.lists is not None and name in h.lists:
+            sql += f" UNION ALL SELECT unnest(h_{name}) AS value, part FROM req"
+        return sql
 
     def _fit_bins(self, f: FeatureSpec, column: str, table: str) -> _Encoding:
         qs = [k / f.bins for k in range(1, f.bins)]

@@ -10,7 +10,8 @@ dataset is laid out: vocabularies, numeric buckets, history, candidates per requ
 **Encodings** (id 0 = padding / unknown everywhere, as in :mod:`cascade_ranking.data.schema`):
 
 * categorical field: a vocabulary of the values seen ``vocabulary.min_count`` times or more (counted over
-  requests for user and context fields, over candidate rows for item fields) in the partitions of
+  requests for user and context fields, over candidate rows and history-list elements for item fields) in the
+  requests of the partitions of
   ``vocabulary.fit_on`` (``train`` by default, so validation and test never shape it); values in ascending
   order get ids from ``oov_id + 1``; a value outside it gets ``oov_id`` (1 = its own id, 0 = shared with
   padding); a null value gets 0;
