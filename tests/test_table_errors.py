@@ -1,0 +1,261 @@
+"""``prepare table`` on bad input: each case gives its one-line message (file, column, example row) or, with
+``on_error="drop"``, drops and counts; nothing half-written stays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cascade_ranking.data.store import open_dataset, read_partition
+from cascade_ranking.datasets.table import TableFormatError, convert_table
+from cascade_ranking.datasets.table_mapping import TableMapping
+
+DAY = 86_400
+START = 1_704_067_200  # 2024-01-01 00:00 UTC
+STAGES = ["neg", "mid", "pos"]
+
+
+def _rows(days: int = 3, requests: int = 4, cands: int = 5) -> dict[str, np.ndarray]:
+    """A clean long table: request r (on day r // requests) has items r*10 + 0..cands-1."""
+    r = np.repeat(np.arange(days * requests), cands)
+    k = np.tile(np.arange(cands), days * requests)
+    return {
+        "request_id": r.astype(np.int64),
+        "ts": (START + (r // requests) * DAY + 3600 + r).astype(np.int64),
+        "user_id": (r % 3).astype(np.int64),
+        "item_id": (r * 10 + k).astype(np.int64),
+        "stage": np.asarray(STAGES, dtype=object)[np.minimum(k, 2)],
+        "label": (k % 3).astype(np.float64),
+    }
+
+
+def _write(root: Path, cols: dict, types: dict | None = None) -> Path:
+    """One Parquet file per day in hive folders ``root/dt=<day>/part.parquet``."""
+    day = (np.asarray(cols["ts"]) - START) // DAY
+    for d in np.unique(day):
+        sel = np.flatnonzero(day == d)
+        table = pa.table({k: pa.array([v[i] for i in sel], (types or {}).get(k)) for k, v in cols.items()})
+        path = root / f"dt=2024-01-0{d + 1}" / "part.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+    return root
+
+
+def _mapping(**overrides) -> TableMapping:
+    values = {
+        "name": "tiny",
+        "request": {"id": "request_id", "time": "ts"},
+        "user": [{"name": "user_id", "column": "user_id"}],
+        "item": [{"name": "item_id", "column": "item_id"}],
+        "funnel": {"column": "stage", "stages": STAGES},
+        "label": {"column": "label"},
+        "candidates": {"num": 4},
+        "partitions": {"unit": "day", "test": 1},
+        "vocabulary": {"fit_on": "all"},
+        "cascade": {"keep": [3], "gt_num": 1},
+    }
+    values.update(overrides)
+    return TableMapping.model_validate(values)
+
+
+def _file(root: Path, day: int) -> str:
+    return str(root / f"dt=2024-01-0{day}" / "part.parquet")
+
+
+def _fails(tmp_path: Path, src: Path, mapping: TableMapping, message: str) -> None:
+    """The conversion raises exactly ``message``, and leaves no output and no temporary folder."""
+    with pytest.raises(TableFormatError) as info:
+        convert_table(src, tmp_path / "out", mapping)
+    assert str(info.value) == message
+    assert not (tmp_path / "out").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_clean_table_converts(tmp_path):
+    src = _write(tmp_path / "long", _rows())
+    report = convert_table(src, tmp_path / "out", _mapping())
+    schema = open_dataset(tmp_path / "out")
+    assert [p.name for p in schema.partitions] == ["2024-01-01", "2024-01-02", "2024-01-03"]
+    assert [p.role for p in schema.partitions] == ["train", "train", "test"]
+    assert report.rows == 60 and report.requests == 12
+    a = read_partition(tmp_path / "out", schema, schema.partitions[0])
+    # 5 rows per request, N = 4: the deepest stages are kept (pos, pos, pos, mid... here stages 0,1,2,2,2)
+    assert a["mask"].all()
+    assert sorted(a["stage"][0].tolist()) == [1, 2, 2, 2]
+
+
+def test_missing_column(tmp_path):
+    cols = _rows()
+    del cols["stage"]
+    src = _write(tmp_path / "long", cols)
+    _fails(
+        tmp_path, src, _mapping(),
+        f"{_file(src, 1)}: column 'stage' missing (funnel.column; columns: ['dt', 'item_id', 'label', 'request_id', "
+        "'ts', 'user_id'])",
+    )  # fmt: skip
+
+
+def test_wrong_type(tmp_path):
+    cols = _rows()
+    cols["label"] = cols["label"].astype(str)
+    src = _write(tmp_path / "long", cols)
+    _fails(
+        tmp_path, src, _mapping(),
+        f"{_file(src, 1)}: column 'label' has type VARCHAR, expected integer or float or boolean (label.column)",
+    )  # fmt: skip
+
+
+def test_stage_not_named(tmp_path):
+    cols = _rows()
+    cols["stage"][7] = "shown"  # request 1, item 12
+    src = _write(tmp_path / "long", cols)
+    _fails(
+        tmp_path, src, _mapping(),
+        f"{_file(src, 1)}: column 'stage': value 'shown' is not among funnel.stages ['neg', 'mid', 'pos'] (e.g. row "
+        "request_id=1, item_id=12; 1 such row(s); --on-error drop drops them)",
+    )  # fmt: skip
+
+
+def test_request_in_two_partitions(tmp_path):
+    cols = _rows()
+    cols["ts"][21] += DAY  # request 4 (day 2), one row moved to day 3
+    src = _write(tmp_path / "long", cols)
+    _fails(
+        tmp_path, src, _mapping(),
+        f"{_file(src, 3)}: column 'ts': request 4 has rows in partitions 2024-01-02 and 2024-01-03, a request must "
+        "lie in one (e.g. row request_id=4; 1 such request(s); --on-error drop drops them)",
+    )  # fmt: skip
+
+
+def test_duplicate_request_item(tmp_path):
+    cols = _rows()
+    cols["item_id"][11] = cols["item_id"][10]  # request 2 logs item 20 twice
+    src = _write(tmp_path / "long", cols)
+    _fails(
+        tmp_path, src, _mapping(),
+        f"{_file(src, 1)}: columns 'request_id', 'item_id': duplicate (request, item) rows (e.g. row request_id=2, "
+        "item_id=20 appears 2 times; 1 such pair(s); --on-error drop keeps the row at the deepest stage)",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("column", "row", "message"),
+    [
+        ("request_id", 3, "column 'request_id': null request id (e.g. row request_id=NULL, item_id=3"),
+        ("item_id", 3, "column 'item_id': null item id (e.g. row request_id=0, item_id=NULL"),
+    ],
+)
+def test_null_ids(tmp_path, column, row, message):
+    cols = {k: list(v) for k, v in _rows().items()}
+    cols[column][row] = None
+    types = {"request_id": pa.int64(), "item_id": pa.int64()}
+    src = _write(tmp_path / "long", cols, types)
+    _fails(tmp_path, src, _mapping(), f"{_file(src, 1)}: {message}; 1 such row(s); --on-error drop drops them)")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_labels(tmp_path, value):
+    cols = _rows()
+    cols["label"][26] = value  # request 5, item 51
+    src = _write(tmp_path / "long", cols)
+    shown = "nan" if np.isnan(value) else "inf"
+    _fails(
+        tmp_path, src, _mapping(),
+        f"{_file(src, 2)}: column 'label': label value {shown} is null or not finite (e.g. row request_id=5, "
+        "item_id=51; 1 such row(s); --on-error drop drops them)",
+    )  # fmt: skip
+
+
+def test_weighted_feedback_names_the_bad_column(tmp_path):
+    cols = _rows()
+    cols["click"] = (cols["label"] > 0).astype(np.float64)
+    cols["like"] = (cols["label"] > 1).astype(np.float64)
+    cols["like"][26] = np.nan
+    src = _write(tmp_path / "long", cols)
+    mapping = _mapping(label={"sum": {"click": 1.0, "like": 2.0}})
+    _fails(
+        tmp_path, src, mapping,
+        f"{_file(src, 2)}: column 'like': label value nan is null or not finite (e.g. row request_id=5, item_id=51; "
+        "1 such row(s); --on-error drop drops them)",
+    )  # fmt: skip
+
+
+def _events(tmp_path: Path, items: list[int]) -> Path:
+    path = tmp_path / "events.parquet"
+    n = len(items)
+    pq.write_table(pa.table({"uid": [0] * n, "t": [START - 100 + i for i in range(n)], "item": items}), path)
+    return path
+
+
+def test_history_events_name_unknown_items(tmp_path):
+    src = _write(tmp_path / "long", _rows())
+    events = _events(tmp_path, [10, 999, 11])
+    mapping = _mapping(
+        history={"length": 3, "events": {"path": str(events), "user": "uid", "time": "t", "fields": {"item_id": "item"}}}
+    )
+    _fails(
+        tmp_path, src, mapping,
+        f"{events}: column 'item': item 999 is not among the long table's candidate items (e.g. row uid=0, "
+        "item=999; 1 such row(s); --on-error drop drops them)",
+    )  # fmt: skip
+
+
+def test_history_events_most_recent_first(tmp_path):
+    """The last L events strictly before the request, most recent first (slot 0), against a numpy reference."""
+    src = _write(tmp_path / "long", _rows())
+    events = _events(tmp_path, [10, 11, 12, 20, 21])  # user 0, all before the first request
+    mapping = _mapping(
+        history={"length": 3, "events": {"path": str(events), "user": "uid", "time": "t", "fields": {"item_id": "item"}}}
+    )
+    convert_table(src, tmp_path / "out", mapping)
+    schema = open_dataset(tmp_path / "out")
+    a = read_partition(tmp_path / "out", schema, schema.partitions[0])
+    ids = {v: i for v, i in zip(*_vocab(tmp_path / "out"))}
+    want = np.array([ids[21], ids[20], ids[12]])
+    user0 = a["user.user_id"] == ids_user(tmp_path / "out", 0)
+    np.testing.assert_array_equal(a["history.item_id"][user0], np.broadcast_to(want, (user0.sum(), 3)))
+    assert (a["history.item_id"][~user0] == 0).all()
+
+
+def _vocab(out: Path, name: str = "item.item_id"):
+    t = pq.read_table(out / "vocabulary" / f"{name}.parquet")
+    return t.column("value").to_pylist(), t.column("id").to_pylist()
+
+
+def ids_user(out: Path, value) -> int:
+    values, ids = _vocab(out, "user.user_id")
+    return ids[values.index(value)]
+
+
+def test_drop_counts_what_it_dropped(tmp_path):
+    cols = _rows()
+    cols["stage"][7] = "shown"  # 1 row
+    cols["label"][26] = np.nan  # 1 row
+    cols["ts"][41] += DAY  # request 8 spread: its 5 rows
+    cols["item_id"][11] = cols["item_id"][10]  # 1 duplicate row
+    src = _write(tmp_path / "long", cols)
+    report = convert_table(src, tmp_path / "out", _mapping(), on_error="drop")
+    assert report.dropped == {
+        "unknown stage": 1,
+        "bad label label": 1,
+        "request in two partitions": 5,
+        "duplicate (request, item)": 1,
+    }
+    assert report.requests == 11
+    assert open_dataset(tmp_path / "out").provenance["dropped"] == report.dropped
+
+
+def test_failure_keeps_the_previous_dataset(tmp_path):
+    src = _write(tmp_path / "long", _rows())
+    convert_table(src, tmp_path / "out", _mapping())
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    bad = _rows()
+    bad["stage"][0] = "?"
+    with pytest.raises(TableFormatError):
+        convert_table(_write(tmp_path / "bad", bad), tmp_path / "out", _mapping())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
