@@ -255,7 +255,8 @@ class _Conversion:
         return out
 
     def _load_rows(self) -> int:
-        """Normalise every row into ``rows`` (one scan), checking each; returns the rows read."""
+        """Normalise every row into ``rows`` with its check result ``reason`` (one scan of the source), then
+        raise on (or drop and count) the bad rows; returns the rows read."""
         m = self.m
         reasons = self._reasons()
         reason_case = "CASE " + " ".join(f"WHEN {cond} THEN {i}" for i, (_, _, cond) in enumerate(reasons)) + " END"
@@ -263,32 +264,31 @@ class _Conversion:
         raw = [f"CAST({quote(c)} AS VARCHAR) AS raw_{i}" for i, (_, c, _) in enumerate(reasons)]
         raw += [f"CAST({quote(c)} AS DOUBLE) AS fb_{i}" for i, c in enumerate(m.label.columns)]
         norm = f"SELECT {', '.join([f'{e} AS {a}' for e, a in select] + raw)} FROM {self.source.reader()}"
-        checked = f"SELECT *, {reason_case} AS reason FROM ({norm})"
-        self.con.sql(f"CREATE TEMP VIEW checked AS {checked}")
-        example = "struct_pack(" + ", ".join([f"f := {quote(FILE_COLUMN)}", "r := CAST(rkey AS VARCHAR)",
-                                              f"i := CAST(i_{m.item[0].name} AS VARCHAR)"]
-                                             + [f"v{i} := raw_{i}" for i in range(len(reasons))]) + ")"  # fmt: skip
+        self.con.sql(f"CREATE TEMP VIEW checked AS SELECT *, {reason_case} AS reason FROM ({norm})")
+        part = f"date_trunc({sql_string(m.partitions.unit)}, {local_time('ts_us', m.partitions.time_zone)})"
+        keep = ", ".join(a for _, a in select)
+        self.con.sql(f"CREATE TABLE rows AS SELECT {keep}, {part} AS part, reason FROM checked ORDER BY part")
         found = self.con.execute(
-            f"SELECT reason, count(*), any_value({example}) FROM checked WHERE reason IS NOT NULL GROUP BY reason "
-            "ORDER BY reason"
+            "SELECT reason, count(*) FROM rows WHERE reason IS NOT NULL GROUP BY reason ORDER BY reason"
         ).fetchall()
-        for code, count, row in found:
+        for code, count in found:
             name, column, _ = reasons[code]
             if self.on_error == "raise":
-                raise TableFormatError(self._row_message(name, column, row, code, count))
+                raise TableFormatError(self._row_message(name, column, code, count))
             self.dropped[name] = self.dropped.get(name, 0) + int(count)
-        part = f"date_trunc({sql_string(m.partitions.unit)}, {local_time('ts_us', m.partitions.time_zone)})"
-        keep = [a for _, a in select]
-        self.con.sql(
-            f"CREATE TABLE rows AS SELECT {', '.join(keep)}, {part} AS part FROM checked WHERE reason IS NULL "
-            "ORDER BY part"
-        )
+        if found:
+            self.con.sql("DELETE FROM rows WHERE reason IS NOT NULL")
         total = fetch_one(self.con, "SELECT count(*) FROM rows")
-        return int(total[0] if total else 0) + sum(int(c) for _, c, _ in found)
+        return int(total[0] if total else 0) + sum(int(c) for _, c in found)
 
-    def _row_message(self, name: str, column: str, row: dict, code: int, count: int) -> str:
+    def _row_message(self, name: str, column: str, code: int, count: int) -> str:
+        """The message of check ``code``, with an example row read again from the source (``checked``)."""
         m = self.m
-        value = row[f"v{code}"]
+        example = ", ".join([f"f := {quote(FILE_COLUMN)}", "r := CAST(rkey AS VARCHAR)",
+                             f"i := CAST(i_{m.item[0].name} AS VARCHAR)", f"v := raw_{code}"])  # fmt: skip
+        found = fetch_one(self.con, f"SELECT struct_pack({example}) FROM checked WHERE reason = {code} LIMIT 1")
+        row = found[0] if found else {"f": str(self.source.root), "r": None, "i": None, "v": None}
+        value = row["v"]
         what = {
             "null request id": "null request id",
             "null or unparsable time": f"null or unparsable time {value!r}" if value is not None else "null time",
@@ -298,12 +298,8 @@ class _Conversion:
         example = f"{m.request.id}={row['r'] or 'NULL'}, {m.item[0].column}={row['i'] or 'NULL'}"
         return f"{row['f']}: column {column!r}: {what} (e.g. row {example}; {count} such row(s); {_DROP_HINT})"
 
-    def _example_file(self, rkey, part=None, ikey=None) -> str:
-        cond = "rkey = $1" + (" AND part = $2" if part is not None else "") + (" AND i_key = $3" if ikey is not None else "")
-        cond = cond.replace("i_key", f"i_{self.m.item[0].name}")
-        params = [rkey] + ([part] if part is not None else []) + ([ikey] if ikey is not None else [])
-        if part is None and ikey is not None:
-            cond, params = cond.replace("$3", "$2"), [rkey, ikey]
+    def _example_file(self, cond: str, params: list) -> str:
+        """The source file of a row of ``rows`` matching ``cond`` (``$1``, ``$2`` = ``params``)."""
         found = fetch_one(self.con, f"SELECT {quote(FILE_COLUMN)} FROM rows WHERE {cond} LIMIT 1", params)
         return str(found[0]) if found else str(self.source.root)
 
@@ -321,7 +317,7 @@ class _Conversion:
         name = _NAME_FORMAT[self.m.partitions.unit]
         a, b = ex["a"].strftime(name), ex["b"].strftime(name)
         raise TableFormatError(
-            f"{self._example_file(ex['r'], ex['b'])}: column {self.m.request.time!r}: request {ex['r']} has rows in "
+            f"{self._example_file('rkey = $1 AND part = $2', [ex['r'], ex['b']])}: column {self.m.request.time!r}: request {ex['r']} has rows in "
             f"partitions {a} and {b}, a request must lie in one (e.g. row {self.m.request.id}={ex['r']}; "
             f"{count} such request(s); {_DROP_HINT})"
         )
@@ -345,7 +341,7 @@ class _Conversion:
             return
         m = self.m
         raise TableFormatError(
-            f"{self._example_file(ex['r'], ikey=ex['i'])}: columns {m.request.id!r}, {m.item[0].column!r}: duplicate "
+            f"{self._example_file(f'rkey = $1 AND {key} = $2', [ex['r'], ex['i']])}: columns {m.request.id!r}, {m.item[0].column!r}: duplicate "
             f"(request, item) rows (e.g. row {m.request.id}={ex['r']}, {m.item[0].column}={ex['i']} appears "
             f"{ex['n']} times; {count} such pair(s); --on-error drop keeps the row at the deepest stage)"
         )
