@@ -168,7 +168,8 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }  # fmt: skip
     table = "\n".join([
-        "| rows | requests | threads | memory limit | convert (s) | rows/s | peak RSS (MiB) | source (MiB) | dataset (MiB) |",
+        "| rows | requests | threads | memory limit | convert (s) | rows/s | peak RSS (MiB) | source (MiB) "
+        "| dataset (MiB) |",
         "|---:|---:|---:|---|---:|---:|---:|---:|---:|",
         f"| {rows:,} | {facts['requests']:,} | {args.threads} | {args.memory_limit} | {result['convert_seconds']} | "
         f"{result['rows_per_second']:,} | {result['peak_rss_mib']:,} | {src_mib:.0f} | {facts['dataset_mib']:.0f} |",

@@ -80,7 +80,9 @@ def requests_by_id(directory: Path, decode: dict[str, np.ndarray] | None = None)
         cols = {k: (decode[k][v] if k in decode else v)[order] for k, v in a.items() if a[k].ndim == 1}
         for h in schema.history:
             v = a[f"history.{h.name}"]
-            cols[f"history.{h.name}"] = (decode[f"item.{h.item_field}"][v] if f"item.{h.item_field}" in decode else v)[order]
+            cols[f"history.{h.name}"] = (decode[f"item.{h.item_field}"][v] if f"item.{h.item_field}" in decode else v)[
+                order
+            ]
         req, slot = np.nonzero(a["mask"])
         items = [f"item.{f.name}" for f in schema.features if f.role == "item"]
         table = [a["request_id"][req].astype(np.float64)]

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from table_helpers import assert_same_requests, flatten_dataset
 
 from cascade_ranking.data.store import open_dataset
 from cascade_ranking.datasets.table import convert_table
 from cascade_ranking.datasets.table_mapping import TableMapping
+from table_helpers import assert_same_requests, flatten_dataset
 
 
 def _fields(role: str, names: list[str], derived: tuple[str, ...] = ()) -> list[dict]:
@@ -108,7 +108,9 @@ def test_csv_and_json_lines_read_like_parquet(tmp_path, fmt):
     mapping = TableMapping.model_validate(yaml.safe_load(EXAMPLE_MAPPING))
     if fmt == "jsonl":
         table = pacsv.read_csv(src)
-        lists = [[int(x) for x in s.strip("[]").split(",") if x.strip()] for s in table.column("history_items").to_pylist()]
+        lists = [
+            [int(x) for x in s.strip("[]").split(",") if x.strip()] for s in table.column("history_items").to_pylist()
+        ]
         table = table.set_column(table.column_names.index("history_items"), "history_items", [lists])
         src = tmp_path / "logs.jsonl"
         src.write_text("\n".join(__import__("json").dumps(r) for r in table.to_pylist()) + "\n")

@@ -195,7 +195,10 @@ def test_history_events_name_unknown_items(tmp_path):
     src = _write(tmp_path / "long", _rows())
     events = _events(tmp_path, [10, 999, 11])
     mapping = _mapping(
-        history={"length": 3, "events": {"path": str(events), "user": "uid", "time": "t", "fields": {"item_id": "item"}}}
+        history={
+            "length": 3,
+            "events": {"path": str(events), "user": "uid", "time": "t", "fields": {"item_id": "item"}},
+        }
     )
     _fails(
         tmp_path, src, mapping,
@@ -209,7 +212,10 @@ def test_history_events_most_recent_first(tmp_path):
     src = _write(tmp_path / "long", _rows())
     events = _events(tmp_path, [10, 11, 12, 20, 21])  # user 0, all before the first request
     mapping = _mapping(
-        history={"length": 3, "events": {"path": str(events), "user": "uid", "time": "t", "fields": {"item_id": "item"}}}
+        history={
+            "length": 3,
+            "events": {"path": str(events), "user": "uid", "time": "t", "fields": {"item_id": "item"}},
+        }
     )
     convert_table(src, tmp_path / "out", mapping)
     schema = open_dataset(tmp_path / "out")

@@ -610,7 +610,12 @@ def prepare_table_cmd(
         raise _fail(f"--on-error {on_error!r}: expected raise or drop")
     try:
         report = convert_table(
-            src, out, load_mapping(mapping), on_error=on_error, threads=threads, memory_limit=memory_limit  # type: ignore[arg-type]
+            src,
+            out,
+            load_mapping(mapping),
+            on_error="drop" if on_error == "drop" else "raise",
+            threads=threads,
+            memory_limit=memory_limit,
         )
     except _user_errors() as exc:
         raise _fail(str(exc)) from None

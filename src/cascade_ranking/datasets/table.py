@@ -63,6 +63,7 @@ from ..data.schema import (
     HistoryField,
     Partition,
     PartitionRole,
+    Role,
     TrainDefaults,
     roles_in_time_order,
 )
@@ -124,7 +125,11 @@ def _duckdb(out: Path, threads: int, memory_limit: str) -> Iterator[Any]:
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".work", dir=out.parent))
     con = None
     try:
-        config = {"threads": threads, "memory_limit": memory_limit, "temp_directory": str(work / "spill")}
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "threads": threads,
+            "memory_limit": memory_limit,
+            "temp_directory": str(work / "spill"),
+        }
         con = duckdb.connect(str(work / "work.duckdb"), config=config)
         con.sql("SET TimeZone = 'UTC'")
         yield con
@@ -161,8 +166,12 @@ def convert_table(
             partition; names the file, the column and an example row. Nothing is written then.
         ValueError: ``out`` is ``src`` or an unrelated non-empty folder.
     """
-    import duckdb
-
+    try:
+        import duckdb
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "prepare table needs DuckDB: pip install 'cascade-ranking[table]' (or pip install duckdb)"
+        ) from None
     if on_error not in ("raise", "drop"):
         raise ValueError(f"on_error={on_error!r}: expected 'raise' or 'drop'")
     start = time.perf_counter()
@@ -306,7 +315,9 @@ class _Conversion:
     def _check_spread(self) -> None:
         """A request must lie in one partition."""
         spread = "SELECT rkey, min(part) AS a, max(part) AS b, count(*) AS n FROM rows GROUP BY rkey HAVING a <> b"
-        found = fetch_one(self.con, f"SELECT count(*), sum(n), any_value(struct_pack(r := rkey, a := a, b := b)) FROM ({spread})")
+        found = fetch_one(
+            self.con, f"SELECT count(*), sum(n), any_value(struct_pack(r := rkey, a := a, b := b)) FROM ({spread})"
+        )
         count, rows, ex = found or (0, 0, None)
         if not count:
             return
@@ -316,9 +327,10 @@ class _Conversion:
             return
         name = _NAME_FORMAT[self.m.partitions.unit]
         a, b = ex["a"].strftime(name), ex["b"].strftime(name)
+        where = self._example_file("rkey = $1 AND part = $2", [ex["r"], ex["b"]])
         raise TableFormatError(
-            f"{self._example_file('rkey = $1 AND part = $2', [ex['r'], ex['b']])}: column {self.m.request.time!r}: request {ex['r']} has rows in "
-            f"partitions {a} and {b}, a request must lie in one (e.g. row {self.m.request.id}={ex['r']}; "
+            f"{where}: column {self.m.request.time!r}: request {ex['r']} has rows in partitions {a} and {b}, "
+            f"a request must lie in one (e.g. row {self.m.request.id}={ex['r']}; "
             f"{count} such request(s); {_DROP_HINT})"
         )
 
@@ -340,9 +352,10 @@ class _Conversion:
             self.dropped["duplicate (request, item)"] = int(extra)
             return
         m = self.m
+        where = self._example_file(f"rkey = $1 AND {key} = $2", [ex["r"], ex["i"]])
         raise TableFormatError(
-            f"{self._example_file(f'rkey = $1 AND {key} = $2', [ex['r'], ex['i']])}: columns {m.request.id!r}, {m.item[0].column!r}: duplicate "
-            f"(request, item) rows (e.g. row {m.request.id}={ex['r']}, {m.item[0].column}={ex['i']} appears "
+            f"{where}: columns {m.request.id!r}, {m.item[0].column!r}: duplicate (request, item) rows "
+            f"(e.g. row {m.request.id}={ex['r']}, {m.item[0].column}={ex['i']} appears "
             f"{ex['n']} times; {count} such pair(s); --on-error drop keeps the row at the deepest stage)"
         )
 
@@ -353,8 +366,14 @@ class _Conversion:
                 for f in specs if f.column is not None]  # fmt: skip
         if m.history is not None and m.history.lists is not None:
             cols += [f"any_value(h_{name}) AS h_{name}" for name in m.history.lists]
-        grouped = f"SELECT rkey, min(ts_us) AS ts_us, any_value(part) AS part, {', '.join(cols)} FROM rows GROUP BY rkey"
-        rid = "CAST(rkey AS BIGINT)" if self._kind(m.request.id) == "integer" else "row_number() OVER (ORDER BY ts_us, rkey) - 1"
+        grouped = (
+            f"SELECT rkey, min(ts_us) AS ts_us, any_value(part) AS part, {', '.join(cols)} FROM rows GROUP BY rkey"
+        )
+        rid = (
+            "CAST(rkey AS BIGINT)"
+            if self._kind(m.request.id) == "integer"
+            else "row_number() OVER (ORDER BY ts_us, rkey) - 1"
+        )
         self.con.sql(
             f"CREATE TABLE req AS SELECT *, row_number() OVER (PARTITION BY part ORDER BY ts_us, rkey) - 1 AS ridx, "
             f"{rid} AS rid FROM ({grouped}) ORDER BY part, ridx"
@@ -429,7 +448,9 @@ class _Conversion:
         return f"CASE WHEN {col} IS NULL THEN 0 ELSE coalesce({j}.id, {oov}) END", join
 
     # -- 5: one partition ---------------------------------------------------------------------
-    def _write_partition(self, tmp: Path, schema: DatasetSchema, part: tuple[datetime, int, PartitionRole]) -> Partition:
+    def _write_partition(
+        self, tmp: Path, schema: DatasetSchema, part: tuple[datetime, int, PartitionRole]
+    ) -> Partition:
         start, num, role = part
         lit = f"TIMESTAMP {sql_string(start.isoformat(sep=' '))}"
         arrays = self._request_arrays(lit, num)
@@ -473,7 +494,13 @@ class _Conversion:
 
     def _candidate_arrays(self, lit: str, num: int) -> dict[str, np.ndarray]:
         m, n = self.m, self.m.candidates.num_candidates
-        exprs, joins = ["w.ridx", f"row_number() OVER (PARTITION BY w.ridx ORDER BY hash(w.k, {m.candidates.seed + 1})) - 1 AS slot"], ""
+        exprs, joins = (
+            [
+                "w.ridx",
+                f"row_number() OVER (PARTITION BY w.ridx ORDER BY hash(w.k, {m.candidates.seed + 1})) - 1 AS slot",
+            ],
+            "",
+        )
         for f in m.item:
             e, j = self.encoded("i", f, "w")
             exprs.append(f"{e} AS {quote(f'item.{f.name}')}")
@@ -482,7 +509,9 @@ class _Conversion:
         sql = f"SELECT {', '.join(exprs)} FROM ({self._kept_sql(lit)}) w{joins}"
         names = [f"item.{f.name}" for f in m.item]
         arrays = {k: np.zeros((num, n), np.int64) for k in names}
-        arrays.update(mask=np.zeros((num, n), bool), stage=np.zeros((num, n), np.int8), label=np.zeros((num, n), np.float32))
+        arrays.update(
+            mask=np.zeros((num, n), bool), stage=np.zeros((num, n), np.int8), label=np.zeros((num, n), np.float32)
+        )
         for batch in self.con.sql(sql).to_arrow_reader(1 << 20):
             r, s = batch.column("ridx").to_numpy(), batch.column("slot").to_numpy()
             arrays["mask"][r, s] = True
@@ -493,20 +522,23 @@ class _Conversion:
     # -- outputs ------------------------------------------------------------------------------
     def _write_vocabularies(self, tmp: Path) -> None:
         (tmp / "vocabulary").mkdir()
-        for prefix, role, specs in (("u", "user", self.m.user), ("c", "context", self.m.context), ("i", "item", self.m.item)):
+        for role, specs in (("user", self.m.user), ("context", self.m.context), ("item", self.m.item)):
             for f in specs:
                 enc = self.encodings[f.name]
                 if enc.table is not None:
-                    path = tmp / "vocabulary" / f"{role}.{f.name}.parquet"
-                    self.con.sql(f"COPY (SELECT value, id FROM {enc.table} ORDER BY id) TO {sql_string(str(path))} (FORMAT parquet)")
+                    path = sql_string(str(tmp / "vocabulary" / f"{role}.{f.name}.parquet"))
+                    self.con.sql(f"COPY (SELECT value, id FROM {enc.table} ORDER BY id) TO {path} (FORMAT parquet)")
 
     def _schema(self, partitions: list[Partition]) -> DatasetSchema:
         m = self.m
+        roles: tuple[tuple[Role, list[FeatureSpec]], ...] = (("user", m.user), ("context", m.context), ("item", m.item))
         features = [
-            CategoricalField(name=f.name, role=role, vocab_size=self.encodings[f.name].vocab_size, description=_describe(f))
-            for role, specs in (("user", m.user), ("context", m.context), ("item", m.item))
+            CategoricalField(
+                name=f.name, role=role, vocab_size=self.encodings[f.name].vocab_size, description=_describe(f)
+            )
+            for role, specs in roles
             for f in specs
-        ]  # fmt: skip
+        ]
         history = [HistoryField(name=h, item_field=h) for h in (m.history.fields if m.history else [])]
         return DatasetSchema(
             name=m.name,

@@ -61,7 +61,11 @@ def load_events(con, mapping: TableMapping, on_error: str) -> dict[str, int]:
     key = f"i_{mapping.item[0].name}"
     dropped: dict[str, int] = {}
     checks = (
-        ("events: null user, time or item", "eu IS NULL OR ts_us IS NULL OR " + f"{key} IS NULL", "null user, time or item"),
+        (
+            "events: null user, time or item",
+            "eu IS NULL OR ts_us IS NULL OR " + f"{key} IS NULL",
+            "null user, time or item",
+        ),
         ("events: unknown item", f"{key} NOT IN (SELECT DISTINCT {key} FROM rows)", "unknown item"),
     )
     for reason, cond, what in checks:

@@ -34,7 +34,14 @@ __all__ = [
 #: Column DuckDB adds with each row's source file (named in error messages).
 FILE_COLUMN = "_src_file"
 
-_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
+_SUFFIXES = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".json": "json",
+}
 _MICROS = {"s": 1_000_000, "ms": 1_000, "us": 1}
 #: What a column may hold, by its role: DuckDB type kinds (see :func:`column_kind`).
 _KINDS = {
@@ -182,12 +189,18 @@ def check_columns(types: dict[Path, dict[str, str]], wanted: dict[str, str], des
             kind = column_kind(cols[col])
             if kind not in _KINDS[role]:
                 allowed = " or ".join(dict.fromkeys(_KIND_WORDS[k] for k in _KINDS[role]))
-                raise TableFormatError(f"{path}: column {col!r} has type {cols[col]}, expected {allowed} ({describe[col]})")
+                raise TableFormatError(
+                    f"{path}: column {col!r} has type {cols[col]}, expected {allowed} ({describe[col]})"
+                )
 
 
 def describe_columns(mapping: TableMapping) -> dict[str, str]:
     """Long-table column -> the mapping key that names it (for messages)."""
-    out = {mapping.request.id: "request.id", mapping.request.time: "request.time", mapping.funnel.column: "funnel.column"}
+    out = {
+        mapping.request.id: "request.id",
+        mapping.request.time: "request.time",
+        mapping.funnel.column: "funnel.column",
+    }
     for role, specs in (("user", mapping.user), ("context", mapping.context), ("item", mapping.item)):
         for f in specs:
             if f.column is not None:
