@@ -265,3 +265,114 @@ def test_failure_keeps_the_previous_dataset(tmp_path):
         convert_table(_write(tmp_path / "bad", bad), tmp_path / "out", _mapping())
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_time_zone_and_hour_partitions(tmp_path):
+    """Partitions are cut in the mapping's time zone: 17:xx UTC on Jan 1 is Jan 2 01:xx in Shanghai (UTC+8)."""
+    cols = _rows(days=2, requests=2)
+    cols["ts"] = cols["ts"] + 16 * 3600  # 17:00 UTC + r seconds
+    src = _write(tmp_path / "long", cols)
+    local = _mapping(partitions={"unit": "day", "time_zone": "Asia/Shanghai", "test": 1})
+    convert_table(src, tmp_path / "day", local)
+    assert [p.name for p in open_dataset(tmp_path / "day").partitions] == ["2024-01-02", "2024-01-03"]
+    hourly = _mapping(partitions={"unit": "hour", "test_from": "2024-01-02T17:00"})
+    convert_table(src, tmp_path / "hour", hourly)
+    parts = open_dataset(tmp_path / "hour").partitions
+    assert [(p.name, p.role) for p in parts] == [("2024-01-01T17", "train"), ("2024-01-02T17", "test")]
+    week = _mapping(partitions={"unit": "week", "test": 0})
+    convert_table(src, tmp_path / "week", week)
+    assert [p.name for p in open_dataset(tmp_path / "week").partitions] == ["week-2024-01-01"]
+
+
+def test_numeric_buckets_and_vocabulary_against_numpy(tmp_path):
+    """Equal-frequency cut points = numpy's linear quantiles of the train rows; vocabulary ids by ascending value
+    from 2, values below min_count (or unseen in train) -> OOV id 1."""
+    cols = _rows(days=3, requests=10)
+    rng = np.random.default_rng(0)
+    cols["price"] = np.round(rng.lognormal(2, 1, len(cols["ts"])), 2)
+    cols["cat"] = rng.integers(0, 8, len(cols["ts"]))
+    cols["item_id"] = cols["item_id"] % 10  # 5 item ids, each seen often enough for the vocabulary
+    src = _write(tmp_path / "long", cols)
+    mapping = _mapping(
+        item=[
+            {"name": "item_id", "column": "item_id"},
+            {"name": "price", "column": "price", "type": "numeric", "bins": 4},
+            {"name": "cat", "column": "cat"},
+        ],
+        candidates={"num": 5},
+        vocabulary={"min_count": 4, "oov_id": 1, "fit_on": "train"},
+    )
+    convert_table(src, tmp_path / "out", mapping)
+    schema = open_dataset(tmp_path / "out")
+    train = (cols["ts"] - START) // DAY < 2  # days 1-2 train, day 3 test
+    edges = np.unique(np.quantile(cols["price"][train], [0.25, 0.5, 0.75]))
+    assert schema.provenance["numeric_cut_points"]["price"] == pytest.approx(edges.tolist())
+    values, counts = np.unique(cols["cat"][train], return_counts=True)
+    kept = values[counts >= 4]
+    for part in schema.partitions:
+        a = read_partition(tmp_path / "out", schema, part)
+        req, _ = np.nonzero(a["mask"])
+        key = {(r, i): n for n, (r, i) in enumerate(zip(cols["request_id"], cols["item_id"]))}
+        items = _decode(tmp_path / "out", a["item.item_id"][a["mask"]])
+        rows = np.array([key[(r, i)] for r, i in zip(a["request_id"][req], items)])
+        np.testing.assert_array_equal(
+            a["item.price"][a["mask"]], 1 + np.searchsorted(edges, cols["price"][rows], side="right")
+        )
+        pos = np.searchsorted(kept, cols["cat"][rows])
+        known = (pos < len(kept)) & (kept[np.minimum(pos, len(kept) - 1)] == cols["cat"][rows])
+        np.testing.assert_array_equal(a["item.cat"][a["mask"]], np.where(known, pos + 2, 1))
+
+
+def _decode(out: Path, ids: np.ndarray) -> np.ndarray:
+    values, vocab_ids = _vocab(out)
+    dec = np.zeros(max(vocab_ids) + 1, dtype=np.int64)
+    dec[vocab_ids] = values
+    return dec[ids]
+
+
+def test_string_request_ids_are_numbered_in_time_order(tmp_path):
+    cols = _rows()
+    cols["request_id"] = np.array([f"req-{r:03d}" for r in cols["request_id"]], dtype=object)
+    src = _write(tmp_path / "long", cols)
+    convert_table(src, tmp_path / "out", _mapping())
+    schema = open_dataset(tmp_path / "out")
+    ids = np.concatenate([read_partition(tmp_path / "out", schema, p)["request_id"] for p in schema.partitions])
+    np.testing.assert_array_equal(ids, np.arange(12))
+
+
+def test_invalid_mapping_names_the_field(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("name: x\nrequest: {id: r, time: t}\n")
+    from cascade_ranking.datasets.table_mapping import load_mapping
+
+    with pytest.raises(ValueError, match=r"m.yaml: invalid mapping: user: Field required; item: Field required"):
+        load_mapping(path)
+    with pytest.raises(ValueError, match="time_zone='Mars/Olympus': not an IANA time zone"):
+        _mapping(partitions={"time_zone": "Mars/Olympus", "test": 1})
+
+
+def test_cli_prepare_table(tmp_path):
+    """`prepare table --example` prints a mapping that converts the shipped CSV; --on-error drop prints counts."""
+    from typer.testing import CliRunner
+
+    from cascade_ranking.cli import app
+
+    runner = CliRunner()
+    example = runner.invoke(app, ["prepare", "table", "--example"])
+    assert example.exit_code == 0
+    (tmp_path / "m.yaml").write_text(example.output)
+    csv = Path(__file__).resolve().parents[1] / "examples" / "table" / "logs.csv"
+    done = runner.invoke(
+        app, ["prepare", "table", str(csv), str(tmp_path / "out"), "--mapping", str(tmp_path / "m.yaml")]
+    )
+    assert done.exit_code == 0, done.output
+    assert "6,132 rows -> 280 requests" in done.output
+    cols = _rows()
+    cols["stage"][7] = "shown"
+    src = _write(tmp_path / "long", cols)
+    (tmp_path / "tiny.yaml").write_text(__import__("yaml").safe_dump(_mapping().model_dump(mode="json")))
+    args = ["prepare", "table", str(src), str(tmp_path / "tiny"), "--mapping", str(tmp_path / "tiny.yaml")]
+    failed = runner.invoke(app, args)
+    assert failed.exit_code == 2 and "value 'shown' is not among funnel.stages" in failed.output
+    dropped = runner.invoke(app, [*args, "--on-error", "drop"])
+    assert dropped.exit_code == 0 and "dropped 1 row(s): unknown stage" in dropped.output

@@ -617,7 +617,7 @@ def prepare_table_cmd(
             threads=threads,
             memory_limit=memory_limit,
         )
-    except _user_errors() as exc:
+    except (*_user_errors(), ModuleNotFoundError) as exc:
         raise _fail(str(exc)) from None
     console.print(_partition_table(f"{report.schema.name} -> {out}", report.schema))
     console.print(f"{report.rows:,} rows -> {report.requests:,} requests in {report.seconds:.1f} s")

@@ -586,19 +586,13 @@ def _roles(starts: list[datetime], mapping: TableMapping) -> list[PartitionRole]
         if test + valid > len(starts):
             raise TableFormatError(f"partitions: test={test} + valid={valid} exceed the {len(starts)} partition(s)")
         return roles_in_time_order(len(starts) - test - valid, valid, test)
-    bounds = {}
-    for key in ("valid_from", "test_from"):
-        text = getattr(p, key)
-        try:
-            bounds[key] = datetime.fromisoformat(text) if text is not None else None
-        except ValueError:
-            raise TableFormatError(f"partitions.{key}={text!r}: not an ISO date or time") from None
+    bounds = {k: datetime.fromisoformat(t) if t else None for k, t in (("valid", p.valid_from), ("test", p.test_from))}
     out: list[PartitionRole] = []
     for s in starts:
         role: PartitionRole = "train"
-        if bounds["test_from"] is not None and s >= bounds["test_from"]:
+        if bounds["test"] is not None and s >= bounds["test"]:
             role = "test"
-        elif bounds["valid_from"] is not None and s >= bounds["valid_from"]:
+        elif bounds["valid"] is not None and s >= bounds["valid"]:
             role = "valid"
         out.append(role)
     return out

@@ -24,8 +24,10 @@ dataset is laid out: vocabularies, numeric buckets, history, candidates per requ
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -197,6 +199,17 @@ class PartitionsSpec(_Spec):
 
     @model_validator(mode="after")
     def _one_rule(self) -> PartitionsSpec:
+        try:
+            ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"time_zone={self.time_zone!r}: not an IANA time zone (e.g. UTC, Asia/Shanghai)") from None
+        for key in ("valid_from", "test_from"):
+            text = getattr(self, key)
+            try:
+                if text is not None:
+                    datetime.fromisoformat(text)
+            except ValueError:
+                raise ValueError(f"{key}={text!r}: not an ISO date or time (e.g. 2024-01-07)") from None
         by_date = self.valid_from is not None or self.test_from is not None
         by_count = self.valid is not None or self.test is not None
         if by_date == by_count:
