@@ -376,3 +376,82 @@ def test_cli_prepare_table(tmp_path):
     assert failed.exit_code == 2 and "value 'shown' is not among funnel.stages" in failed.output
     dropped = runner.invoke(app, [*args, "--on-error", "drop"])
     assert dropped.exit_code == 0 and "dropped 1 row(s): unknown stage" in dropped.output
+
+
+def _funnel_table(requests: int = 300) -> dict[str, np.ndarray]:
+    """Each request: 2 'pos', 3 'mid', 10 'neg' rows (items k = 0..14 of the request)."""
+    r = np.repeat(np.arange(requests), 15)
+    k = np.tile(np.arange(15), requests)
+    return {
+        "request_id": r.astype(np.int64),
+        "ts": (START + (r % 2) * DAY + r).astype(np.int64),
+        "user_id": (r % 3).astype(np.int64),
+        "item_id": (r * 100 + k).astype(np.int64),
+        "stage": np.asarray(STAGES, dtype=object)[np.where(k < 2, 2, np.where(k < 5, 1, 0))],
+        "label": np.where(k < 2, 2.0, np.where(k < 5, 1.0, 0.0)),
+    }
+
+
+def test_truncation_keeps_deepest_stages_and_samples_the_cut_stage_uniformly(tmp_path):
+    """N = 8: both 'pos', all 3 'mid', 3 of the 10 'neg' rows; each 'neg' row is kept with probability 3/10
+    (a binomial bound over 300 requests); the same seed gives identical files, another seed another sample."""
+    src = _write(tmp_path / "long", _funnel_table())
+    kept = np.zeros(10)
+    for seed in (0, 0, 1):
+        out = tmp_path / f"out-{seed}"
+        convert_table(src, out, _mapping(candidates={"num": 8, "seed": seed}, cascade={"keep": [6], "gt_num": 2}))
+    schema = open_dataset(tmp_path / "out-0")
+    for part in schema.partitions:
+        a = read_partition(tmp_path / "out-0", schema, part)
+        assert a["mask"].all()
+        np.testing.assert_array_equal(
+            np.sort(a["stage"], axis=1), np.broadcast_to([0, 0, 0, 1, 1, 1, 2, 2], (len(a["stage"]), 8))
+        )
+        items = _decode(tmp_path / "out-0", a["item.item_id"]) % 100
+        kept += np.bincount(items[a["stage"] == 0] - 5, minlength=10)
+        b = read_partition(tmp_path / "out-1", schema, part)
+        assert not np.array_equal(np.sort(a["item.item_id"], 1), np.sort(b["item.item_id"], 1))
+    share = kept / 300
+    assert np.all(np.abs(share - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 300)), share
+
+
+def test_per_stage_counts_pad_and_sample(tmp_path):
+    """per_stage {pos: 3, mid: 2, neg: 4}: 2 pos (one padded slot), 2 of 3 mid, 4 of 10 neg; N = 9."""
+    src = _write(tmp_path / "long", _funnel_table(20))
+    mapping = _mapping(candidates={"per_stage": {"pos": 3, "mid": 2, "neg": 4}}, cascade={"keep": [6], "gt_num": 2})
+    convert_table(src, tmp_path / "out", mapping)
+    schema = open_dataset(tmp_path / "out")
+    assert schema.num_candidates == 9
+    for part in schema.partitions:
+        a = read_partition(tmp_path / "out", schema, part)
+        for s, want in ((2, 2), (1, 2), (0, 4)):
+            assert ((a["stage"] == s) & a["mask"]).sum(axis=1).tolist() == [want] * len(a["mask"])
+        assert (a["mask"].sum(axis=1) == 8).all()
+
+
+def test_history_events_against_a_reference(tmp_path):
+    """Random events of 3 users around the requests: each request's history = its user's last 4 events strictly
+    before the request time, most recent first (ties by item id), zero-padded."""
+    cols = _rows(days=2, requests=6)
+    src = _write(tmp_path / "long", cols)
+    rng = np.random.default_rng(1)
+    items = np.unique(cols["item_id"])
+    ev = {
+        "uid": rng.integers(0, 3, 80),
+        "t": rng.integers(START - DAY, START + 2 * DAY, 80),
+        "item": rng.choice(items, 80),
+    }
+    pq.write_table(pa.table(ev), tmp_path / "events.parquet")
+    events = {"path": str(tmp_path / "events.parquet"), "user": "uid", "time": "t", "fields": {"item_id": "item"}}
+    convert_table(src, tmp_path / "out", _mapping(history={"length": 4, "events": events}))
+    schema = open_dataset(tmp_path / "out")
+    for part in schema.partitions:
+        a = read_partition(tmp_path / "out", schema, part)
+        for row, rid in enumerate(a["request_id"]):
+            first = np.flatnonzero(cols["request_id"] == rid)[0]
+            user, ts = cols["user_id"][first], cols["ts"][first]
+            sel = (ev["uid"] == user) & (ev["t"] < ts)
+            order = np.lexsort((ev["item"][sel], ev["t"][sel]))[::-1][:4]
+            want = np.zeros(4, np.int64)
+            want[: len(order)] = ev["item"][sel][order]
+            np.testing.assert_array_equal(_decode(tmp_path / "out", a["history.item_id"][row]), want)
