@@ -455,3 +455,15 @@ def test_history_events_against_a_reference(tmp_path):
             want = np.zeros(4, np.int64)
             want[: len(order)] = ev["item"][sel][order]
             np.testing.assert_array_equal(_decode(tmp_path / "out", a["history.item_id"][row]), want)
+
+
+def test_history_events_of_another_id_type(tmp_path):
+    src = _write(tmp_path / "long", _rows())
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"uid": ["u0"], "t": [START - 100], "item": [10]}), path)
+    events = {"path": str(path), "user": "uid", "time": "t", "fields": {"item_id": "item"}}
+    _fails(
+        tmp_path, src, _mapping(history={"length": 3, "events": events}),
+        f"{path}: column 'uid' has type VARCHAR, but the long table's 'user_id' has BIGINT (history.events must use "
+        "the same ids)",
+    )  # fmt: skip

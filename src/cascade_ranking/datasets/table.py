@@ -206,7 +206,7 @@ class _Conversion:
         self._make_requests()
         parts = self._partitions()
         if self.m.history is not None and self.m.history.events is not None:
-            self.dropped.update(load_events(self.con, self.m, self.on_error))
+            self.dropped.update(load_events(self.con, self.m, self.on_error, self.types))
         self._fit_encodings()
         schema = self._schema([])
         written = [self._write_partition(tmp, schema, p) for p in parts]

@@ -37,9 +37,10 @@ from .table_source import (
 __all__ = ["history_arrays", "load_events"]
 
 
-def load_events(con, mapping: TableMapping, on_error: str) -> dict[str, int]:
+def load_events(con, mapping: TableMapping, on_error: str, long_types: dict[str, str]) -> dict[str, int]:
     """Read and check the events table into DuckDB table ``events`` (columns ``eu``, ``ts_us``, ``i_<field>``,
     ``n`` = the event's 1-based number in its user's time order). Returns rows dropped by reason.
+    ``long_types`` are the long table's column types (the user and item columns must be of the same kind).
 
     Raises:
         TableFormatError: a missing or mistyped column; a null user, time or item; an unknown item.
@@ -52,6 +53,7 @@ def load_events(con, mapping: TableMapping, on_error: str) -> dict[str, int]:
     describe.update({c: f"history.events.fields.{k}" for k, c in ev.fields.items()})
     check_columns(source.column_types(con), wanted, describe)
     types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {source.reader()}").fetchall()}
+    _same_kinds(source.files[0], types, long_types, mapping)
     ts = epoch_us(ev.time, column_kind(types[ev.time]), ev.time_unit, mapping.partitions.time_zone)
     fields = ", ".join(f"{quote(c)} AS i_{k}" for k, c in ev.fields.items())
     con.sql(
@@ -98,6 +100,22 @@ def load_events(con, mapping: TableMapping, on_error: str) -> dict[str, int]:
     )
     con.sql("DROP TABLE events_raw")
     return dropped
+
+
+def _same_kinds(file, types: dict[str, str], long_types: dict[str, str], mapping: TableMapping) -> None:
+    """The events' user and item columns hold the same kind of values as the long table's."""
+    assert mapping.history is not None and mapping.history.events is not None
+    ev = mapping.history.events
+    pairs = [(ev.user, mapping.request_user.column), (ev.fields[mapping.item[0].name], mapping.item[0].column)]
+    for events_col, long_col in pairs:
+        if long_col is None:
+            continue
+        a, b = column_kind(types[events_col]), column_kind(long_types[long_col])
+        if a != b:
+            raise TableFormatError(
+                f"{file}: column {events_col!r} has type {types[events_col]}, but the long table's {long_col!r} "
+                f"has {long_types[long_col]} (history.events must use the same ids)"
+            )
 
 
 def _scatter(con, sql: str, names: list[str], num: int, length: int) -> dict[str, np.ndarray]:
