@@ -24,12 +24,15 @@ two partitions, and duplicate (request, item) rows, are found by grouping. (4) R
 values from one of its rows, time = its earliest row's), partitions and roles; vocabularies and numeric
 cut points fitted. (5) Per partition: the requests, the kept candidates (``candidates``: deepest stage
 first, ties and the lowest kept stage in a seeded pseudo-random order ``hash(request, item, seed)``, the same
-order for a given DuckDB version; slots in a second seeded order, so position never leaks the stage),
-the histories, written with :func:`~cascade_ranking.data.store.write_partition`.
+order for a given DuckDB version; then the slots of each request permuted by
+:func:`~cascade_ranking.data.loader.shuffle_candidates` seeded by (seed, CRC-32 of the partition name), so
+position never leaks the stage), the histories, written with :func:`~cascade_ranking.data.store.write_partition`.
 
 **Memory.** DuckDB stays under ``memory_limit`` (spilling to the working folder); Python holds one
 partition's store columns at a time (about ``N * (8 * item fields + 6)`` bytes per request, plus
-``8 * L * history fields``). ``benchmarks/convert_table.py`` measures a 20-million-row table on 2 threads.
+``8 * L * history fields``); history list columns are stored per row in the working database, as in the
+source (an events table is the lighter way at scale). ``benchmarks/convert_table.py`` measures a
+20-million-row table on 2 threads.
 
 **Bad input** raises :class:`TableFormatError`: one line naming the file, the column and an example row.
 With ``on_error="drop"`` (``--on-error drop``) bad rows are dropped instead and counted by reason
@@ -46,6 +49,7 @@ import logging
 import shutil
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,6 +60,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..data.atomic import staged_directory
+from ..data.loader import shuffle_candidates
 from ..data.schema import (
     SCHEMA_FILE,
     CategoricalField,
@@ -455,9 +460,11 @@ class _Conversion:
         lit = f"TIMESTAMP {sql_string(start.isoformat(sep=' '))}"
         arrays = self._request_arrays(lit, num)
         arrays.update(self._candidate_arrays(lit, num))
+        p = _partition(start, self.m.partitions.unit, role, num)
+        seed = [self.m.candidates.seed, zlib.crc32(p.name.encode())]
+        shuffle_candidates(arrays, self.m.candidates.num_candidates, np.random.default_rng(seed))
         if self.m.history is not None:
             arrays.update(history_arrays(self, lit, num))
-        p = _partition(start, self.m.partitions.unit, role, num)
         write_partition(tmp, schema, p, arrays)
         logger.info("%s: %d requests (%s)", p.name, num, role)
         return p
@@ -478,7 +485,8 @@ class _Conversion:
         return arrays
 
     def _kept_sql(self, lit: str) -> str:
-        """SQL of a partition's kept candidate rows with ``ridx`` and a seeded key ``k``."""
+        """SQL of a partition's kept candidate rows with ``ridx`` and their ``slot`` (kept rows first, deepest
+        stage first; :meth:`_write_partition` shuffles the slots)."""
         c = self.m.candidates
         key = f"i_{self.m.item[0].name}"
         rows = (
@@ -486,21 +494,23 @@ class _Conversion:
             f"WHERE w.part = {lit} AND q.part = {lit}"
         )
         if c.per_stage is None:
-            rank = f"row_number() OVER (PARTITION BY ridx ORDER BY stage DESC, k) <= {c.num}"
-        else:
-            counts = " ".join(f"WHEN {self.m.funnel.stages.index(s)} THEN {n}" for s, n in c.per_stage.items())
-            rank = f"row_number() OVER (PARTITION BY ridx, stage ORDER BY k) <= CASE stage {counts} ELSE 0 END"
-        return f"SELECT * FROM ({rows}) QUALIFY {rank}"
+            rank = "row_number() OVER (PARTITION BY ridx ORDER BY stage DESC, k)"
+            return f"SELECT *, {rank} - 1 AS slot FROM ({rows}) QUALIFY slot < {c.num}"
+        stages, offset, counts, offsets = self.m.funnel.stages, 0, [], []
+        for s in sorted(c.per_stage, key=stages.index, reverse=True):  # deepest stage first
+            counts.append(f"WHEN {stages.index(s)} THEN {c.per_stage[s]}")
+            offsets.append(f"WHEN {stages.index(s)} THEN {offset}")
+            offset += c.per_stage[s]
+        rank = "row_number() OVER (PARTITION BY ridx, stage ORDER BY k)"
+        return (
+            f"SELECT *, {rank} AS rn, CASE stage {' '.join(offsets)} END + rn - 1 AS slot FROM ({rows}) "
+            f"QUALIFY rn <= CASE stage {' '.join(counts)} ELSE 0 END"
+        )
 
     def _candidate_arrays(self, lit: str, num: int) -> dict[str, np.ndarray]:
+        """The ``[num, N]`` candidate columns, kept rows in the first slots (deepest stage first)."""
         m, n = self.m, self.m.candidates.num_candidates
-        exprs, joins = (
-            [
-                "w.ridx",
-                f"row_number() OVER (PARTITION BY w.ridx ORDER BY hash(w.k, {m.candidates.seed + 1})) - 1 AS slot",
-            ],
-            "",
-        )
+        exprs, joins = ["w.ridx", "w.slot"], ""
         for f in m.item:
             e, j = self.encoded("i", f, "w")
             exprs.append(f"{e} AS {quote(f'item.{f.name}')}")
