@@ -25,7 +25,7 @@ values from one of its rows, time = its earliest row's), partitions and roles; v
 cut points fitted. (5) Per partition: the requests, the kept candidates (``candidates``: deepest stage
 first, ties and the lowest kept stage in a seeded pseudo-random order ``hash(request, item, seed)``, the same
 order for a given DuckDB version; then the slots of each request permuted by
-:func:`~cascade_ranking.data.loader.shuffle_candidates` seeded by (seed, CRC-32 of the partition name), so
+:func:`~cascade_ranking.data.store.shuffle_candidates` seeded by (seed, CRC-32 of the partition name), so
 position never leaks the stage), the histories, written with :func:`~cascade_ranking.data.store.write_partition`.
 
 **Memory.** DuckDB stays under ``memory_limit`` (spilling to the working folder); Python holds one
@@ -60,7 +60,6 @@ from typing import Any, Literal
 import numpy as np
 
 from ..data.atomic import staged_directory
-from ..data.loader import shuffle_candidates
 from ..data.schema import (
     SCHEMA_FILE,
     CategoricalField,
@@ -72,7 +71,7 @@ from ..data.schema import (
     TrainDefaults,
     roles_in_time_order,
 )
-from ..data.store import write_partition, write_schema
+from ..data.store import shuffle_candidates, write_partition, write_schema
 from .table_history import history_arrays, load_events
 from .table_mapping import DERIVED_VOCAB, FeatureSpec, TableMapping
 from .table_source import (
