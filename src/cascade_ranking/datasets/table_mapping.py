@@ -286,6 +286,8 @@ class TableMapping(_Spec):
         if events is not None and events.request_user is not None:
             if events.request_user not in [f.name for f in self.user]:
                 raise ValueError(f"history.events.request_user={events.request_user!r} is not a user field")
+        if events is not None and self.request_user.type != "categorical":
+            raise ValueError(f"history.events: the user field {self.request_user.name!r} must be categorical")
 
     @property
     def request_user(self) -> FeatureSpec:
