@@ -155,7 +155,9 @@ def main() -> None:
     try:
         rows, gen_s = generate(root, args.rows, args.days, args.candidates, args.events or args.rows // 10, args.seed)
         src_mib = sum(p.stat().st_size for p in (root / "long").rglob("*.parquet")) / 2**20
+        load_before = os.getloadavg()[0]
         run = convert(root, args.threads, args.memory_limit, args.on_error)
+        run["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
         facts = _dataset_facts(root / "out")
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -164,7 +166,7 @@ def main() -> None:
         "events": args.events or args.rows // 10, "history_length": 20, "threads": args.threads,
         "memory_limit": args.memory_limit, "source_parquet_mib": round(src_mib, 1), "generate_seconds": round(gen_s, 1),
         "convert_seconds": round(run["seconds"], 1), "rows_per_second": round(rows / run["seconds"]),
-        "peak_rss_mib": round(run["peak_rss_mib"]), **facts,
+        "peak_rss_mib": round(run["peak_rss_mib"]), "load_average_before_after": run["load_average"], **facts,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }  # fmt: skip
     table = "\n".join([
@@ -180,7 +182,9 @@ def main() -> None:
         (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
         (args.out / "results.md").write_text(f"# prepare table: {rows:,}-row synthetic long table\n\n{table}\n\n"
                                              f"Command: `python benchmarks/convert_table.py --rows {args.rows} "
-                                             f"--threads {args.threads}`\n")  # fmt: skip
+                                             f"--threads {args.threads}`; 1-minute load average before / after "
+                                             f"the conversion: {run['load_average'][0]} / {run['load_average'][1]} on {os.cpu_count()} CPUs "
+                                             "(other jobs share the machine).\n")  # fmt: skip
 
 
 if __name__ == "__main__":
