@@ -88,58 +88,63 @@ def test_clean_table_converts(tmp_path):
     assert sorted(a["stage"][0].tolist()) == [1, 2, 2, 2]
 
 
-def test_missing_column(tmp_path):
+def _drop_stage(c):
+    del c["stage"]
+
+
+def _label_as_text(c):
+    c["label"] = c["label"].astype(str)
+
+
+def _unknown_stage(c):
+    c["stage"][7] = "shown"  # request 1, item 12
+
+
+def _spread(c):
+    c["ts"][21] += DAY  # request 4 (day 2): one row moved to day 3
+
+
+def _duplicate(c):
+    c["item_id"][11] = c["item_id"][10]  # request 2 logs item 20 twice
+
+
+def _nan_label(c):
+    c["label"][26] = np.nan  # request 5, item 51
+
+
+def _inf_label(c):
+    c["label"][26] = np.inf
+
+
+_DROP = "; --on-error drop drops them)"
+BAD_TABLES = {
+    "missing column": (_drop_stage, 1, "column 'stage' missing (funnel.column; columns: ['dt', 'item_id', 'label', "
+                       "'request_id', 'ts', 'user_id'])"),
+    "wrong type": (_label_as_text, 1, "column 'label' has type VARCHAR, expected integer or float or boolean "
+                   "(label.column)"),
+    "stage not named": (_unknown_stage, 1, "column 'stage': value 'shown' is not among funnel.stages ['neg', 'mid', "
+                        "'pos'] (e.g. row request_id=1, item_id=12; 1 such row(s)" + _DROP),
+    "request in two partitions": (_spread, 3, "column 'ts': request 4 has rows in partitions 2024-01-02 and "
+                                  "2024-01-03, a request must lie in one (e.g. row request_id=4; 1 such request(s)"
+                                  + _DROP),
+    "duplicate (request, item)": (_duplicate, 1, "columns 'request_id', 'item_id': duplicate (request, item) rows "
+                                  "(e.g. row request_id=2, item_id=20 appears 2 times; 1 such pair(s); --on-error "
+                                  "drop keeps the row at the deepest stage)"),
+    "NaN label": (_nan_label, 2, "column 'label': label value nan is null or not finite (e.g. row request_id=5, "
+                  "item_id=51; 1 such row(s)" + _DROP),
+    "inf label": (_inf_label, 2, "column 'label': label value inf is null or not finite (e.g. row request_id=5, "
+                  "item_id=51; 1 such row(s)" + _DROP),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_TABLES))
+def test_bad_table_gives_its_message(tmp_path, case):
+    """Each bad input: one line naming the file (the day folder of the example row), the column, an example row."""
+    mutate, day, message = BAD_TABLES[case]
     cols = _rows()
-    del cols["stage"]
+    mutate(cols)
     src = _write(tmp_path / "long", cols)
-    _fails(
-        tmp_path, src, _mapping(),
-        f"{_file(src, 1)}: column 'stage' missing (funnel.column; columns: ['dt', 'item_id', 'label', 'request_id', "
-        "'ts', 'user_id'])",
-    )  # fmt: skip
-
-
-def test_wrong_type(tmp_path):
-    cols = _rows()
-    cols["label"] = cols["label"].astype(str)
-    src = _write(tmp_path / "long", cols)
-    _fails(
-        tmp_path, src, _mapping(),
-        f"{_file(src, 1)}: column 'label' has type VARCHAR, expected integer or float or boolean (label.column)",
-    )  # fmt: skip
-
-
-def test_stage_not_named(tmp_path):
-    cols = _rows()
-    cols["stage"][7] = "shown"  # request 1, item 12
-    src = _write(tmp_path / "long", cols)
-    _fails(
-        tmp_path, src, _mapping(),
-        f"{_file(src, 1)}: column 'stage': value 'shown' is not among funnel.stages ['neg', 'mid', 'pos'] (e.g. row "
-        "request_id=1, item_id=12; 1 such row(s); --on-error drop drops them)",
-    )  # fmt: skip
-
-
-def test_request_in_two_partitions(tmp_path):
-    cols = _rows()
-    cols["ts"][21] += DAY  # request 4 (day 2), one row moved to day 3
-    src = _write(tmp_path / "long", cols)
-    _fails(
-        tmp_path, src, _mapping(),
-        f"{_file(src, 3)}: column 'ts': request 4 has rows in partitions 2024-01-02 and 2024-01-03, a request must "
-        "lie in one (e.g. row request_id=4; 1 such request(s); --on-error drop drops them)",
-    )  # fmt: skip
-
-
-def test_duplicate_request_item(tmp_path):
-    cols = _rows()
-    cols["item_id"][11] = cols["item_id"][10]  # request 2 logs item 20 twice
-    src = _write(tmp_path / "long", cols)
-    _fails(
-        tmp_path, src, _mapping(),
-        f"{_file(src, 1)}: columns 'request_id', 'item_id': duplicate (request, item) rows (e.g. row request_id=2, "
-        "item_id=20 appears 2 times; 1 such pair(s); --on-error drop keeps the row at the deepest stage)",
-    )  # fmt: skip
+    _fails(tmp_path, src, _mapping(), f"{_file(src, day)}: {message}")
 
 
 @pytest.mark.parametrize(
@@ -155,19 +160,6 @@ def test_null_ids(tmp_path, column, row, message):
     types = {"request_id": pa.int64(), "item_id": pa.int64()}
     src = _write(tmp_path / "long", cols, types)
     _fails(tmp_path, src, _mapping(), f"{_file(src, 1)}: {message}; 1 such row(s); --on-error drop drops them)")
-
-
-@pytest.mark.parametrize("value", [np.nan, np.inf])
-def test_non_finite_labels(tmp_path, value):
-    cols = _rows()
-    cols["label"][26] = value  # request 5, item 51
-    src = _write(tmp_path / "long", cols)
-    shown = "nan" if np.isnan(value) else "inf"
-    _fails(
-        tmp_path, src, _mapping(),
-        f"{_file(src, 2)}: column 'label': label value {shown} is null or not finite (e.g. row request_id=5, "
-        "item_id=51; 1 such row(s); --on-error drop drops them)",
-    )  # fmt: skip
 
 
 def test_weighted_feedback_names_the_bad_column(tmp_path):
