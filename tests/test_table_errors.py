@@ -239,7 +239,7 @@ def test_drop_counts_what_it_dropped(tmp_path):
     report = convert_table(src, tmp_path / "out", _mapping(), on_error="drop")
     assert report.dropped == {
         "unknown stage": 1,
-        "bad label label": 1,
+        "null or non-finite 'label'": 1,
         "request in two partitions": 5,
         "duplicate (request, item)": 1,
     }
@@ -459,3 +459,21 @@ def test_history_events_of_another_id_type(tmp_path):
         f"{path}: column 'uid' has type VARCHAR, but the long table's 'user_id' has BIGINT (history.events must use "
         "the same ids)",
     )  # fmt: skip
+
+
+def test_history_lists_of_different_lengths(tmp_path):
+    cols = _rows()
+    n = len(cols["ts"])
+    cols["h_item"] = [[10, 11]] * n
+    cols["h_cat"] = [[1, 2]] * 5 + [[1]] * 5 + [[1, 2]] * (n - 10)  # request 1: one element short
+    src = _write(tmp_path / "long", cols)
+    mapping = _mapping(
+        item=[{"name": "item_id", "column": "item_id"}, {"name": "cat", "column": "user_id"}],
+        history={"length": 2, "lists": {"item_id": "h_item", "cat": "h_cat"}},
+    )
+    with pytest.raises(TableFormatError) as info:
+        convert_table(src, tmp_path / "out", mapping)
+    assert str(info.value) == (
+        f"{_file(src, 1)}: columns 'h_item', 'h_cat': history lists of different lengths (2 and 1; e.g. row "
+        "request_id=1)"
+    )

@@ -37,7 +37,7 @@ source (an events table is the lighter way at scale). ``benchmarks/convert_table
 **Bad input** raises :class:`TableFormatError`: one line naming the file, the column and an example row.
 With ``on_error="drop"`` (``--on-error drop``) bad rows are dropped instead and counted by reason
 (:attr:`TableReport.dropped`, also in the provenance): rows with a null id or time, an unknown stage or a
-bad label; every row of a request spread over two partitions; duplicate (request, item) rows beyond the
+null or non-finite feedback; every row of a request spread over two partitions; duplicate (request, item) rows beyond the
 one at the deepest stage (then the highest label); events naming an item that is no candidate's. Missing
 columns and wrong types always raise. Nothing half-written stays: the dataset is written into a temporary
 folder that replaces OUT only when complete.
@@ -208,6 +208,7 @@ class _Conversion:
         self._check_spread()
         self._check_duplicates()
         self._make_requests()
+        self._check_history_lists()
         parts = self._partitions()
         if self.m.history is not None and self.m.history.events is not None:
             self.dropped.update(load_events(self.con, self.m, self.on_error, self.types))
@@ -264,7 +265,7 @@ class _Conversion:
             ("unknown stage", m.funnel.column, "stage IS NULL"),
         ]
         for c in m.label.columns:
-            out.append((f"bad label {c}", c, f"NOT coalesce(isfinite(fb_{len(out) - 4}), false)"))
+            out.append((f"null or non-finite {c!r}", c, f"NOT coalesce(isfinite(fb_{len(out) - 4}), false)"))
         return out
 
     def _load_rows(self) -> int:
@@ -382,6 +383,23 @@ class _Conversion:
             f"CREATE TABLE req AS SELECT *, row_number() OVER (PARTITION BY part ORDER BY ts_us, rkey) - 1 AS ridx, "
             f"{rid} AS rid FROM ({grouped}) ORDER BY part, ridx"
         )
+
+    def _check_history_lists(self) -> None:
+        """The history list columns of a request have the same length (slot j of each describes one event)."""
+        h = self.m.history
+        if h is None or h.lists is None or len(h.lists) < 2:
+            return
+        (first, first_col), *others = h.lists.items()
+        for name, col in others:
+            found = fetch_one(
+                self.con, f"SELECT rkey, len(h_{first}), len(h_{name}) FROM req WHERE len(h_{first}) <> len(h_{name})"
+            )
+            if found is not None:
+                where = self._example_file("rkey = $1", [found[0]])
+                raise TableFormatError(
+                    f"{where}: columns {first_col!r}, {col!r}: history lists of different lengths ({found[1]} and "
+                    f"{found[2]}; e.g. row {self.m.request.id}={found[0]})"
+                )
 
     def _partitions(self) -> list[tuple[datetime, int, PartitionRole]]:
         """(start, requests, role) of each non-empty partition in time order; registers table ``roles``."""
