@@ -37,9 +37,10 @@ source (an events table is the lighter way at scale). ``benchmarks/convert_table
 **Bad input** raises :class:`TableFormatError`: one line naming the file, the column and an example row.
 With ``on_error="drop"`` (``--on-error drop``) bad rows are dropped instead and counted by reason
 (:attr:`TableReport.dropped`, also in the provenance): rows with a null id or time, an unknown stage or a
-null or non-finite feedback; every row of a request spread over two partitions; duplicate (request, item) rows beyond the
-one at the deepest stage (then the highest label); events naming an item that is no candidate's. Missing
-columns and wrong types always raise. Nothing half-written stays: the dataset is written into a temporary
+null or non-finite feedback value; every row of a request spread over two partitions; duplicate (request,
+item) rows beyond the one at the deepest stage (then the highest label); events with a null user, time or
+item, or naming an item that is no candidate's. Missing columns, wrong types and history lists of unequal
+lengths always raise. Nothing half-written stays: the dataset is written into a temporary
 folder that replaces OUT only when complete.
 """
 
