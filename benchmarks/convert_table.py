@@ -180,11 +180,13 @@ def main() -> None:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-        (args.out / "results.md").write_text(f"# prepare table: {rows:,}-row synthetic long table\n\n{table}\n\n"
-                                             f"Command: `python benchmarks/convert_table.py --rows {args.rows} "
-                                             f"--threads {args.threads}`; 1-minute load average before / after "
-                                             f"the conversion: {run['load_average'][0]} / {run['load_average'][1]} on {os.cpu_count()} CPUs "
-                                             "(other jobs share the machine).\n")  # fmt: skip
+        before, after = run["load_average"]
+        note = (
+            f"Command: `python benchmarks/convert_table.py --rows {args.rows} --threads {args.threads}`; 1-minute load "
+            f"average before / after the conversion: {before} / {after} on {os.cpu_count()} CPUs (other jobs share "
+            "the machine).\n"
+        )
+        (args.out / "results.md").write_text(f"# prepare table: {rows:,}-row synthetic long table\n\n{table}\n\n{note}")
 
 
 if __name__ == "__main__":
