@@ -64,16 +64,9 @@ def sparse_topk(scores: torch.Tensor, k: int, *, tau: float, mask: torch.Tensor 
     """Sparse soft top-``k`` membership ``[B, N]`` in ``[0, 1]``, summing to ``min(k, n)`` per request.
 
     Time ``O(B N log N)`` (sorts and ``searchsorted``), memory ``O(B N)``. Masked candidates: 0 with zero
-    gradient; ``k >= n``: 1 at every valid candidate; ``k = 0``: all 0.
-
-    Args:
-        scores: ``[B, N]`` float scores (higher = better).
-        k: number of candidates kept, an integer ``>= 0``.
-        tau: regularisation strength ``> 0`` (score units; the width of the soft band).
-        mask: optional ``[B, N]`` bool, ``True`` at valid candidates.
-
-    Raises:
-        ValueError / TypeError: wrong shapes or dtypes, ``tau <= 0``, ``k`` not an integer ``>= 0``.
+    gradient; ``k >= n``: 1 at every valid candidate; ``k = 0``: all 0. Arguments and errors as
+    :func:`cascade_ranking.operators.lapsum_topk`, except ``tau``: the regularisation strength ``> 0`` (score
+    units; the width of the soft band).
     """
     mask, k, z, inside, kept = threshold_inputs(scores, k, mask, tau)
     if scores.shape[-1] == 0 or not bool(inside.any()):
