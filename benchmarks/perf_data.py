@@ -42,8 +42,21 @@ class Vocab:
     cate_one: int = 50
 
 
-def perf_schema(stages: int, vocab: Vocab = Vocab(), requests: int = 0, partitions: int = 1) -> DatasetSchema:
-    """The RecFlow-shaped schema for ``stages`` (2 or 3) with ``partitions`` train partitions."""
+def group_sizes(stages: int, candidates: int | None = None) -> list[int]:
+    """Candidates of each funnel group, best first: ``GROUP`` each, the lowest group takes the rest of
+    ``candidates`` (as ``prepare synthetic --candidates``)."""
+    groups = stages + 2
+    lowest = GROUP if candidates is None else candidates - GROUP * (groups - 1)
+    if lowest < GROUP:
+        raise ValueError(f"candidates={candidates}: at least {GROUP * groups} for {stages} stages")
+    return [GROUP] * (groups - 1) + [lowest]
+
+
+def perf_schema(
+    stages: int, vocab: Vocab = Vocab(), requests: int = 0, partitions: int = 1, candidates: int | None = None
+) -> DatasetSchema:
+    """The RecFlow-shaped schema for ``stages`` (2 or 3) with ``partitions`` train partitions and ``candidates``
+    per request (default 10 per funnel group)."""
     if stages not in (2, 3):
         raise ValueError(f"stages must be 2 or 3, got {stages}")
     groups = stages + 2
@@ -65,7 +78,7 @@ def perf_schema(stages: int, vocab: Vocab = Vocab(), requests: int = 0, partitio
         features=features,
         history=[HistoryField(name=k, item_field=k) for k in item],
         history_length=HISTORY_LENGTH,
-        num_candidates=groups * GROUP,
+        num_candidates=sum(group_sizes(stages, candidates)),
         funnel_positions=[f"group_{g}" for g in range(groups)],
         keep=[GROUP * (stages + 1 - i) for i in range(stages)],
         gt_num=GROUP,
@@ -93,7 +106,8 @@ def random_arrays(schema: DatasetSchema, requests: int, seed: int, start_id: int
     for h in schema.history:
         ids = _ids(rng, schema.feature(h.item_field).vocab_size, (requests, length))
         out[f"history.{h.name}"] = np.where(hist_valid, ids, 0)
-    position = np.repeat(np.arange(groups)[::-1], GROUP)  # best group first, as RecFlow ships them
+    sizes = group_sizes(groups - 2, n)
+    position = np.repeat(np.arange(groups)[::-1], sizes)  # best group first, as RecFlow ships them
     out["stage"] = np.broadcast_to(position, (requests, n)).astype(np.int8)
     top = np.argsort(rng.random((requests, GROUP)), axis=1)  # a random grade order inside the top group
     label = np.broadcast_to(position.astype(np.float32), (requests, n)).copy()

@@ -35,7 +35,7 @@ def run_loss(spec: dict) -> dict:
 
     num, batch, stages = spec["num"], spec["batch"], spec.get("stages", 2)
     keep = [min(num, 10 * (stages + 1 - i)) for i in range(stages)]
-    loss_fn = losses.build(spec["method"], keep=keep, gt_num=10)
+    loss_fn = losses.build(spec["method"], keep=keep, gt_num=10, **spec.get("hyper", {}))
     logits, label, mask, stage = loss_inputs(batch, num, stages)
     times, extra = [], 0
     for r in range(spec.get("repeats", 3) + 1):

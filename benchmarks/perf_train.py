@@ -72,7 +72,7 @@ class RssSampler:
         return self.peak - self.start
 
 
-def build(schema, method: str, *, lr: float = 0.01, fused_adam: bool = False):
+def build(schema, method: str, *, lr: float = 0.01, fused_adam: bool = False, hyper: dict | None = None):
     """The cascade (DSSM + DIN, or DSSM + MLP + DIN), the loss of ``method`` and its Adam optimizer."""
     from cascade_ranking import losses
     from cascade_ranking.cascade import Cascade, Stage
@@ -85,7 +85,7 @@ def build(schema, method: str, *, lr: float = 0.01, fused_adam: bool = False):
             for name, model, keep in zip(STAGE_NAMES[k], STAGE_MODELS[k], schema.keep)
         ]
     )
-    loss_fn = losses.build(method, keep=schema.keep, gt_num=schema.gt_num)
+    loss_fn = losses.build(method, keep=schema.keep, gt_num=schema.gt_num, **(hyper or {}))
     params = list(cascade.parameters()) + list(loss_fn.parameters())
     optimizer = torch.optim.Adam(params, lr=lr, **({"fused": True} if fused_adam else {}))
     return cascade, loss_fn, params, optimizer
@@ -145,15 +145,20 @@ def run_training(spec: dict) -> dict:
         **{k: spec[k] for k in ("method", "stages", "mode", "label")},
     }
     if spec["mode"] == "preloaded":
-        schema = perf_schema(spec["stages"], Vocab(**spec["vocab"]) if spec.get("vocab") else Vocab())
+        vocab = Vocab(**spec["vocab"]) if spec.get("vocab") else Vocab()
+        schema = perf_schema(spec["stages"], vocab, candidates=spec.get("candidates"))
         batches = random_batches(schema, batch_size, spec["warmup"] + spec["steps"], seed=spec.get("seed", 0))
-        step = Stepper(*build(schema, spec["method"], fused_adam=spec.get("fused_adam", False)), guard=spec["guard"])
+        built = build(schema, spec["method"], fused_adam=spec.get("fused_adam", False), hyper=spec.get("hyper"))
+        step = Stepper(*built, guard=spec["guard"])
         for b in batches[: spec["warmup"]]:
             step(b, record=False)
         totals = [step(b) for b in batches[spec["warmup"] :]]
         med = statistics.median(totals)
         cpu = statistics.median(step.cpu)
         result.update(
+            candidates=schema.num_candidates,
+            batch_size=batch_size,
+            candidates_per_second=batch_size * schema.num_candidates / med,
             requests_per_second=batch_size / med,
             step_seconds=med,
             step_seconds_all=totals,

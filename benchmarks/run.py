@@ -112,6 +112,10 @@ def worker(kind: str, spec: dict) -> dict:
         from perf_eval import run_evaluation
 
         return run_evaluation(spec)
+    if kind == "operator":
+        from perf_operators import run_operator
+
+        return run_operator(spec)
     raise ValueError(f"unknown worker kind {kind!r}")
 
 

@@ -193,3 +193,12 @@ def random_batch(
         label=torch.rand(batch_size, n, generator=g) * mask if label else torch.zeros(batch_size, n),
         request_id=torch.arange(batch_size),
     )
+
+
+def distinct_scores(b: int, n: int, seed: int, gap: float = 0.3) -> torch.Tensor:
+    """``[b, n]`` float64 scores whose pairwise gaps are at least ``gap`` (no ties), in random order."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.arange(n, dtype=torch.float64) * gap
+    jitter = torch.rand(b, n, generator=g, dtype=torch.float64) * gap * 0.3
+    perm = torch.stack([torch.randperm(n, generator=g) for _ in range(b)])
+    return (base + jitter - base.mean()).gather(1, perm)

@@ -31,7 +31,7 @@ SHAPE = re.compile(r"\[(?:\.\.\.|[A-Z][\w +*/-]*)(?:, *(?:\.\.\.|[\w +*/()-]+))*
 #: The top-level names the README and DESIGN.md promise.
 DOCUMENTED_TOP_LEVEL = {
     "losses",
-    "sorting",
+    "operators",
     "metrics",
     "models",
     "neural_sort",
@@ -149,7 +149,7 @@ def test_top_level_exposes_the_documented_names():
 def test_top_level_objects_are_the_library_objects():
     from cascade_ranking.cascade import Cascade
     from cascade_ranking.losses import build
-    from cascade_ranking.sorting import neural_sort
+    from cascade_ranking.operators import neural_sort
 
     assert cascade_ranking.Cascade is Cascade
     assert cascade_ranking.neural_sort is neural_sort

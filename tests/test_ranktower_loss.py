@@ -15,7 +15,7 @@ import torch
 from cascade_ranking import losses
 from cascade_ranking.losses import ranktower as rt
 from cascade_ranking.losses.ranktower import aggregate_hard_labels, sample_spaces, soft_sort_log_probs
-from cascade_ranking.sorting import soft_sort
+from cascade_ranking.operators import soft_sort
 
 NAMES = ["ranktower", "ranktower_distill", "ranktower_sort", "rankmax", "am_rankmax"]
 

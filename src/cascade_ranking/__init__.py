@@ -4,14 +4,15 @@ The stable public API (imported on first use, so ``import cascade_ranking`` does
 
 * losses: the :mod:`~cascade_ranking.losses` module (``losses.build(name, keep=..., gt_num=...)``),
   :class:`LossOutput`, :class:`CascadeLoss` (the calling convention);
-* differentiable sorting: :func:`neural_sort`, :func:`soft_sort` (masked relaxed permutation matrices);
+* differentiable sorting and top-k: :func:`neural_sort`, :func:`soft_sort` (masked relaxed permutation
+  matrices) and the :mod:`~cascade_ranking.operators` registry (NeuralSort, SoftSort, DFTopK, LapSum, sparse top-k);
 * models and the cascade: :func:`build_model`, :class:`Cascade`, :class:`Stage`;
 * data: :class:`DatasetSchema`, :class:`RequestBatch`, :func:`open_dataset`, :func:`iterate_partitions`;
 * metrics: :class:`CascadeMetrics` (streaming joint recall, stage recall, NDCG@k, Kendall tau);
 * training: :class:`TrainConfig`; the protocol itself is :func:`cascade_ranking.training.loop.train` and
   evaluation :func:`cascade_ranking.training.evaluate.evaluate`.
 
-Submodules (``losses``, ``metrics``, ``models``, ``sorting``, ``data``) are importable as attributes too.
+Submodules (``losses``, ``metrics``, ``models``, ``operators``, ``data``) are importable as attributes too.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _LAZY: dict[str, str] = {
     "losses": "cascade_ranking.losses",
     "metrics": "cascade_ranking.metrics",
     "models": "cascade_ranking.models",
-    "sorting": "cascade_ranking.sorting",
+    "operators": "cascade_ranking.operators",
     "Cascade": "cascade_ranking.cascade:Cascade",
     "CascadeLoss": "cascade_ranking.types:CascadeLoss",
     "CascadeMetrics": "cascade_ranking.metrics:CascadeMetrics",
@@ -38,9 +39,9 @@ _LAZY: dict[str, str] = {
     "TrainConfig": "cascade_ranking.training.config:TrainConfig",
     "build_model": "cascade_ranking.models:build_model",
     "iterate_partitions": "cascade_ranking.data.loader:iterate_partitions",
-    "neural_sort": "cascade_ranking.sorting:neural_sort",
+    "neural_sort": "cascade_ranking.operators:neural_sort",
     "open_dataset": "cascade_ranking.data.store:open_dataset",
-    "soft_sort": "cascade_ranking.sorting:soft_sort",
+    "soft_sort": "cascade_ranking.operators:soft_sort",
 }
 
 __all__ = [
@@ -60,19 +61,19 @@ __all__ = [
     "models",
     "neural_sort",
     "open_dataset",
+    "operators",
     "soft_sort",
-    "sorting",
 ]
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real objects
-    from . import data, losses, metrics, models, sorting
+    from . import data, losses, metrics, models, operators
     from .cascade import Cascade, Stage
     from .data.loader import iterate_partitions
     from .data.schema import DatasetSchema
     from .data.store import open_dataset
     from .metrics import CascadeMetrics
     from .models import build_model
-    from .sorting import neural_sort, soft_sort
+    from .operators import neural_sort, soft_sort
     from .training.config import TrainConfig
     from .types import CascadeLoss, LossOutput, RequestBatch
 

@@ -372,7 +372,7 @@ def benchmark(
     config_file: ConfigOpt = None,
     set_: SetOpt = None,
     methods: Annotated[
-        str | None, typer.Option(help="Comma-separated methods (default: the eight cascade methods).")
+        str | None, typer.Option(help="Comma-separated methods (default: the eight cascade methods and dftopk).")
     ] = None,
     stages: Annotated[int | None, typer.Option(help="Stages of the default MovieLens-100K cascade: 2 or 3.")] = None,
     repeats: Annotated[int | None, typer.Option(help="Seeds per method (default 3).")] = None,
@@ -643,12 +643,28 @@ def prepare_synthetic_cmd(
         str, typer.Option(help="store (our Parquet store) or recflow (RecFlow's published layout).")
     ] = "store",
     seed: Annotated[int, typer.Option(help="Seed of the simulated world and funnel.")] = 0,
+    candidates: Annotated[
+        int | None,
+        typer.Option(
+            help="Candidates per request (store layout; default 10 per funnel group). The lowest group "
+            "(prerank_neg) takes the rest, e.g. 1000 or 10000, as a production pre-ranking stage scores."
+        ),
+    ] = None,
 ) -> None:
     """Simulate a production funnel (seeded world, noisy multi-stage cascade) at any scale, day by day."""
     from .datasets.synthetic import simulate
 
     try:
-        schema = simulate(out, requests=requests, days=days, stages=stages, layout=layout, seed=seed, progress=True)
+        schema = simulate(
+            out,
+            requests=requests,
+            days=days,
+            stages=stages,
+            layout=layout,
+            seed=seed,
+            progress=True,
+            candidates=candidates,
+        )
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     if schema is None:

@@ -83,7 +83,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +206,9 @@ class FunnelSpec:
         top_index: feather column holding the top group's rank index (label ``30 - index``).
         lower_labels: constant labels of the groups after the first.
         keep: default keep sizes of the cascade, retrieval first.
+        lowest_size: candidate slots of the lowest group (``prerank_neg``, filtered first); the other
+            groups have ``GROUP_SIZE``. RecFlow's files: ``GROUP_SIZE``; the simulator may use more
+            (:meth:`with_candidates`), as a production pre-ranking stage scores thousands per request.
     """
 
     stages: int
@@ -214,10 +217,29 @@ class FunnelSpec:
     top_index: str
     lower_labels: tuple[float, ...]
     keep: tuple[int, ...]
+    lowest_size: int = GROUP_SIZE
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]:
+        """Candidate slots of each group, best first."""
+        return (GROUP_SIZE,) * (len(self.groups) - 1) + (self.lowest_size,)
 
     @property
     def num_candidates(self) -> int:
-        return GROUP_SIZE * len(self.groups)
+        return sum(self.group_sizes)
+
+    def with_candidates(self, candidates: int | None) -> FunnelSpec:
+        """This funnel with ``candidates`` slots per request (``None``: unchanged); the lowest group takes
+        what the others (``GROUP_SIZE`` each) leave. Raises ``ValueError`` if that is below ``GROUP_SIZE``."""
+        if candidates is None:
+            return self
+        lowest = int(candidates) - GROUP_SIZE * (len(self.groups) - 1)
+        if int(candidates) != candidates or lowest < GROUP_SIZE:
+            raise ValueError(
+                f"candidates={candidates!r}: a {self.stages}-stage funnel needs at least "
+                f"{GROUP_SIZE * len(self.groups)} ({GROUP_SIZE} per funnel group)"
+            )
+        return replace(self, lowest_size=lowest)
 
     @property
     def funnel_positions(self) -> list[str]:
@@ -345,9 +367,11 @@ def recflow_schema(
     partitions: list[Partition],
     name: str | None = None,
     provenance: dict | None = None,
+    candidates: int | None = None,
 ) -> DatasetSchema:
-    """The store schema of a RecFlow-layout dataset (see the module docstring for the fields)."""
-    spec = funnel_spec(stages)
+    """The store schema of a RecFlow-layout dataset (see the module docstring for the fields); ``candidates``
+    slots per request (default: ``GROUP_SIZE`` per funnel group, see :meth:`FunnelSpec.with_candidates`)."""
+    spec = funnel_spec(stages).with_candidates(candidates)
     vocab = {k: v + 2 for k, v in id_cnt.items()}
     features = [CategoricalField(name=f, role="user", vocab_size=vocab[f]) for f in USER_FIELDS]
     features += [CategoricalField(name=f, role="context", vocab_size=v) for f, v in TIME_VOCAB.items()]
@@ -476,7 +500,8 @@ def to_store_arrays(
 
     Returns ``[R]`` columns ``request_id``, ``user.*``, ``context.*``; ``[R, L]`` ``history.*``;
     ``[R, N]`` ``item.*``, ``mask`` (bool), ``stage`` (int8), ``label`` (float32), N = ``spec.num_candidates``;
-    candidate slots ``g * 10 ... g * 10 + 9`` hold group ``g`` (best first), padded slots hold 0. With
+    candidate slots ``g * 10 ... g * 10 + 9`` hold group ``g`` (best first; the lowest group takes
+    ``spec.lowest_size`` slots), padded slots hold 0. With
     ``inplace``, the day's ``items`` and ``history`` arrays are turned into the store columns (no new
     ``[R, N]`` allocations; the day must not be used afterwards).
 
@@ -493,7 +518,12 @@ def to_store_arrays(
     for f, values in zip(TIME_VOCAB, utc_time_fields(np.floor_divide(day.request_timestamp, 1000))):
         arrays[f"context.{f}"] = values
 
-    mask = (np.arange(g)[None, None, :] < day.counts[:, :, None]).reshape(r, spec.num_candidates)
+    if spec.lowest_size == g:
+        mask = (np.arange(g)[None, None, :] < day.counts[:, :, None]).reshape(r, spec.num_candidates)
+    else:
+        mask = np.concatenate(
+            [np.arange(size)[None, :] < day.counts[:, i, None] for i, size in enumerate(spec.group_sizes)], axis=1
+        )
     where_items = src.get("item", "items")
     for f in ITEM_ID_FIELDS:
         arrays[f"item.{f}"] = _shift_ids(day.items[f], mask, vocab[f], where=where_items, field_name=f, inplace=inplace)
@@ -501,10 +531,10 @@ def to_store_arrays(
         arrays[f"item.upload_{f}"] = np.multiply(values, mask, out=values)
     positions = np.arange(len(spec.groups) - 1, -1, -1, dtype=np.int8)  # best group = highest position
     arrays["mask"] = mask
-    arrays["stage"] = np.where(mask, np.repeat(positions, g)[None, :], np.int8(0))
+    arrays["stage"] = np.where(mask, np.repeat(positions, spec.group_sizes)[None, :], np.int8(0))
     label = np.empty((r, spec.num_candidates), dtype=np.float32)
     label[:, :g] = RANK_INDEX_BASE - day.top_rank_index
-    label[:, g:] = np.repeat(np.asarray(spec.lower_labels, dtype=np.float32), g)
+    label[:, g:] = np.repeat(np.asarray(spec.lower_labels, dtype=np.float32), spec.group_sizes[1:])
     arrays["label"] = np.multiply(label, mask, out=label)
 
     hist_valid = day.history["request_timestamp"] > 0

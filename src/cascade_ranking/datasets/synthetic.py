@@ -91,6 +91,9 @@ class SimulatorConfig:
         stage_noise: standard deviation of each stage scorer's noise (relevance has about unit scale).
         flow_size: (min, max) items recorded per flow, inclusive, clipped to the flow's size.
         history_length: rows of the behaviour history.
+        prerank_neg_slots: when > 0, the ``prerank_neg`` flow records up to this many items (all it has,
+            not a ``flow_size`` draw), and the store layout gives the lowest funnel group that many slots:
+            requests of thousands of candidates (:func:`simulate` ``candidates``). 0: RecFlow's layout.
         start: ISO date (UTC) of the first day.
         chunk_size: requests simulated at once (bounds memory within a day).
     """
@@ -111,6 +114,7 @@ class SimulatorConfig:
     stage_noise: tuple[float, float, float, float] = (1.0, 0.7, 0.45, 0.25)
     flow_size: tuple[int, int] = (8, 16)
     history_length: int = 50
+    prerank_neg_slots: int = 0
     start: str = "2024-01-13"
     chunk_size: int = 10_000
 
@@ -129,9 +133,30 @@ class SimulatorConfig:
             raise ValueError(
                 f"flow_size={self.flow_size}: need 0 < min <= max, stage_keep[-1] <= max < pool_size - stage_keep[0]"
             )
+        if self.prerank_neg_slots < 0 or self.pool_size < keep[0] + self.prerank_neg_slots:
+            raise ValueError(
+                f"prerank_neg_slots={self.prerank_neg_slots}: must be >= 0 and fit in pool_size - stage_keep[0]"
+            )
         if len(self.stage_noise) != 4 or self.history_length <= 0 or self.chunk_size <= 0:
             raise ValueError("stage_noise needs 4 values; history_length and chunk_size must be positive")
         np.datetime64(self.start, "D")  # raises ValueError on a bad date
+
+    def flow_width(self, flow: str) -> int:
+        """Recorded slots of ``flow``: ``flow_size[1]``, or ``prerank_neg_slots`` for ``prerank_neg`` if larger."""
+        return max(self.flow_size[1], self.prerank_neg_slots) if flow == "prerank_neg" else self.flow_size[1]
+
+    def with_candidates(self, lowest_group: int, candidates: int) -> SimulatorConfig:
+        """This config recording ``lowest_group`` ``prerank_neg`` items per request (``candidates`` slots in all):
+        the pool grows to hold them (with a quarter spare for repeated draws), the catalogue to 4x the pool,
+        and chunks shrink so that one chunk's flows stay near 2M slots."""
+        pool = max(self.pool_size, self.stage_keep[0] + lowest_group + lowest_group // 4 + 16)
+        return replace(
+            self,
+            prerank_neg_slots=lowest_group,
+            pool_size=pool,
+            num_items=max(self.num_items, 4 * pool),
+            chunk_size=min(self.chunk_size, max(1, 2_000_000 // candidates)),
+        )
 
     @classmethod
     def for_requests(cls, requests: int, **overrides) -> SimulatorConfig:
@@ -278,14 +303,16 @@ class SimulatedDay:
     def num_requests(self) -> int:
         return len(self.request_id)
 
-    def to_recflow_day(self, stages: int) -> RecFlowDay:
-        """What a converter reads from this day: each flow's first 10 items, the top group's rank index."""
-        spec = funnel_spec(stages)
+    def to_recflow_day(self, stages: int, candidates: int | None = None) -> RecFlowDay:
+        """What a converter reads from this day: each flow's first 10 items (the lowest group's first
+        ``FunnelSpec.lowest_size`` with ``candidates``), the top group's rank index."""
+        spec = funnel_spec(stages).with_candidates(candidates)
+        sizes = dict(zip(spec.groups, spec.group_sizes))
         items = {
-            c: np.concatenate([self.flow_items[f][:, :GROUP_SIZE, FLOW_COLUMNS.index(c)] for f in spec.groups], axis=1)
+            c: np.concatenate([self.flow_items[f][:, : sizes[f], FLOW_COLUMNS.index(c)] for f in spec.groups], axis=1)
             for c in ITEM_COLUMNS
         }
-        counts = np.stack([np.minimum(self.flow_counts[f], GROUP_SIZE) for f in spec.groups], axis=1)
+        counts = np.stack([np.minimum(self.flow_counts[f], sizes[f]) for f in spec.groups], axis=1)
         ranks = self.flow_rank_index if spec.top_index == "rank_index" else self.flow_rerank_index
         where = f"simulated day {self.name}"
         return RecFlowDay(
@@ -398,20 +425,22 @@ def _simulate_chunk(
     shown_order = np.zeros((n, m), dtype=np.int64)  # slot of the item shown at position k (realshow order)
     shown_r, shown_j = np.nonzero(realshow)
     shown_order[shown_r, rerank_index[shown_r, shown_j]] = shown_j
-    ramp_m = np.arange(m)
     attr = world.item_attr
     hi = lo + n
     for flow in FLOWS:
+        ramp_m = np.arange(c.flow_width(flow))
         if flow == "realshow":  # every shown item, in shown order
             slots, count = shown_order, np.minimum(realshow.sum(axis=1), m)
         elif flow == "rank_pos":
-            slots, available = rank_pos_order[:, :m], passed_rank.sum(axis=1)
+            slots, available = rank_pos_order[:, : len(ramp_m)], passed_rank.sum(axis=1)
         else:
             d = _FLOW_DEPTH[flow]
             idx = np.minimum(starts[:, d : d + 1] + ramp_m, p - 1)
             slots, available = np.take_along_axis(by_group, idx, axis=1), sizes[:, d]
         if flow != "realshow":
             count = np.minimum(rng.integers(c.flow_size[0], c.flow_size[1] + 1, n), available)
+            if flow == "prerank_neg" and c.prerank_neg_slots > 0:  # the whole lowest group (the draw is kept:
+                count = np.minimum(c.prerank_neg_slots, available)  # the same seed, the same other flows)
         valid = ramp_m[None, :] < count[:, None]
         item = pool[rows, slots]
         dest = day.flow_items[flow][lo:hi]
@@ -481,16 +510,15 @@ def _day_plans(requests: int, days: int, seed: int, world: World) -> Iterator[_D
 def _empty_day(world: World, plan: _DayPlan, lo: int, hi: int) -> SimulatedDay:
     """A :class:`SimulatedDay` for requests ``lo:hi`` of ``plan`` with its funnel arrays still to fill."""
     c, size, users = world.config, hi - lo, plan.users[lo:hi]
-    m = c.flow_size[1]
     return SimulatedDay(
         name=plan.name,
         request_id=plan.request_id[lo:hi],
         request_timestamp=plan.request_timestamp[lo:hi],
         user={"user_id": users, **{k: world.user_attr[k][users] for k in USER_FIELDS[1:]}},
-        flow_items={f: np.empty((size, m, len(FLOW_COLUMNS)), dtype=np.int64) for f in FLOWS},
+        flow_items={f: np.empty((size, c.flow_width(f), len(FLOW_COLUMNS)), dtype=np.int64) for f in FLOWS},
         flow_counts={f: np.empty(size, dtype=np.int64) for f in FLOWS},
-        flow_rank_index={f: np.empty((size, m), dtype=np.int64) for f in FLOWS},
-        flow_rerank_index={f: np.empty((size, m), dtype=np.int64) for f in FLOWS},
+        flow_rank_index={f: np.empty((size, c.flow_width(f)), dtype=np.int64) for f in FLOWS},
+        flow_rerank_index={f: np.empty((size, c.flow_width(f)), dtype=np.int64) for f in FLOWS},
         history=np.empty((size, c.history_length, len(SEQ_COLUMNS)), dtype=np.int64),
     )
 
@@ -518,18 +546,21 @@ def simulate_days(
         yield day
 
 
-def _store_day(world: World, plan: _DayPlan, seed: int, stages: int, schema: DatasetSchema) -> dict[str, np.ndarray]:
+def _store_day(
+    world: World, plan: _DayPlan, seed: int, stages: int, schema: DatasetSchema, candidates: int | None = None
+) -> dict[str, np.ndarray]:
     """The store columns of one day, simulated chunk by chunk (memory: the day's columns plus one chunk).
 
     Identical to converting the whole :class:`SimulatedDay` (the chunks use the same generators).
     """
-    spec = funnel_spec(stages)
+    spec = funnel_spec(stages).with_candidates(candidates)
     arrays: dict[str, np.ndarray] = {}
     size = len(plan.request_id)
     for lo, hi, rng in _chunks(world, plan, seed):
         chunk = _empty_day(world, plan, lo, hi)
         _simulate_chunk(world, rng, chunk.user["user_id"], chunk.request_timestamp, chunk, 0)
-        for name, values in to_store_arrays(chunk.to_recflow_day(stages), spec, schema, inplace=True).items():
+        day = chunk.to_recflow_day(stages, candidates)
+        for name, values in to_store_arrays(day, spec, schema, inplace=True).items():
             if name not in arrays:
                 arrays[name] = np.empty((size, *values.shape[1:]), dtype=values.dtype)
             arrays[name][lo:hi] = values
@@ -596,6 +627,7 @@ def simulate(
     test_days: int = 1,
     valid_days: int = 0,
     config: SimulatorConfig | None = None,
+    candidates: int | None = None,
 ) -> DatasetSchema | None:
     """Simulate ``requests`` requests over ``days`` days and write them to ``out``.
 
@@ -609,19 +641,28 @@ def simulate(
         progress: show a progress bar over days.
         test_days, valid_days: partition roles of the store layout (as :func:`.recflow.convert_recflow`).
         config: world and funnel sizes (default :meth:`SimulatorConfig.for_requests`).
+        candidates: candidate slots per request of the store layout (default: RecFlow's 10 per funnel group,
+            40 for two stages, 50 for three). More go to the lowest group (``prerank_neg``, the candidates the
+            logged pre-ranking filtered first; the pool and catalogue grow to supply them), as a production
+            pre-ranking stage scores thousands per request; the groups above keep 10 slots each.
 
     Returns:
         The store schema for ``layout="store"``; ``None`` for ``layout="recflow"``.
 
     Raises:
-        ValueError: a bad ``layout``, ``stages``, ``requests``/``days`` or roles, or ``out`` is an unrelated
-            non-empty folder. Nothing is written then.
+        ValueError: a bad ``layout``, ``stages``, ``requests``/``days``, roles or ``candidates`` (below 10 per
+            group, or with the RecFlow layout), or ``out`` is an unrelated non-empty folder. Nothing is
+            written then.
     """
     if layout not in ("store", "recflow"):
         raise ValueError(f"layout={layout!r}: expected 'store' or 'recflow'")
-    funnel_spec(stages)  # validates
+    spec = funnel_spec(stages).with_candidates(candidates)  # validates both
+    if candidates is not None and layout != "store":
+        raise ValueError(f"candidates={candidates}: only the store layout (RecFlow's files keep 10 per flow)")
     _day_sizes(requests, days)
     config = config or SimulatorConfig.for_requests(requests)
+    if candidates is not None:
+        config = config.with_candidates(spec.lowest_size, spec.num_candidates)
     roles = assign_roles([str(i) for i in range(days)], test_days, valid_days)
     out = Path(out)
     world = build_world(config, seed)
@@ -640,9 +681,13 @@ def simulate(
             else:
                 part = day_partition(plan.name, role, size)
                 schema = recflow_schema(
-                    stages=stages, id_cnt=id_cnt, history_length=config.history_length, partitions=[part]
+                    stages=stages,
+                    id_cnt=id_cnt,
+                    history_length=config.history_length,
+                    partitions=[part],
+                    candidates=candidates,
                 )
-                write_partition(tmp, schema, part, _store_day(world, plan, seed, stages, schema))
+                write_partition(tmp, schema, part, _store_day(world, plan, seed, stages, schema, candidates))
                 partitions.append(part)
             logger.info("simulated %s: %d requests", plan.name, size)
             advance(plan.name)
@@ -655,13 +700,19 @@ def simulate(
             id_cnt=id_cnt,
             history_length=config.history_length,
             partitions=partitions,
-            name=f"synthetic-{stages}stage",
+            candidates=candidates,
+            name=f"synthetic-{stages}stage" + ("" if candidates is None else f"-{spec.num_candidates}cand"),
             provenance={
                 "source": "cascade_ranking.datasets.synthetic (simulated production funnel)",
                 "seed": int(seed),
                 "requests": int(requests),
                 "days": int(days),
-                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+                "config": {  # prerank_neg_slots only when used: RecFlow-layout provenance as before
+                    k: list(v) if isinstance(v, tuple) else v
+                    for k, v in asdict(config).items()
+                    if k != "prerank_neg_slots" or v
+                },
+                **({} if candidates is None else {"candidates": int(spec.num_candidates)}),
             },
         )
         write_schema(tmp, schema)

@@ -18,7 +18,7 @@ class BenchmarkConfig(TrainConfig):
     Attributes:
         task: ``"cascade"`` (the LCRON paper's comparison of cascade methods) or ``"prerank"`` (the RankTower
             paper's comparison of pre-ranking models on full-stage samples: :mod:`.prerank`).
-        methods: methods to compare (``None`` = the eight cascade methods of the LCRON paper); for
+        methods: methods to compare (``None`` = the LCRON paper's eight cascade methods and DFTopK); for
             ``task="prerank"`` the Table 1 rows (``lr``, ``two_tower``, ``cold``, ``din``, ``arf``, ``ranktower``).
         repeats: seeds per method (0 .. repeats-1).
         out: output folder (``None`` = ``benchmark-<K>stage``, ``benchmark-prerank`` or

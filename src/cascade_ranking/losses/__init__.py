@@ -22,8 +22,8 @@ from ..types import CascadeLoss, LossOutput, check_keep, positive_int
 
 __all__ = ["build", "available", "hyperparameters", "CascadeLoss", "LossOutput", "REGISTRY", "CASCADE_METHODS"]
 
-#: The LCRON paper's eight cascade methods (Wang et al. 2025, Tables 2-3): the benchmark's default.
-CASCADE_METHODS = ("bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron")
+#: The benchmark's default methods: the LCRON paper's eight (Wang et al. 2025, Tables 2-3) and DFTopK (Zhu et al. 2025).
+CASCADE_METHODS = ("bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron", "dftopk")
 
 #: method name -> "module:Class" (explicit; add a line here to add a method).
 REGISTRY: dict[str, str] = {
@@ -35,6 +35,7 @@ REGISTRY: dict[str, str] = {
     "fs_lambdaloss": "cascade_ranking.losses.fs_lambdaloss:FSLambdaLoss",
     "arf": "cascade_ranking.losses.arf:ARFLoss",
     "arf_v2": "cascade_ranking.losses.arf:ARFv2Loss",
+    "dftopk": "cascade_ranking.losses.dftopk:DFTopKLoss",
     "ranktower": "cascade_ranking.losses.ranktower:RankTowerLoss",
     "ranktower_distill": "cascade_ranking.losses.ranktower:RankTowerDistillLoss",
     "ranktower_sort": "cascade_ranking.losses.ranktower:RankTowerSortLoss",

@@ -43,10 +43,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ..sorting import neural_sort, split_column_sums
+from .. import operators
+from ..operators import split_column_sums
 from ..types import LossOutput
 from ._common import StageLoss
-from .base import EPS, detached_parts, label_permutation, request_mean
+from .base import EPS, detached_parts, label_permutation, request_mean, valid_counts
 
 __all__ = ["ARFLoss", "ARFv2Loss"]
 
@@ -57,7 +58,9 @@ class ARFLoss(StageLoss):
     Args:
         keep: candidates each stage keeps, retrieval first; ``m_i = keep[i]`` is stage ``i``'s support.
         gt_num: ``g``, the number of ground-truth candidates (default 10).
-        tau: NeuralSort temperature of the stage scores (default 200, as released).
+        tau: temperature of the operator on the stage scores (default 200, as released for NeuralSort).
+        operator: the relaxed permutation operator (default ``"neuralsort"``, as the paper; ``"softsort"``).
+            Only permutation operators: ``L_global`` is a cross-entropy over the whole ``[B, N, N]`` matrix.
 
     The module's parameter ``sigma`` (``[N_s]``, float32) must be optimised together with the stage models.
     Called as ``loss_fn(logits, label=, mask=, stage=)``; ``stage`` is validated but unused. Returns
@@ -69,15 +72,26 @@ class ARFLoss(StageLoss):
 
     method = "arf"
 
-    def __init__(self, *, keep: Sequence[int], gt_num: int = 10, tau: float = 200.0) -> None:
+    def __init__(
+        self, *, keep: Sequence[int], gt_num: int = 10, tau: float = 200.0, operator: str = "neuralsort"
+    ) -> None:
         super().__init__(keep=keep, gt_num=gt_num)
         if not tau > 0:
             raise ValueError(f"{self.method}: tau must be positive, got {tau}")
+        op = operators.get(operator)
+        if op.matrix is None:
+            permutation = [n for n in operators.available() if operators.get(n).is_permutation]
+            raise ValueError(
+                f"{self.method}: operator {operator!r} has no permutation matrix, which L_global needs; "
+                f"use one of {permutation}"
+            )
         self.tau = float(tau)
+        self.operator = operator
+        self._matrix = op.matrix
         self.sigma = torch.nn.Parameter(torch.ones(self.num_stages))
 
     def extra_repr(self) -> str:
-        return f"keep={list(self.keep)}, gt_num={self.gt_num}, tau={self.tau}"
+        return f"keep={list(self.keep)}, gt_num={self.gt_num}, tau={self.tau}, operator={self.operator!r}"
 
     def _relax(self, p: torch.Tensor, m: int, y: torch.Tensor) -> torch.Tensor:
         """Per-candidate relaxed top-``m`` term ``[B, N]`` (ARF: one-sided, mean of the top ``m`` places)."""
@@ -86,10 +100,7 @@ class ARFLoss(StageLoss):
 
     def _compute(self, logits, label, mask, stage) -> LossOutput:
         dtype = logits[0].dtype
-        n_valid = mask.sum(-1)
-        has = n_valid > 0
-        valid = mask.to(dtype)
-        inv_n = 1.0 / n_valid.clamp_min(1).to(dtype)
+        n_valid, has, valid, inv_n = valid_counts(mask, dtype)
         complete = (n_valid == mask.shape[-1]).to(dtype)
         y = label_permutation(label, mask, dtype)  # [B, N, N], no gradient
         sigma = self.sigma.to(dtype)
@@ -97,7 +108,7 @@ class ARFLoss(StageLoss):
         parts = {}
         total = torch.zeros((), dtype=dtype, device=mask.device)
         for i, (x, m) in enumerate(zip(logits, self.keep, strict=True)):
-            p = neural_sort(x, tau=self.tau, mask=mask)
+            p = self._matrix(x, tau=self.tau, mask=mask)
             relax = (self._relax(p, m, y) * valid).sum(-1) * inv_n * (n_valid > m).to(dtype)
             glob = (-y * torch.log(p + EPS)).sum((-2, -1)) * inv_n * inv_n * complete
             l_relax, l_global = request_mean(relax, has), request_mean(glob, has)
@@ -117,7 +128,5 @@ class ARFv2Loss(ARFLoss):
     def _relax(self, p: torch.Tensor, m: int, y: torch.Tensor) -> torch.Tensor:
         y_pos = y[..., : self.gt_num, :].sum(-2)
         y_neg = y[..., self.gt_num :, :].sum(-2)
-        top, rest = split_column_sums(p, m)
-        denom = (top + rest).detach() + EPS
-        inside, outside = top / denom, rest / denom  # soft_topk_membership(p, m) and its complement
+        inside, outside = operators.soft_topk_membership(p, m, eps=EPS)
         return -y_pos * torch.log(inside + EPS) - y_neg * torch.log(outside + EPS)

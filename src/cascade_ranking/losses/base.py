@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..sorting import neural_sort
+from ..operators import neural_sort
 from ..types import CascadeLoss, LossOutput
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "detached_parts",
     "label_permutation",
     "request_mean",
+    "valid_counts",
 ]
 
 #: NeuralSort temperature of the label permutation matrix (as released with LCRON).
@@ -92,6 +93,15 @@ def label_permutation(label: torch.Tensor, mask: torch.Tensor, dtype: torch.dtyp
     """
     with torch.no_grad():
         return neural_sort(label.to(dtype), tau=LABEL_TAU, mask=mask)
+
+
+def valid_counts(
+    mask: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-request counts of ``mask [B, N]``: ``(n [B] int, has [B] bool = n > 0, valid [B, N] dtype,
+    inv_n [B] dtype = 1 / max(n, 1))``, for means over each request's valid candidates."""
+    n_valid = mask.sum(-1)
+    return n_valid, n_valid > 0, mask.to(dtype), 1.0 / n_valid.clamp_min(1).to(dtype)
 
 
 def request_mean(values: torch.Tensor, include: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,8 @@ Deviations, all invisible when every candidate is valid:
 
 * Padded candidates contribute nothing (the released code adds ``-log(eps)`` per padded slot to the negative
   branch of ``L_e2e``) and the per-request mean is over the ``n`` valid candidates, not all ``N`` slots.
-  NeuralSort is taken over the valid candidates only (:func:`cascade_ranking.sorting.neural_sort`), so
+  NeuralSort is taken over the valid candidates only (:func:`cascade_ranking.operators.neural_sort`; every
+  operator of :mod:`cascade_ranking.operators` deletes masked candidates), so
   masking a candidate equals deleting it.
 * The batch mean is over requests with at least one valid candidate; a batch with none gives exactly 0 (the
   ``log |w_i|`` term included) with zero gradients.
@@ -59,21 +60,15 @@ from collections.abc import Sequence
 
 import torch
 
-from ..sorting import neural_sort, split_column_sums
+from .. import operators
+from ..operators import split_column_sums
 from ..types import LossOutput
 from ._common import StageLoss
-from .base import EPS, detached_parts, label_permutation, request_mean
+from .base import EPS, detached_parts, label_permutation, request_mean, valid_counts
 
 __all__ = ["LCRONLoss", "lcron_terms"]
 
 _Q_CHOICES = ("gt_num", "keep")
-
-
-def _membership(p: torch.Tensor, q: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(a, b)``: mass of the top ``q`` places and of the places below, over the detached column sum."""
-    top, rest = split_column_sums(p, q)  # one batched matmul over P (and one for its gradient)
-    denom = (top + rest).detach() + eps
-    return top / denom, rest / denom
 
 
 def lcron_terms(
@@ -86,6 +81,7 @@ def lcron_terms(
     tau: float = 50.0,
     label_threshold: float | None = None,
     eps: float = EPS,
+    operator: str = "neuralsort",
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The unweighted LCRON terms ``(L_e2e, [L_single,0, ..., L_single,N-1])`` (see the module docstring).
 
@@ -95,23 +91,23 @@ def lcron_terms(
         mask: ``[B, N]`` bool, ``True`` at valid candidates.
         gt_num: ``g``, the number of ground-truth places.
         q: ``q_i`` per stage (top-``q_i`` membership and support of ``L_single,i``).
-        tau: NeuralSort temperature of the stage scores.
+        tau: temperature of the operator on the stage scores.
         label_threshold: if set, ``Y`` is binarised as ``Y > label_threshold``.
         eps: added to the column sums and inside the logs.
+        operator: the relaxed top-``k`` operator giving ``(a_i, b_i)``
+            (:meth:`cascade_ranking.operators.TopKOperator.split`).
 
     Returns:
         Scalar tensors in the promoted dtype of ``logits``; each is 0 for a batch with no valid candidate.
 
     Raises:
-        ValueError: ``logits`` is empty.
+        ValueError: ``logits`` is empty or ``operator`` unknown.
     """
+    op = operators.get(operator)
     if len(logits) == 0:
         raise ValueError("logits must hold one [B, N] tensor per stage, got none")
     dtype = functools.reduce(torch.promote_types, [x.dtype for x in logits])
-    n_valid = mask.sum(-1)  # [B]
-    has_valid = n_valid > 0
-    m = mask.to(dtype)
-    inv_n = 1.0 / n_valid.clamp_min(1).to(dtype)  # [B]
+    n_valid, has_valid, m, inv_n = valid_counts(mask, dtype)  # [B], [B], [B, N], [B]
 
     y = label_permutation(label, mask, dtype)  # [B, N, N], no gradient
     if label_threshold is not None:
@@ -122,8 +118,7 @@ def lcron_terms(
     joint_out: torch.Tensor | None = None  # prod_i (1 - b_i)
     singles = []
     for x, q_i in zip(logits, q, strict=True):
-        p = neural_sort(x.to(dtype), tau=tau, mask=mask)
-        a, b = _membership(p, q_i, eps)
+        a, b = op.split(x.to(dtype), q_i, tau=tau, mask=mask, eps=eps)
         joint_in = a if joint_in is None else joint_in * a
         joint_out = 1.0 - b if joint_out is None else joint_out * (1.0 - b)
         per_cand = -y_pos * torch.log(a + eps) - y_neg * torch.log(b + eps)
@@ -152,6 +147,11 @@ class LCRONLoss(StageLoss):
             the paper's formulation).
         label_threshold: ``"released"`` (default: ``None`` for two stages, ``1e-3`` for three or more, as
             the released scripts), ``None`` (soft label matrix) or a float threshold binarising it.
+        operator: the relaxed top-``k`` operator of the stage scores (default ``"neuralsort"``, as the
+            paper; any name of :func:`cascade_ranking.operators.available`). ``tau`` is that operator's
+            temperature: 50 suits NeuralSort, whose logits scale with ``n``; set it with the operator.
+            A permutation operator gives ``a_i`` and ``b_i`` as above; the others ``a_i = f_i``,
+            ``b_i = 1 - f_i`` with ``f_i`` their membership.
 
     Returns (when called):
         :class:`LossOutput` with ``loss`` (scalar) and ``parts``: ``"l_e2e"``, ``"l_single/<i>"`` and
@@ -176,8 +176,10 @@ class LCRONLoss(StageLoss):
         tau: float = 50.0,
         q: str = "gt_num",
         label_threshold: float | str | None = "released",
+        operator: str = "neuralsort",
     ) -> None:
         super().__init__(keep=keep, gt_num=gt_num)
+        operators.get(operator)  # ValueError naming the known operators
         keep = self.keep
         if not tau > 0:
             raise ValueError(f"lcron: tau must be positive, got {tau}")
@@ -190,6 +192,7 @@ class LCRONLoss(StageLoss):
         self.tau = float(tau)
         self.q = q
         self.label_threshold = label_threshold
+        self.operator = operator
         self.weights = torch.nn.Parameter(torch.ones(len(keep)))
 
     @property
@@ -199,7 +202,7 @@ class LCRONLoss(StageLoss):
     def extra_repr(self) -> str:
         return (
             f"keep={list(self.keep)}, gt_num={self.gt_num}, tau={self.tau}, q={self.q!r}, "
-            f"label_threshold={self.label_threshold}"
+            f"label_threshold={self.label_threshold}, operator={self.operator!r}"
         )
 
     def _compute(
@@ -213,6 +216,7 @@ class LCRONLoss(StageLoss):
             q=self.q_per_stage,
             tau=self.tau,
             label_threshold=self.label_threshold,
+            operator=self.operator,
         )
         w = self.weights.to(l_e2e.dtype)
         l_single = torch.stack(singles)

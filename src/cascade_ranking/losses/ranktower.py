@@ -200,7 +200,7 @@ def soft_sort_log_probs(scores: torch.Tensor, mask: torch.Tensor, *, tau: float)
 
     Row ``p < n`` (``n`` = valid count) over valid columns ``j`` is ``log_softmax_j(-(sort(s)_p - s_j)^2 / tau)``;
     entries of rows ``p >= n`` and of padded columns are 0. ``exp`` of it equals
-    :func:`cascade_ranking.sorting.soft_sort` with ``power=2`` on valid entries.
+    :func:`cascade_ranking.operators.soft_sort` with ``power=2`` on valid entries.
     """
     s = zero_masked(scores, mask)
     low = torch.finfo(s.dtype).min

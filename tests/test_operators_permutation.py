@@ -1,4 +1,4 @@
-"""Tests of the masked relaxed sorting operators (NeuralSort, SoftSort, hard sort, soft top-k membership).
+"""Tests of the masked relaxed permutation operators (NeuralSort, SoftSort, hard sort, soft top-k membership).
 
 Reference values come from independent numpy/scipy transcriptions of the papers' formulas:
 Grover et al. 2019 (NeuralSort, eq. 5) and Prillo & Eisenschlos 2020 (SoftSort, eq. 2).
@@ -11,7 +11,8 @@ import pytest
 import torch
 from scipy.special import softmax
 
-from cascade_ranking.sorting import hard_sort, neural_sort, soft_sort, soft_topk_membership
+from cascade_ranking.operators import hard_sort, neural_sort, soft_sort, soft_topk_membership
+from conftest import distinct_scores
 
 SOFT_OPS = {
     "neural_sort": lambda s, tau, mask=None: neural_sort(s, tau=tau, mask=mask),
@@ -19,15 +20,6 @@ SOFT_OPS = {
     "soft_sort_p2": lambda s, tau, mask=None: soft_sort(s, tau=tau, mask=mask, power=2.0),
 }
 ops = pytest.mark.parametrize("op", list(SOFT_OPS), ids=list(SOFT_OPS))
-
-
-def _distinct_scores(b: int, n: int, seed: int, gap: float = 0.3) -> torch.Tensor:
-    """``[b, n]`` float64 scores whose pairwise gaps are at least ``gap`` (no ties), in random order."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.arange(n, dtype=torch.float64) * gap
-    jitter = torch.rand(b, n, generator=g, dtype=torch.float64) * gap * 0.3
-    perm = torch.stack([torch.randperm(n, generator=g) for _ in range(b)])
-    return (base + jitter - base.mean()).gather(1, perm)
 
 
 def _partial_mask() -> torch.Tensor:
@@ -66,19 +58,19 @@ def _np_hard(s: np.ndarray) -> np.ndarray:
 @ops
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
 def test_gradcheck_float64(op, masked):
-    s = _distinct_scores(3, 6, seed=1).requires_grad_()
+    s = distinct_scores(3, 6, seed=1).requires_grad_()
     mask = _partial_mask() if masked else None
     assert torch.autograd.gradcheck(lambda x: SOFT_OPS[op](x, 0.7, mask), (s,), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 def test_gradgradcheck_neural_sort():
-    s = _distinct_scores(2, 5, seed=2).requires_grad_()
+    s = distinct_scores(2, 5, seed=2).requires_grad_()
     assert torch.autograd.gradgradcheck(lambda x: neural_sort(x, tau=1.0, mask=_partial_mask()[:2, :5]), (s,))
 
 
 # --------------------------------------------------------------------------------------- formula vs paper
 def test_neural_sort_matches_grover_eq5():
-    s = _distinct_scores(4, 7, seed=3, gap=0.5).numpy() * 3.0
+    s = distinct_scores(4, 7, seed=3, gap=0.5).numpy() * 3.0
     for tau in (0.1, 1.0, 5.0):
         got = neural_sort(torch.from_numpy(s), tau=tau).numpy()
         for b in range(len(s)):
@@ -87,7 +79,7 @@ def test_neural_sort_matches_grover_eq5():
 
 @pytest.mark.parametrize("power", [1.0, 2.0])
 def test_soft_sort_matches_prillo_eq2(power):
-    s = _distinct_scores(4, 7, seed=4).numpy()
+    s = distinct_scores(4, 7, seed=4).numpy()
     for tau in (0.1, 1.0):
         got = soft_sort(torch.from_numpy(s), tau=tau, power=power).numpy()
         for b in range(len(s)):
@@ -122,7 +114,7 @@ def test_hard_sort_masked_puts_padded_last():
 
 @ops
 def test_soft_operators_tend_to_hard_sort(op):
-    s = _distinct_scores(5, 8, seed=6, gap=0.5)
+    s = distinct_scores(5, 8, seed=6, gap=0.5)
     mask = torch.rand(5, 8, generator=torch.Generator().manual_seed(0)) > 0.3
     for m in (None, mask):
         hard = hard_sort(s, mask=m)
@@ -141,7 +133,7 @@ def test_neural_sort_ties_share_mass_at_small_tau():
 # ------------------------------------------------------------------------------------------------ masking
 @ops
 def test_padded_candidates_sorted_last_and_get_zero_gradient(op):
-    s = _distinct_scores(3, 6, seed=7).requires_grad_()
+    s = distinct_scores(3, 6, seed=7).requires_grad_()
     mask = _partial_mask()
     p = SOFT_OPS[op](s, 0.5, mask)
     n = mask.sum(-1)
@@ -156,7 +148,7 @@ def test_padded_candidates_sorted_last_and_get_zero_gradient(op):
 
 @ops
 def test_padded_values_never_enter(op):
-    s = _distinct_scores(3, 6, seed=8)
+    s = distinct_scores(3, 6, seed=8)
     mask = _partial_mask()
     junk = s.clone()
     junk[~mask] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 7.0], dtype=s.dtype)[
@@ -171,7 +163,7 @@ def test_padded_values_never_enter(op):
 
 @ops
 def test_masking_equals_deletion(op):
-    s = _distinct_scores(3, 6, seed=9)
+    s = distinct_scores(3, 6, seed=9)
     mask = _partial_mask()
     p = SOFT_OPS[op](s, 0.8, mask)
     for b in range(3):
@@ -182,7 +174,7 @@ def test_masking_equals_deletion(op):
 
 @ops
 def test_all_masked_request_gives_zeros_and_finite_gradient(op):
-    s = _distinct_scores(2, 5, seed=10).requires_grad_()
+    s = distinct_scores(2, 5, seed=10).requires_grad_()
     mask = torch.tensor([[False] * 5, [True, False, True, True, False]])
     p = SOFT_OPS[op](s, 0.5, mask)
     assert torch.all(p[0] == 0)
@@ -206,7 +198,7 @@ def test_extreme_scores_stay_finite(op, dtype):
 
 @ops
 def test_rows_stochastic_over_valid_columns(op):
-    s = _distinct_scores(3, 6, seed=11)
+    s = distinct_scores(3, 6, seed=11)
     mask = _partial_mask()
     p = SOFT_OPS[op](s, 2.0, mask)
     n = mask.sum(-1)
@@ -219,7 +211,7 @@ def test_rows_stochastic_over_valid_columns(op):
 
 @ops
 def test_permutation_equivariance(op):
-    s = _distinct_scores(3, 6, seed=12)
+    s = distinct_scores(3, 6, seed=12)
     mask = _partial_mask()
     perm = torch.tensor([4, 0, 5, 2, 1, 3])
     p = SOFT_OPS[op](s, 0.6, mask)
@@ -229,16 +221,16 @@ def test_permutation_equivariance(op):
 
 # -------------------------------------------------------------------------------------- soft top-k / errors
 def test_soft_topk_membership_reference():
-    s = _distinct_scores(2, 6, seed=13)
+    s = distinct_scores(2, 6, seed=13)
     mask = _partial_mask()[:2]
     p = neural_sort(s, tau=0.5, mask=mask)
-    got = soft_topk_membership(p, 2)
+    got = soft_topk_membership(p, 2)[0]
     pn = p.numpy()
     expected = pn[:, :2].sum(1) / (pn.sum(1) + 1e-6)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
     assert torch.all(got[~mask] == 0)
     # hard limit: exactly the top-2 valid candidates (up to eps)
-    hard = soft_topk_membership(hard_sort(s, mask=mask), 2)
+    hard = soft_topk_membership(hard_sort(s, mask=mask), 2)[0]
     top2 = torch.zeros_like(s)
     for b in range(2):
         idx = torch.where(mask[b])[0]
@@ -247,8 +239,8 @@ def test_soft_topk_membership_reference():
 
 
 def test_soft_topk_membership_column_sum_is_detached():
-    s = _distinct_scores(1, 5, seed=14).requires_grad_()
-    soft_topk_membership(neural_sort(s, tau=1.0), 2).sum().backward()
+    s = distinct_scores(1, 5, seed=14).requires_grad_()
+    soft_topk_membership(neural_sort(s, tau=1.0), 2)[0].sum().backward()
     p = neural_sort(s, tau=1.0)
     expected = torch.autograd.grad((p[:, :2].sum(-2) / (p.detach().sum(-2) + 1e-6)).sum(), s, retain_graph=True)[0]
     undetached = torch.autograd.grad((p[:, :2].sum(-2) / (p.sum(-2) + 1e-6)).sum(), s)[0]
