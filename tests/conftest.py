@@ -10,9 +10,7 @@ import torch
 
 #: Where tests find MovieLens-100K: $CASCADE_RANKING_MOVIELENS_SRC, else ../shared/data/ml-100k beside the repo.
 ML100K_SRC = Path(
-    os.environ.get(
-        "CASCADE_RANKING_MOVIELENS_SRC", Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
-    )
+    os.environ.get("CASCADE_RANKING_MOVIELENS_SRC", Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k")
 )
 
 
@@ -30,7 +28,7 @@ def ml100k_src() -> Path:
 @pytest.fixture(scope="session")
 def ml100k_dataset(ml100k_src, tmp_path_factory) -> Path:
     """The two-stage MovieLens-100K cascade dataset, built once per test session."""
-    from cascade_ranking.data.movielens import prepare_movielens
+    from cascade_ranking.datasets.movielens import prepare_movielens
 
     out = tmp_path_factory.mktemp("ml100k") / "movielens-100k-2stage"
     prepare_movielens(out, src=ml100k_src, stages=2, seed=0)
@@ -152,4 +150,4 @@ def nan_at_step_3(monkeypatch):
         loss_fn.forward = forward
         return loss_fn
 
-    monkeypatch.setattr("cascade_ranking.train.losses.build", build)
+    monkeypatch.setattr("cascade_ranking.training.loop.losses.build", build)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cascade_ranking.data.schema import DatasetSchema, RequestBatch
+from cascade_ranking.data.schema import DatasetSchema
 from cascade_ranking.models import DIN, DSSM, MLP, FeatureEncoder, available_models, build_model
 from cascade_ranking.models.din import pairwise_relu_projection
+from cascade_ranking.types import RequestBatch
 
 MODELS = ["dssm", "din", "mlp"]
 

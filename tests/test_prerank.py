@@ -11,16 +11,12 @@ import pytest
 import torch
 from sklearn.metrics import ndcg_score
 
-from cascade_ranking import prerank
-from cascade_ranking.config import TrainConfig
 from cascade_ranking.data.loader import iterate_partitions
-from cascade_ranking.data.ranktower_sampling import FitConfig, RankTowerSamplingConfig, build_ranktower_samples
-from cascade_ranking.data.schema import DatasetSchema, RequestBatch
+from cascade_ranking.data.schema import DatasetSchema
 from cascade_ranking.data.store import open_dataset, read_partition
-from cascade_ranking.models import build_model
-from cascade_ranking.models.cold import COLD
-from cascade_ranking.models.lr import LR
-from cascade_ranking.prerank import (
+from cascade_ranking.datasets.ranktower_sampling import FitConfig, RankTowerSamplingConfig, build_ranktower_samples
+from cascade_ranking.experiments import prerank
+from cascade_ranking.experiments.prerank import (
     ABLATIONS,
     TABLE1,
     VARIANTS,
@@ -28,6 +24,11 @@ from cascade_ranking.prerank import (
     evaluate_prerank,
     run_prerank_benchmark,
 )
+from cascade_ranking.models import build_model
+from cascade_ranking.models.cold import COLD
+from cascade_ranking.models.lr import LR
+from cascade_ranking.training.config import TrainConfig
+from cascade_ranking.types import RequestBatch
 
 TINY_FIT = FitConfig(epochs=1, batch_size=128, emb_dim=4, hidden=8, negatives=4)
 TINY = RankTowerSamplingConfig(
@@ -199,7 +200,7 @@ def test_cold_se_gating():
 # ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def prerank_data(ml100k_src, tmp_path_factory) -> Path:
-    from cascade_ranking.data.movielens import movielens_log, read_movielens
+    from cascade_ranking.datasets.movielens import movielens_log, read_movielens
 
     log = movielens_log(read_movielens(ml100k_src))
     out = tmp_path_factory.mktemp("prerank") / "data"

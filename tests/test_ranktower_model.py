@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from cascade_ranking.data.schema import DatasetSchema, RequestBatch
+from cascade_ranking.data.schema import DatasetSchema
 from cascade_ranking.models import build_model
 from cascade_ranking.models.ranktower import GatedCrossAttention, MultiHeadGatedNetwork, RankTower, max_similarity
+from cascade_ranking.types import RequestBatch
 
 HU, HI, K = 3, 2, 5
 

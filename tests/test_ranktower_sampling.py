@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from cascade_ranking.data.full_stage import InteractionLog, make_requests, week_start_seconds
 from cascade_ranking.data.loader import to_batch
-from cascade_ranking.data.ranktower_sampling import (
+from cascade_ranking.data.store import open_dataset, read_partition
+from cascade_ranking.datasets.full_stage import InteractionLog, make_requests, week_start_seconds
+from cascade_ranking.datasets.ranktower_sampling import (
     FUNNEL_POSITIONS,
     FitConfig,
     RankTowerSamplingConfig,
@@ -25,7 +26,6 @@ from cascade_ranking.data.ranktower_sampling import (
     hard_labels,
     period_cutoffs,
 )
-from cascade_ranking.data.store import open_dataset, read_partition
 from cascade_ranking.losses.ranktower import aggregate_hard_labels
 
 SMALL_FIT = FitConfig(epochs=1, batch_size=128, emb_dim=4, hidden=16, negatives=5)
@@ -42,7 +42,7 @@ IMPRESSION, CANDIDATE, RANDOM = (FUNNEL_POSITIONS.index(p) for p in ("impression
 
 
 def subset_log(src: Path, max_user: int = 160) -> InteractionLog:
-    from cascade_ranking.data.movielens import movielens_log, read_movielens
+    from cascade_ranking.datasets.movielens import movielens_log, read_movielens
 
     log = movielens_log(read_movielens(src))
     return log.select(log.user <= max_user)

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from cascade_ranking.config import TrainConfig
-from cascade_ranking.evaluate import PopularityScorer, RandomScorer, evaluate
-from cascade_ranking.train import load_run, train
+from cascade_ranking.training.checkpoint import load_run
+from cascade_ranking.training.config import TrainConfig
+from cascade_ranking.training.evaluate import PopularityScorer, RandomScorer, evaluate
+from cascade_ranking.training.loop import train
 
 
 def _train(tmp_path, data, **kw):
@@ -22,9 +23,7 @@ def test_train_writes_a_complete_run_folder(tmp_path, tiny_dataset):
     config = json.loads((run / "config.json").read_text())
     assert config["keep"] == [8, 5] and config["models"] == ["dssm", "din"] and config["batch_size"] == 16
     metrics = json.loads((run / "metrics.json").read_text())
-    assert (
-        metrics["steps"] == 2 * 4
-    )  # 2 passes x 1 train partition of 50 requests at batch 16 (last one partial)
+    assert metrics["steps"] == 2 * 4  # 2 passes x 1 train partition of 50 requests at batch 16 (last one partial)
     assert metrics["train_requests"] == 100
     assert metrics["test"]["requests"] == 50 and metrics["valid"]["requests"] == 50
     assert 0.0 <= metrics["test"]["joint_recall"] <= 1.0
@@ -35,7 +34,8 @@ def test_train_writes_a_complete_run_folder(tmp_path, tiny_dataset):
 
 def test_reevaluating_a_saved_run_gives_the_same_metrics(tmp_path, tiny_dataset):
     result = _train(tmp_path, tiny_dataset, method="lcron")
-    config, schema, data, cascade = load_run(result.run_dir)
+    run = load_run(result.run_dir)
+    config, schema, data, cascade = run.config, run.schema, run.data, run.cascade
     values = evaluate(
         cascade.eval(),
         data,

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import LossOutput, check_inputs
+from ..types import LossOutput, check_keep, positive_int
+from .base import check_inputs
 
 __all__ = [
     "StageLoss",
@@ -111,18 +112,8 @@ class StageLoss(torch.nn.Module):
 
     def __init__(self, *, keep: Sequence[int], gt_num: int = 10) -> None:
         super().__init__()
-        try:
-            keep = tuple(int(k) for k in keep)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{self.method}: keep must be a sequence of positive integers, got {keep!r}") from exc
-        if not keep or any(k <= 0 for k in keep):
-            raise ValueError(f"{self.method}: keep must be a non-empty list of positive integers, got {list(keep)}")
-        if any(b >= a for a, b in zip(keep, keep[1:], strict=False)):
-            raise ValueError(f"{self.method}: keep={list(keep)} must strictly decrease from stage to stage")
-        if int(gt_num) <= 0:
-            raise ValueError(f"{self.method}: gt_num must be positive, got {gt_num}")
-        self.keep = keep
-        self.gt_num = int(gt_num)
+        self.keep = check_keep(keep, what=f"{self.method}: keep")
+        self.gt_num = positive_int(gt_num, f"{self.method}: gt_num")
 
     @property
     def num_stages(self) -> int:
@@ -135,9 +126,12 @@ class StageLoss(torch.nn.Module):
         label: torch.Tensor,
         mask: torch.Tensor,
         stage: torch.Tensor,
+        soft_label: torch.Tensor | None = None,
     ) -> LossOutput:
         """The loss of one batch: ``logits`` one ``[B, N]`` float tensor per stage, ``label [B, N]`` float,
-        ``mask [B, N]`` bool, ``stage [B, N]`` integer (see :mod:`cascade_ranking.losses.base`)."""
+        ``mask [B, N]`` bool, ``stage [B, N]`` integer (see :mod:`cascade_ranking.losses.base`); ``soft_label``
+        (a ranking model's ``[B, N]`` predictions) is accepted by every loss and ignored by those that do not
+        distil."""
         check_inputs(self.method, logits, label, mask, stage, self.num_stages)
         if stage.is_floating_point() or stage.dtype == torch.bool:
             raise TypeError(f"{self.method}: stage must be an integer tensor (funnel positions), got {stage.dtype}")

@@ -10,7 +10,7 @@ of the *whole* cascade, with a different objective per sample space.
   ``rank_pos``/``rerank_pos``, the rated items of the full-stage MovieLens data). By default ``T`` is, per
   request, the highest funnel position among its valid candidates, so the same loss works whatever the number
   of stages it is built for (``keep=[k]`` on a two-stage dataset included) as long as every request holds
-  impressions, as in RecFlow and :mod:`cascade_ranking.data.full_stage`; pass ``top_position`` to fix ``T``;
+  impressions, as in RecFlow and :mod:`cascade_ranking.datasets.full_stage`; pass ``top_position`` to fix ``T``;
 * *random samples* ``R``: valid candidates at position ``<= random_position`` (default 0: RecFlow's
   ``prerank_neg``, the uniform negatives of the full-stage data) that are not impressions;
 * *candidate samples* ``C``: every other valid candidate (the positions in between: what the funnel retrieved
@@ -91,8 +91,9 @@ from typing import NamedTuple
 
 import torch
 
+from ..types import LossOutput
 from ._common import StageLoss, promoted_dtype, zero_masked
-from .base import LossOutput, check_inputs, detached_parts, label_permutation, request_mean
+from .base import check_inputs, detached_parts, label_permutation, request_mean
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -339,9 +340,6 @@ class _RankTowerStageLoss(StageLoss):
     ``_combine(batch_means) -> scalar``.
     """
 
-    #: whether the training loop should pass ``soft_label=batch.soft_label``.
-    needs_soft_label: bool = False
-
     def __init__(
         self,
         *,
@@ -425,7 +423,6 @@ class RankTowerDistillLoss(_RankTowerStageLoss):
     """
 
     method = "ranktower_distill"
-    needs_soft_label = True
 
     def __init__(
         self, *, keep: Sequence[int], gt_num: int = 10, temperature: float = DEFAULT_DISTILL_TEMPERATURE, **spaces
@@ -520,7 +517,6 @@ class RankTowerLoss(_RankTowerStageLoss):
     """
 
     method = "ranktower"
-    needs_soft_label = True
 
     def __init__(
         self,

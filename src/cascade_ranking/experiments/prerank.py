@@ -2,8 +2,8 @@
 
 Yan & Li (2023), *RankTower*, arXiv 2407.12385: Table 1 compares pre-ranking models trained on full-stage
 samples (Sec. 4.1); Tables 2-4 ablate the sample spaces, the ranking losses and the distillation. Here every
-row is one ordinary :func:`~cascade_ranking.train.train` run of a **one-stage cascade** (``keep = [K]``) on a
-dataset built by :func:`~cascade_ranking.data.ranktower_sampling.build_ranktower_samples` (MovieLens-100K:
+row is one ordinary :func:`~cascade_ranking.training.loop.train` run of a **one-stage cascade** (``keep = [K]``) on a
+dataset built by :func:`~cascade_ranking.datasets.ranktower_sampling.build_ranktower_samples` (MovieLens-100K:
 :func:`prepare_prerank_movielens`), evaluated on the held-out test weeks.
 
 **Rows** (:data:`TABLE1`, :data:`ABLATIONS`; model + method):
@@ -23,7 +23,7 @@ dataset built by :func:`~cascade_ranking.data.ranktower_sampling.build_ranktower
   teacher is the hard label instead of the ranker's soft label; the ``soft_label`` column is dropped, so the
   loss falls back to the label).
 
-Every run uses the base :class:`~cascade_ranking.config.TrainConfig` (Adam, lr 0.01, embedding 8, hidden 128)
+Every run uses the base :class:`~cascade_ranking.training.config.TrainConfig` (Adam, lr 0.01, embedding 8, hidden 128)
 and the dataset's training defaults (MovieLens-100K: batch 256, 3 passes over the 26 training weeks) and the
 methods' default hyper-parameters. RankTower's (:mod:`cascade_ranking.losses.ranktower`): ``lambdas =
 (0.1, 0.1, 1)`` and SoftSort ``tau = 10``, chosen on the *validation* weeks of this dataset (never the test
@@ -43,7 +43,7 @@ impressions, 20 candidate, 20 random samples), so we report K = ``keep`` = 20 (w
 passes on, 40% of N) and K = ``gt_num`` = 10 (Recall@10 is then also the precision). In the result files,
 ``joint_recall`` is Recall@``keep``: for a one-stage cascade the joint recall of
 :class:`~cascade_ranking.metrics.CascadeMetrics` is exactly the stage's Recall@K; the key is kept so that
-:func:`~cascade_ranking.benchmark.write_results` (table, CSV, JSON, chart) serves this task unchanged.
+:func:`~cascade_ranking.experiments.results.write_results` (table, CSV, JSON, chart) serves this task unchanged.
 
 Outputs in ``out_dir``: ``runs/<row>-seed<s>/`` (train run folders, reused when finished, plus
 ``prerank.json`` with the test metrics), ``data/<variant>/`` (the ablation datasets), ``results.json``,
@@ -62,16 +62,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .benchmark import markdown_table, summarize, write_results
-from .config import TrainConfig
-from .data.loader import iterate_partitions
-from .data.ranktower_sampling import RankTowerSamples, RankTowerSamplingConfig, build_ranktower_samples
-from .data.schema import DatasetSchema, Partition, RequestBatch, TrainDefaults
-from .data.store import open_dataset, read_partition, write_partition, write_schema, write_text_atomic
-from .evaluate import PopularityScorer, RandomScorer
-from .losses.ranktower import DEFAULT_LAMBDAS
-from .metrics import ndcg_at_k, stage_recall
-from .train import METRICS_FILE, load_run, resolve_device, train
+from ..data.atomic import write_text_atomic
+from ..data.loader import iterate_partitions
+from ..data.schema import DatasetSchema, Partition, TrainDefaults
+from ..data.store import open_dataset, read_partition, write_partition, write_schema
+from ..datasets.ranktower_sampling import RankTowerSamples, RankTowerSamplingConfig, build_ranktower_samples
+from ..losses.ranktower import DEFAULT_LAMBDAS
+from ..metrics import ndcg_at_k, stage_recall
+from ..training.checkpoint import load_run
+from ..training.config import TrainConfig
+from ..training.distributed import resolve_device
+from ..training.evaluate import PopularityScorer, RandomScorer
+from ..training.loop import train
+from ..training.runfiles import METRICS_FILE
+from ..types import RequestBatch
+from .results import markdown_table, summarize, write_results
 
 __all__ = [
     "ABLATIONS",
@@ -164,7 +169,7 @@ def prepare_prerank_movielens(
 ) -> RankTowerSamples:
     """Build the MovieLens-100K full-stage pre-ranking dataset in ``out_dir`` (about half a minute on 2 CPUs).
 
-    Reads ``src`` (any layout :func:`~cascade_ranking.data.movielens.read_movielens` accepts) or the cached
+    Reads ``src`` (any layout :func:`~cascade_ranking.datasets.movielens.read_movielens` accepts) or the cached
     GroupLens download (fetched from ``url`` on first use), checks it is MovieLens-100K and builds the dataset
     with the history fields ``item_id`` and ``genre`` (as the cascade dataset) and training defaults batch
     256, 3 passes.
@@ -173,7 +178,7 @@ def prepare_prerank_movielens(
         DatasetUnavailableError: no ``src`` and the download failed.
         DataFormatError: ``src`` is malformed or not MovieLens-100K.
     """
-    from .data.movielens import (
+    from ..datasets.movielens import (
         ML100K_URL,
         check_ml100k,
         download_movielens,
@@ -336,7 +341,7 @@ def run_prerank_benchmark(
 
     Args:
         data: a pre-ranking dataset (:func:`prepare_prerank_movielens` or
-            :func:`~cascade_ranking.data.ranktower_sampling.build_ranktower_samples`): one-stage ``keep``,
+            :func:`~cascade_ranking.datasets.ranktower_sampling.build_ranktower_samples`): one-stage ``keep``,
             funnel positions ``random``, ``candidate``, ``impression``.
         out_dir: output folder (see the module docstring).
         repeats: seeds per row.
@@ -346,7 +351,7 @@ def run_prerank_benchmark(
         on_run: called after each run with ``(row, seed, {"test": metrics, ...})``; ``metrics`` holds
             ``joint_recall`` (= Recall@keep), ``ndcg@K``, ``recall@K`` of the other cutoffs.
         base: configuration shared by every run (``method``, ``models``, ``keep``, ``loss``, ``seed`` and
-            ``data`` are set per row); default :class:`~cascade_ranking.config.TrainConfig()`.
+            ``data`` are set per row); default :class:`~cascade_ranking.training.config.TrainConfig()`.
         ks: cutoffs (default ``(gt_num, keep)``).
 
     Returns:
@@ -475,8 +480,7 @@ def _run_row(
         log.info("reusing finished run %s", run_dir)
         return json.loads(done.read_text())
     result = train(config, data=row_data, run_dir=run_dir)
-    _, _, _, cascade = load_run(run_dir, data=data)
-    cascade = cascade.to(device).eval()
+    cascade = load_run(run_dir, data=data).cascade.to(device).eval()
     model = cascade.stages[0].model
     test_metrics = evaluate_prerank(
         model, data, schema, test, ks=ks, seed=config.seed, batch_size=config.eval_batch_size, device=device

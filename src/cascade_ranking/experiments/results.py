@@ -1,5 +1,5 @@
 """Many methods x seeds on one cascade -> a table (Markdown / CSV / JSON), a bar chart of joint recall and an
-HTML report comparing the runs (:mod:`cascade_ranking.report`).
+HTML report comparing the runs (:mod:`cascade_ranking.experiments.report`).
 
 Each (method, seed) run is an ordinary ``train`` run folder under ``OUT/runs/``; a run whose
 ``metrics.json`` exists is reused, so an interrupted benchmark resumes where it stopped. Two reference rows
@@ -17,10 +17,13 @@ import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import TrainConfig, stage_names
-from .data.store import open_dataset, write_text_atomic
-from .evaluate import PopularityScorer, RandomScorer, evaluate
-from .train import METRICS_FILE, train
+from ..data.atomic import write_text_atomic
+from ..data.store import open_dataset
+from ..training.config import TrainConfig
+from ..training.evaluate import PopularityScorer, RandomScorer, evaluate
+from ..training.loop import train
+from ..training.runfiles import METRICS_FILE
+from ..types import stage_names
 
 __all__ = [
     "REFERENCE_ROWS",
@@ -167,7 +170,7 @@ def markdown_table(summary: dict) -> str:
 def write_results(out_dir: Path, results: dict) -> None:
     """Write results.json, results.csv, results.md, joint_recall.png and report.html atomically.
 
-    ``report.html`` (:func:`cascade_ranking.report.write_report`) also reads the run folders under
+    ``report.html`` (:func:`cascade_ranking.experiments.report.write_report`) also reads the run folders under
     ``out_dir/runs`` for loss curves and configurations; a run folder it cannot read is logged as a warning and
     leaves the other files in place.
     """
@@ -200,7 +203,7 @@ def plot_joint_recall(path: Path, summary: dict, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .data.store import atomic_path
+    from ..data.atomic import atomic_path
 
     rows = list(summary)
     means = [summary[r]["joint_recall"]["mean"] for r in rows]

@@ -29,9 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .benchmark import REFERENCE_ROWS, metric_columns, summarize
-from .data.store import atomic_path, write_text_atomic
-from .train import CONFIG_FILE, METRICS_FILE
+from ..data.atomic import atomic_path, write_text_atomic
+from ..training.runfiles import CONFIG_FILE, METRICS_FILE
+from .results import REFERENCE_ROWS, metric_columns, summarize
 
 __all__ = [
     "ReportData",
