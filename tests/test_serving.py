@@ -9,7 +9,6 @@ import torch
 
 pytest.importorskip("faiss")
 
-from cascade_ranking.config import TrainConfig  # noqa: E402
 from cascade_ranking.data.store import read_partition  # noqa: E402
 from cascade_ranking.serving import (  # noqa: E402
     Catalogue,
@@ -21,7 +20,9 @@ from cascade_ranking.serving import (  # noqa: E402
     read_requests,
 )
 from cascade_ranking.serving.requests import make_batch  # noqa: E402
-from cascade_ranking.train import load_run, train  # noqa: E402
+from cascade_ranking.training.checkpoint import load_run  # noqa: E402
+from cascade_ranking.training.config import TrainConfig  # noqa: E402
+from cascade_ranking.training.loop import train
 from conftest import make_tiny_dataset  # noqa: E402
 
 #: cascades to serve: (models, dataset keep) — DSSM retrieval with DIN, RankTower (cached multi-embeddings),
@@ -44,7 +45,8 @@ def run(request, tmp_path_factory):
 
 
 def _test_requests(run_dir) -> tuple[Requests, dict]:
-    config, schema, data, _ = load_run(run_dir)
+    loaded = load_run(run_dir)
+    schema, data = loaded.schema, loaded.data
     part = schema.partitions_with_role("test")[0]
     return read_requests(data / part.file_name, schema), read_partition(data, schema, part)
 
@@ -53,8 +55,8 @@ def _reference(run_dir, requests: Requests, keep, k, excluded_keys):
     """Brute force, independent of the serving code: every stage model scores *every* catalogue item through
     its ordinary forward (a RequestBatch whose candidates are the whole catalogue, excluded items masked);
     numpy (float64, stable sorts) runs the top-k chain."""
-    config, schema, data, cascade = load_run(run_dir)
-    cascade.eval()
+    loaded = load_run(run_dir)
+    schema, data, cascade = loaded.schema, loaded.data, loaded.cascade.eval()
     arrays = [read_partition(data, schema, p) for p in schema.partitions]
     key = schema.fields_with_role("item")[0].name
     names = [f.name for f in schema.fields_with_role("item")]
@@ -134,7 +136,7 @@ def test_k_and_keep_are_checked(run):
         rec.recommend(one, rec.catalogue.size + 1)
     with pytest.raises(ValueError, match="exceeds what the last stage keeps"):
         rec.recommend(one, rec.keep[-1] + 1)
-    with pytest.raises(ValueError, match="retrieval cannot keep"):
+    with pytest.raises(ValueError, match="the first stage cannot keep"):
         rec.recommend(one, 1, keep=[rec.catalogue.size + 1, *rec.keep[1:]])
     with pytest.raises(ValueError, match="one size per stage"):
         rec.recommend(one, 1, keep=[5])

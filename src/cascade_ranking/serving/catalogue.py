@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..data.atomic import atomic_path
 from ..data.schema import DatasetSchema
-from ..data.store import atomic_path, read_partition
+from ..data.store import read_partition
 
 __all__ = ["Catalogue", "CatalogueError"]
 

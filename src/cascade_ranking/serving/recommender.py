@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..cascade import check_keep
 from ..data.schema import DatasetSchema
+from ..types import check_keep
 from .catalogue import Catalogue
 from .index import IndexOptions, ItemIndex
 from .requests import Requests
@@ -157,14 +157,14 @@ class Recommender:
         Raises:
             FileNotFoundError / ValueError: not a run folder, or one that does not fit its dataset.
         """
-        from ..train import load_run
+        from ..training.checkpoint import load_run
 
-        config, schema, data_dir, cascade = load_run(Path(run_dir), data=None if data is None else Path(data))
-        catalogue = catalogue or Catalogue.from_dataset(data_dir, schema)
+        run = load_run(Path(run_dir), data=None if data is None else Path(data))
+        catalogue = catalogue or Catalogue.from_dataset(run.data, run.schema)
         items = {n: torch.from_numpy(a) for n, a in catalogue.fields.items()}
-        stages = [build_stage(s.name, s.model.cpu(), items) for s in cascade.stages]
-        info = {"source": str(run_dir), "method": config.method, "models": config.models, "dataset": schema.name}
-        return cls(schema, catalogue, stages, keep=keep, index=index, info=info)
+        stages = [build_stage(s.name, s.model.cpu(), items) for s in run.cascade.stages]
+        info = {"source": str(run_dir), "method": run.config.method, "models": run.config.models}
+        return cls(run.schema, catalogue, stages, keep=keep, index=index, info={**info, "dataset": run.schema.name})
 
     # -- validation --------------------------------------------------------------------------------------------
     def check_serving_keep(self, keep: Sequence[int]) -> tuple[int, ...]:
@@ -173,13 +173,10 @@ class Recommender:
         Raises:
             ValueError: naming what is wrong.
         """
-        keep = check_keep(keep, what="serving keep")
+        what = f"serving keep (the catalogue holds {self.catalogue.size} items)"
+        keep = check_keep(keep, num_candidates=self.catalogue.size, what=what)
         if len(keep) != len(self.stages):
             raise ValueError(f"serving keep={list(keep)}: give one size per stage ({len(self.stages)} stages)")
-        if keep[0] > self.catalogue.size:
-            raise ValueError(
-                f"serving keep={list(keep)}: retrieval cannot keep {keep[0]} of {self.catalogue.size} items"
-            )
         return keep
 
     def check_k(self, k: int, keep: Sequence[int]) -> int:

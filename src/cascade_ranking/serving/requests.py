@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..data.schema import DatasetSchema, RequestBatch
+from ..data.schema import DatasetSchema
+from ..types import RequestBatch
 
 __all__ = ["RequestError", "Requests", "read_requests"]
 

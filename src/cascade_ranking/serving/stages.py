@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ..data.schema import RequestBatch
+from ..types import RequestBatch
 from .requests import make_batch
 
 __all__ = [
