@@ -182,3 +182,19 @@ def test_index_matches_numpy_top_k(kind):
     recall = np.mean([len(set(rows[b]) & set(truth[b])) / 50 for b in range(20)])
     assert recall == 1.0 if kind == "exact" else recall >= 0.9
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ items.T, rows, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_export_reproduces_every_kind_of_stage(run, tmp_path):
+    """DSSM (user tower + item table), RankTower (user multi-embedding + cached scorer), DIN / MLP (whole model):
+    the exported programs reproduce the run's scores to 1e-5."""
+    from cascade_ranking.serving.export import export_recommender, load_export
+
+    requests, _ = _test_requests(run)
+    rec = Recommender.from_run(run)
+    keep = (rec.catalogue.size - 6, 12, 7)[: len(rec.stages)]
+    export_recommender(rec, tmp_path / "export")
+    exported = load_export(tmp_path / "export", keep=keep)
+    a, b = rec.recommend(requests, 5, keep=keep), exported.recommend(requests, 5)
+    np.testing.assert_array_equal(a.item, b.item)
+    for stage in a.scores:
+        np.testing.assert_allclose(b.scores[stage], a.scores[stage], rtol=0, atol=1e-5)

@@ -609,6 +609,118 @@ def prepare_synthetic_cmd(
         console.print(_partition_table(f"{schema.name} -> {out}", schema))
 
 
+# ------------------------------------------------------------------------------------------------------------
+# serving: the trained cascade over the whole catalogue
+# ------------------------------------------------------------------------------------------------------------
+KeepOpt = Annotated[
+    str | None,
+    typer.Option(help="Serving keep sizes, one per stage, e.g. 500,100 (default: 500,100 / 1000,300,100)."),
+]
+IndexOpt = Annotated[str, typer.Option(help="Retrieval index: exact (default), ivf or hnsw.")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="Torch and FAISS CPU threads.")]
+
+
+def _load_recommender(source: Path, data: Path | None, keep: str | None, index: str, threads: int | None):
+    """The recommender of a run folder or an export, with the command line's serving options."""
+    from .serving import IndexOptions
+    from .serving.export import load_recommender
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+        from .serving.index import import_faiss
+
+        import_faiss().omp_set_num_threads(threads)
+    return load_recommender(
+        source,
+        data=data,
+        keep=_csv_ints(keep, "--keep"),
+        index=IndexOptions(kind=index),  # type: ignore[arg-type]
+    )
+
+
+@app.command()
+def recommend(
+    source: Annotated[Path, typer.Argument(help="A run folder written by `train`, or an export (`export`).")],
+    requests: Annotated[Path, typer.Option(help="Request Parquet file (columns: see README, Serving).")],
+    out: Annotated[Path, typer.Option(help="Output Parquet file: request_id, rank, item.<key>, score.<stage>.")],
+    k: Annotated[int, typer.Option(help="Items per request.")] = 10,
+    keep: KeepOpt = None,
+    index: IndexOpt = "exact",
+    exclude_history: Annotated[
+        bool, typer.Option("--exclude-history/--keep-history", help="Never recommend an item of the history.")
+    ] = True,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder of a run (default: the run's).")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Recommend the top k catalogue items for every request of a Parquet file (batch)."""
+    import pyarrow.parquet as pq
+
+    from .data.atomic import atomic_path
+    from .serving import read_requests
+
+    try:
+        rec = _load_recommender(source, data, keep, index, threads)
+        reqs = read_requests(requests, rec.schema)
+        result = rec.recommend(reqs, k, exclude_history=exclude_history)
+        table = result.to_table(rec.catalogue.key)
+        with atomic_path(out) as tmp:
+            pq.write_table(table, tmp)
+    except (*_user_errors(), ImportError) as exc:
+        raise _fail(str(exc)) from None
+    per = {n: f"{v / max(len(reqs), 1):.2f} ms" for n, v in result.latency_ms.items()}
+    console.print(
+        f"{len(reqs)} requests -> {table.num_rows} recommendations in {out} "
+        f"(catalogue {rec.catalogue.size} items, keep {list(rec.keep)}; per request: {per})",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def serve(
+    source: Annotated[Path, typer.Argument(help="A run folder written by `train`, or an export (`export`).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    keep: KeepOpt = None,
+    index: IndexOpt = "exact",
+    data: Annotated[Path | None, typer.Option(help="Dataset folder of a run (default: the run's).")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Serve the cascade over HTTP: POST /recommend, GET /health, GET /metadata (see README, Serving)."""
+    from .serving.app import serve as run_server
+
+    try:
+        rec = _load_recommender(source, data, keep, index, threads)
+    except (*_user_errors(), ImportError) as exc:
+        raise _fail(str(exc)) from None
+    err_console.print(
+        f"serving {rec.catalogue.size} items, keep {list(rec.keep)}, on http://{host}:{port} "
+        "(POST /recommend, GET /health, GET /metadata)",
+        soft_wrap=True,
+    )
+    run_server(rec, host=host, port=port)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `train`.")],
+    out: Annotated[Path, typer.Argument(help="The export folder to write (a previous export is replaced).")],
+    keep: KeepOpt = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder of the run (default: the run's).")] = None,
+) -> None:
+    """Export the cascade for serving: torch.export programs per stage, item tables, catalogue, manifest."""
+    from .serving import Recommender
+    from .serving.export import export_recommender
+
+    try:
+        rec = Recommender.from_run(run_dir, data=data, keep=_csv_ints(keep, "--keep"))
+        export_recommender(rec, out)
+    except (*_user_errors(), ImportError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"exported {len(rec.stages)} stages and {rec.catalogue.size} items to {out}", soft_wrap=True)
+
+
 def main() -> None:
     """The ``cascade-ranking`` console entry point."""
     app()

@@ -92,7 +92,9 @@ class Requests:
         }
 
     @classmethod
-    def from_columns(cls, schema: DatasetSchema, columns: Mapping[str, Any], *, where: str = "requests") -> Requests:
+    def from_columns(
+        cls, schema: DatasetSchema, columns: Mapping[str, Any], *, where: str = "requests", strict: bool = False
+    ) -> Requests:
         """Validate request columns (see the module docstring) into :class:`Requests`.
 
         Args:
@@ -100,13 +102,18 @@ class Requests:
             columns: column name -> ``[B]`` ids, or for ``history.<f>`` / ``exclude`` a ``[B, W]`` array or a
                 list of ``B`` id lists.
             where: names the source in error messages (a file, ``"request body"``).
+            strict: reject columns the model does not read (a file may hold others, e.g. a store partition's
+                candidates; a JSON body may not).
 
         Raises:
-            RequestError: a missing or unknown column, unequal lengths, a history longer than ``L`` or of unequal
-                lengths across its fields, an id outside its vocabulary.
+            RequestError: a missing column (or, with ``strict``, an unknown one), unequal lengths, a history
+                longer than ``L`` or of unequal lengths across its fields, an id outside its vocabulary.
         """
         known = {f"{f.role}.{f.name}" for f in schema.features if f.role != "item"}
         known |= {f"history.{h.name}" for h in schema.history} | {"exclude", "request_id"}
+        unknown = sorted(set(columns) - known)
+        if strict and unknown:
+            raise RequestError(f"{where}: unknown fields {unknown}; the model reads {sorted(known)}")
         size = _num_requests(columns, schema, where)
         user: dict[str, np.ndarray] = {}
         context: dict[str, np.ndarray] = {}
