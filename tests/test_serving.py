@@ -198,3 +198,28 @@ def test_export_reproduces_every_kind_of_stage(run, tmp_path):
     np.testing.assert_array_equal(a.item, b.item)
     for stage in a.scores:
         np.testing.assert_allclose(b.scores[stage], a.scores[stage], rtol=0, atol=1e-5)
+
+
+def test_catalogue_metrics_match_sklearn_and_the_funnel_is_nested(run):
+    from sklearn.metrics import ndcg_score
+
+    from cascade_ranking.serving.evaluation import evaluate_run_on_catalogue, ndcg_at_k, recall_at_k
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        catalogue = np.arange(1, 60)
+        positives = rng.choice(catalogue, size=rng.integers(1, 12), replace=False)
+        gains = rng.integers(1, 6, size=len(positives)).astype(float)
+        recommended = rng.choice(catalogue, size=10, replace=False)
+        truth = np.zeros(len(catalogue))
+        truth[positives - 1] = gains
+        score = np.zeros(len(catalogue))
+        score[recommended - 1] = np.arange(10, 0, -1)  # rank 1 highest; every other item below
+        assert ndcg_at_k(recommended, positives, gains) == pytest.approx(ndcg_score([truth], [score], k=10))
+        assert recall_at_k(recommended, positives) == len(set(recommended) & set(positives)) / len(positives)
+    rec = Recommender.from_run(run)
+    m = evaluate_run_on_catalogue(run, k=3, keep=(rec.catalogue.size - 6, 12, 7)[: len(rec.stages)])
+    assert m["catalogue_requests"] == 50 and m["catalogue_skipped"] == 0
+    recalls = [m[f"catalogue_recall/{s.name}"] for s in rec.stages] + [m["catalogue_recall@3"]]
+    assert all(a >= b for a, b in zip(recalls, recalls[1:])) and 0 < recalls[0] <= 1
+    assert 0 <= m["catalogue_ndcg@3"] <= 1 and m["latency_ms/p99"] > 0

@@ -176,3 +176,12 @@ def test_export_reproduces_the_run_and_serves(run, tmp_path):
     args = ["recommend", str(out), "--requests", str(_test_file(run)), "--k", "2", "--out", str(rec)]
     assert runner.invoke(app, args).exit_code == 0
     assert pq.read_table(rec).num_rows == 100
+
+
+def test_evaluate_full_catalogue_command(run):
+    result = runner.invoke(app, ["evaluate", str(run), "--catalogue", "full", "--k", "5", "--keep", "20,6"])
+    assert result.exit_code == 0, result.output
+    for column in ("catalogue_recall@5", "catalogue_ndcg@5", "catalogue_recall/retrieval", "latency_ms/prerank"):
+        assert column in result.stdout
+    bad = runner.invoke(app, ["evaluate", str(run), "--catalogue", "everything"])
+    assert bad.exit_code == 2 and "expected logged or full" in bad.output

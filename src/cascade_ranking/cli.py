@@ -54,6 +54,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (SchemaError, StoreError, ValueEr
 MOVIELENS_SRC_ENV = "CASCADE_RANKING_MOVIELENS_SRC"
 MOVIELENS_URL_ENV = "CASCADE_RANKING_MOVIELENS_URL"  # a mirror of the GroupLens zip
 
+KeepOpt = Annotated[
+    str | None,
+    typer.Option(help="Serving keep sizes, one per stage, e.g. 500,100 (default: 500,100 / 1000,300,100)."),
+]
+IndexOpt = Annotated[str, typer.Option(help="Retrieval index: exact (default), ivf or hnsw.")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="Torch and FAISS CPU threads.")]
+
 
 def _fail(message: str) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -317,12 +324,28 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `train`.")],
     data: Annotated[Path | None, typer.Option(help="Evaluate on another dataset folder (same schema).")] = None,
     role: Annotated[str, typer.Option(help="Partitions to evaluate: test or valid.")] = "test",
+    catalogue: Annotated[
+        str,
+        typer.Option(help="logged: select among each request's logged candidates; full: among all catalogue items."),
+    ] = "logged",
+    k: Annotated[int, typer.Option(help="With --catalogue full: Recall@k and NDCG@k cut-off.")] = 10,
+    keep: KeepOpt = None,
+    index: IndexOpt = "exact",
 ) -> None:
-    """Re-evaluate a saved run on its test (or validation) partitions."""
+    """Re-evaluate a saved run on its test (or validation) partitions.
+
+    With ``--catalogue full`` every request selects from the whole catalogue (retrieval over a FAISS index, then
+    the later stages) and Recall@k / NDCG@k of its held-out impressions are reported with per-stage latency.
+    """
     from .training.checkpoint import load_run
     from .training.distributed import resolve_device
     from .training.evaluate import evaluate_cascade
 
+    if catalogue not in ("logged", "full"):
+        raise _fail(f"--catalogue {catalogue!r}: expected logged or full")
+    if catalogue == "full":
+        _evaluate_full_catalogue(run_dir, data, role, k, keep, index)
+        return
     try:
         run = load_run(run_dir, data=data)
         device = resolve_device(run.config.device)
@@ -330,6 +353,26 @@ def evaluate(
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     console.print(metrics_table(f"{run.config.method}: {run_dir}", {role: values}))
+
+
+def _evaluate_full_catalogue(run_dir: Path, data: Path | None, role: str, k: int, keep: str | None, index: str) -> None:
+    from .serving.evaluation import evaluate_run_on_catalogue
+
+    try:
+        options = _index_options(index)
+        values = evaluate_run_on_catalogue(
+            run_dir, role=role, k=k, keep=_csv_ints(keep, "--keep"), index=options, data=data
+        )
+    except (*_user_errors(), ImportError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(metrics_table(f"{run_dir} over the whole catalogue", {role: values}))
+
+
+def _index_options(kind: str):
+    """The FAISS index options of ``--index`` (ValueError naming the kinds when unknown)."""
+    from .serving import IndexOptions
+
+    return IndexOptions(kind=kind)  # type: ignore[arg-type]  # IndexOptions validates the kind
 
 
 @app.command()
@@ -612,17 +655,10 @@ def prepare_synthetic_cmd(
 # ------------------------------------------------------------------------------------------------------------
 # serving: the trained cascade over the whole catalogue
 # ------------------------------------------------------------------------------------------------------------
-KeepOpt = Annotated[
-    str | None,
-    typer.Option(help="Serving keep sizes, one per stage, e.g. 500,100 (default: 500,100 / 1000,300,100)."),
-]
-IndexOpt = Annotated[str, typer.Option(help="Retrieval index: exact (default), ivf or hnsw.")]
-ThreadsOpt = Annotated[int | None, typer.Option(help="Torch and FAISS CPU threads.")]
 
 
 def _load_recommender(source: Path, data: Path | None, keep: str | None, index: str, threads: int | None):
     """The recommender of a run folder or an export, with the command line's serving options."""
-    from .serving import IndexOptions
     from .serving.export import load_recommender
 
     if threads is not None:
@@ -632,12 +668,7 @@ def _load_recommender(source: Path, data: Path | None, keep: str | None, index: 
         from .serving.index import import_faiss
 
         import_faiss().omp_set_num_threads(threads)
-    return load_recommender(
-        source,
-        data=data,
-        keep=_csv_ints(keep, "--keep"),
-        index=IndexOptions(kind=index),  # type: ignore[arg-type]
-    )
+    return load_recommender(source, data=data, keep=_csv_ints(keep, "--keep"), index=_index_options(index))
 
 
 @app.command()

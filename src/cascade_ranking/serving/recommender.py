@@ -163,7 +163,7 @@ class Recommender:
         catalogue = catalogue or Catalogue.from_dataset(run.data, run.schema)
         items = {n: torch.from_numpy(a) for n, a in catalogue.fields.items()}
         stages = [build_stage(s.name, s.model.cpu(), items) for s in run.cascade.stages]
-        info = {"source": str(run_dir), "method": run.config.method, "models": run.config.models}
+        info = {"source": str(run_dir), "data": str(run.data), "method": run.config.method, "models": run.config.models}
         return cls(run.schema, catalogue, stages, keep=keep, index=index, info={**info, "dataset": run.schema.name})
 
     # -- validation --------------------------------------------------------------------------------------------
