@@ -21,6 +21,7 @@ how many impressions survive each stage of the funnel. Means are over requests w
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -28,13 +29,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.atomic import write_text_atomic
 from ..data.schema import DatasetSchema, Partition
 from ..data.store import read_partition
 from .index import IndexOptions
 from .recommender import Recommendations, Recommender
 from .requests import Requests
 
-__all__ = ["catalogue_metrics", "evaluate_run_on_catalogue", "ndcg_at_k", "recall_at_k"]
+__all__ = [
+    "CATALOGUE_FILE",
+    "benchmark_columns",
+    "catalogue_metrics",
+    "evaluate_run_on_catalogue",
+    "ndcg_at_k",
+    "recall_at_k",
+]
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +160,24 @@ def evaluate_run_on_catalogue(
     if not parts:
         raise ValueError(f"{data_dir}: no partition with role {role!r}")
     return {"catalogue_k": float(k), **catalogue_metrics(rec, data_dir, rec.schema, parts, k=k)}
+
+
+#: The file in a run folder caching its full-catalogue columns (:func:`benchmark_columns`).
+CATALOGUE_FILE = "catalogue_metrics.json"
+
+
+def benchmark_columns(run_dir: str | Path, *, k: int = 10, keep: Sequence[int] | None = None) -> dict[str, float]:
+    """The full-catalogue columns of a finished run for a benchmark table (test partitions, exact index).
+
+    Computed once and cached in ``run_dir/catalogue_metrics.json`` (recomputed when ``k`` or ``keep`` change),
+    so that a resumed benchmark does not evaluate again. Columns: as :func:`catalogue_metrics`.
+    """
+    path = Path(run_dir) / CATALOGUE_FILE
+    settings = {"k": k, "keep": None if keep is None else list(keep)}
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("settings") == settings:
+            return cached["metrics"]
+    metrics = evaluate_run_on_catalogue(run_dir, k=k, keep=keep)
+    write_text_atomic(path, json.dumps({"settings": settings, "metrics": metrics}, indent=2) + "\n")
+    return metrics

@@ -4,10 +4,17 @@ similarity search with GPUs", IEEE TBD 2019; https://github.com/facebookresearch
 Kinds (``IndexOptions.kind``):
 
 * ``"exact"`` (default): ``IndexFlatIP``, brute-force inner products — the exact top ``k``;
-* ``"ivf"``: ``IndexIVFFlat`` with inner-product metric: k-means into ``nlist`` cells (default ``4 sqrt(M)``),
-  a query scans the ``nprobe`` cells whose centroids score highest — approximate, for large catalogues;
-* ``"hnsw"``: ``IndexHNSWFlat`` with inner-product metric (``m`` links per node, search breadth
-  ``ef_search``, raised to at least ``k``) — approximate, graph-based.
+* ``"ivf"``: ``IndexIVFFlat``: k-means into ``nlist`` cells (default ``4 sqrt(M)``), a query scans the
+  ``nprobe`` cells nearest to it — approximate, for large catalogues;
+* ``"hnsw"``: ``IndexHNSWFlat`` (``m`` links per node, search breadth ``ef_search``, raised to at least ``k``)
+  — approximate, graph-based.
+
+The approximate kinds search in Euclidean space after the inner-product-to-Euclidean transform of Bachrach et
+al. ("Speeding up the Xbox recommender system using a Euclidean transformation for inner-product spaces",
+RecSys 2014, Sec. 4): an item ``x`` becomes ``[x, sqrt(R^2 - |x|^2)]`` with ``R`` the largest item norm and a
+query ``q`` becomes ``[q, 0]``, so that ``|q' - x'|^2 = |q|^2 + R^2 - 2 <q, x>``: the nearest items are exactly
+the items of largest inner product, and partitions and graphs built for Euclidean distance stay accurate when
+item norms differ (inner-product IVF/HNSW lose recall there). Returned scores are the inner products.
 
 FAISS is an optional dependency (``pip install 'cascade-ranking[serving]'``).
 """
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -95,19 +102,34 @@ class ItemIndex:
         m, d = x.shape
         if o.kind == "exact":
             index = faiss.IndexFlatIP(d)
-        elif o.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(d, o.m, faiss.METRIC_INNER_PRODUCT)
+            index.add(x)
+            return index
+        norms = (x.astype(np.float64) ** 2).sum(1)
+        self._radius2 = float(norms.max())
+        x = np.hstack([x, np.sqrt(self._radius2 - norms)[:, None].astype(np.float32)])  # Bachrach et al.
+        if o.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d + 1, o.m)
             index.hnsw.efConstruction = o.ef_construction
         else:
             nlist = o.nlist or max(1, min(int(4 * math.sqrt(m)), m // 39))
-            quantizer = faiss.IndexFlatIP(d)
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d + 1), d + 1, nlist)
             index.cp.seed = o.seed
             index.train(x)
             index.nprobe = min(o.nprobe, nlist)
         index.add(x)
         log.info("FAISS %s index over %d items of dim %d", o.kind, m, d)
         return index
+
+    def tune(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Change the search-time parameters (IVF ``nprobe``, HNSW ``ef_search``) without rebuilding.
+
+        Raises:
+            ValueError: a non-positive value.
+        """
+        o = self.options
+        self.options = replace(o, nprobe=nprobe or o.nprobe, ef_search=ef_search or o.ef_search)
+        if self.options.kind == "ivf":
+            self._index.nprobe = min(self.options.nprobe, self._index.nlist)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The top ``k`` items by inner product for each query.
@@ -126,5 +148,9 @@ class ItemIndex:
         k = min(int(k), self.size)
         if self.options.kind == "hnsw":
             self._index.hnsw.efSearch = max(self.options.ef_search, k)
-        scores, rows = self._index.search(q, k)
+        if self.options.kind == "exact":
+            scores, rows = self._index.search(q, k)
+        else:  # Euclidean search on the transformed vectors; back to inner products
+            dist, rows = self._index.search(np.hstack([q, np.zeros((len(q), 1), np.float32)]), k)
+            scores = ((q.astype(np.float64) ** 2).sum(1, keepdims=True) + self._radius2 - dist) / 2
         return np.where(rows >= 0, scores, -np.inf).astype(np.float32), rows.astype(np.int64)

@@ -103,7 +103,8 @@ class Recommender:
         catalogue: the items to select from.
         stages: the serving stages, retrieval first (:func:`.stages.build_stage`).
         keep: serving keep sizes, one per stage (default :func:`default_keep`).
-        index: FAISS index options for a two-tower retrieval stage (default: exact).
+        index: FAISS index options for a two-tower retrieval stage (default: exact), or an index already built
+            over its item vectors.
         max_batch: requests scored together (1 for exported programs, which take one request at a time).
         info: facts for ``/metadata`` (method, source, ...).
 
@@ -118,7 +119,7 @@ class Recommender:
         stages: Sequence[ServingStage],
         *,
         keep: Sequence[int] | None = None,
-        index: IndexOptions | None = None,
+        index: IndexOptions | ItemIndex | None = None,
         max_batch: int = 256,
         info: Mapping | None = None,
     ) -> None:
@@ -131,8 +132,10 @@ class Recommender:
         self._items = {n: torch.from_numpy(a) for n, a in catalogue.fields.items()}
         self._history_key = next((h.name for h in schema.history if h.item_field == catalogue.key), None)
         first = self.stages[0]
-        self.index = None
-        if first.kind == "two_tower":
+        self.index: ItemIndex | None = None
+        if isinstance(index, ItemIndex):
+            self.index = index
+        elif first.kind == "two_tower":
             assert first.items is not None
             self.index = ItemIndex(first.items.numpy(), index or IndexOptions())
 
