@@ -148,6 +148,7 @@ def evaluate_run_on_catalogue(
     keep: Sequence[int] | None = None,
     index: IndexOptions | None = None,
     data: str | Path | None = None,
+    batch_size: int = 1,
 ) -> dict[str, float]:
     """:func:`catalogue_metrics` of a run folder on its dataset's ``role`` partitions (the benchmark's columns).
 
@@ -159,25 +160,30 @@ def evaluate_run_on_catalogue(
     parts = rec.schema.partitions_with_role(role)  # type: ignore[arg-type]
     if not parts:
         raise ValueError(f"{data_dir}: no partition with role {role!r}")
-    return {"catalogue_k": float(k), **catalogue_metrics(rec, data_dir, rec.schema, parts, k=k)}
+    values = catalogue_metrics(rec, data_dir, rec.schema, parts, k=k, batch_size=batch_size)
+    return {"catalogue_k": float(k), **values}
 
 
 #: The file in a run folder caching its full-catalogue columns (:func:`benchmark_columns`).
 CATALOGUE_FILE = "catalogue_metrics.json"
 
 
-def benchmark_columns(run_dir: str | Path, *, k: int = 10, keep: Sequence[int] | None = None) -> dict[str, float]:
+def benchmark_columns(
+    run_dir: str | Path, *, k: int = 10, keep: Sequence[int] | None = None, batch_size: int = 32
+) -> dict[str, float]:
     """The full-catalogue columns of a finished run for a benchmark table (test partitions, exact index).
 
-    Computed once and cached in ``run_dir/catalogue_metrics.json`` (recomputed when ``k`` or ``keep`` change),
-    so that a resumed benchmark does not evaluate again. Columns: as :func:`catalogue_metrics`.
+    Computed once and cached in ``run_dir/catalogue_metrics.json`` (recomputed when the settings change), so
+    that a resumed benchmark does not evaluate again. Columns: as :func:`catalogue_metrics`; requests are
+    answered ``batch_size`` at a time (the metrics do not depend on it; ``latency_ms/<stage>`` is then the
+    batch's time per request, and ``latency_ms/p99`` a batch's).
     """
     path = Path(run_dir) / CATALOGUE_FILE
-    settings = {"k": k, "keep": None if keep is None else list(keep)}
+    settings = {"k": k, "keep": None if keep is None else list(keep), "batch_size": batch_size}
     if path.is_file():
         cached = json.loads(path.read_text())
         if cached.get("settings") == settings:
             return cached["metrics"]
-    metrics = evaluate_run_on_catalogue(run_dir, k=k, keep=keep)
+    metrics = evaluate_run_on_catalogue(run_dir, k=k, keep=keep, batch_size=batch_size)
     write_text_atomic(path, json.dumps({"settings": settings, "metrics": metrics}, indent=2) + "\n")
     return metrics
