@@ -8,7 +8,7 @@ import json
 from typer.testing import CliRunner
 
 from cascade_ranking.cli import app
-from cascade_ranking.experiments.results import run_benchmark
+from cascade_ranking.experiments.cascade import run_benchmark
 from cascade_ranking.training.config import TrainConfig
 
 

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cascade_ranking.cli import app
+from cascade_ranking.experiments.cascade import run_benchmark
 from cascade_ranking.experiments.report import ReportInputError, load_inputs, write_report
-from cascade_ranking.experiments.results import run_benchmark
 from cascade_ranking.training.config import TrainConfig
 from cascade_ranking.training.loop import train
 from conftest import make_tiny_dataset

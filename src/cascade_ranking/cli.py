@@ -449,8 +449,9 @@ def benchmark(
     Finished (method, seed) runs in the output folder are reused, so an interrupted benchmark resumes.
     """
     from . import losses
+    from .experiments.cascade import run_benchmark
     from .experiments.config import BenchmarkConfig
-    from .experiments.results import markdown_table, run_benchmark
+    from .experiments.results import markdown_table
     from .training.config import config_from
 
     try:
@@ -494,7 +495,8 @@ def benchmark(
 def _prerank_benchmark(bench) -> None:
     """``benchmark --task prerank``: the RankTower paper's pre-ranking comparison on full-stage samples."""
     from .data.cache import cache_dir
-    from .experiments.prerank import PRERANK_DATASET_NAME, prepare_prerank_movielens, run_prerank_benchmark
+    from .datasets.prerank import PRERANK_DATASET_NAME, prepare_prerank_movielens
+    from .experiments.prerank import run_prerank_benchmark
 
     data_dir = bench.data
     if data_dir is None:
@@ -508,7 +510,8 @@ def _prerank_benchmark(bench) -> None:
         task = progress.add_task("prerank benchmark", total=None, info="")
 
         def on_run(row: str, seed: int, metrics: dict) -> None:
-            info = f"{row} seed {seed}: recall {metrics['test']['joint_recall']:.4f}"
+            recall = next((f"{k} {v:.4f}" for k, v in metrics["test"].items() if k.startswith("recall@")), "")
+            info = f"{row} seed {seed}: {recall}"
             progress.update(task, advance=1, info=info)
 
         run_prerank_benchmark(data=data_dir, out_dir=out_dir, repeats=bench.repeats, models=bench.methods,
@@ -519,8 +522,13 @@ def _prerank_benchmark(bench) -> None:
 
 def _print_outputs(out_dir: Path, tensorboard: Path | None) -> None:
     """Where a benchmark wrote its results (and its TensorBoard logs)."""
+    import json
+
+    from .experiments.results import chart_file
+
+    chart = chart_file(json.loads((out_dir / "results.json").read_text()))
     console.print(
-        f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png, report: {out_dir}/report.html",
+        f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/{chart}, report: {out_dir}/report.html",
         soft_wrap=True,
     )
     if tensorboard is not None:

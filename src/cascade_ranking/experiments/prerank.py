@@ -4,7 +4,7 @@ Yan & Li (2023), *RankTower*, arXiv 2407.12385: Table 1 compares pre-ranking mod
 samples (Sec. 4.1); Tables 2-4 ablate the sample spaces, the ranking losses and the distillation. Here every
 row is one ordinary :func:`~cascade_ranking.training.loop.train` run of a **one-stage cascade** (``keep = [K]``) on a
 dataset built by :func:`~cascade_ranking.datasets.ranktower_sampling.build_ranktower_samples` (MovieLens-100K:
-:func:`prepare_prerank_movielens`), evaluated on the held-out test weeks.
+:func:`~cascade_ranking.datasets.prerank.prepare_prerank_movielens`), evaluated on the held-out test weeks.
 
 **Rows** (:data:`TABLE1`, :data:`ABLATIONS`; model + method):
 
@@ -40,19 +40,16 @@ weeks), ``T_d = 1``, ``alpha = 1``, ``delta = 0.1``; the one-term rows of Table 
 
 The paper reports K = 100 over a user's whole candidate set; our requests hold ``N = 50`` candidates (10
 impressions, 20 candidate, 20 random samples), so we report K = ``keep`` = 20 (what the pre-ranking stage
-passes on, 40% of N) and K = ``gt_num`` = 10 (Recall@10 is then also the precision). In the result files,
-``joint_recall`` is Recall@``keep``: for a one-stage cascade the joint recall of
-:class:`~cascade_ranking.metrics.CascadeMetrics` is exactly the stage's Recall@K; the key is kept so that
-:func:`~cascade_ranking.experiments.results.write_results` (table, CSV, JSON, chart) serves this task unchanged.
+passes on, 40% of N; the benchmark's primary metric, ``recall@20``) and K = ``gt_num`` = 10 (Recall@10 is then
+also the precision).
 
 Outputs in ``out_dir``: ``runs/<row>-seed<s>/`` (train run folders, reused when finished, plus
 ``prerank.json`` with the test metrics), ``data/<variant>/`` (the ablation datasets), ``results.json``,
-``results.csv``, ``results.md`` (one section per table) and ``joint_recall.png``.
+``results.csv``, ``results.md`` (one section per table), the chart ``recall_at_<keep>.png`` and ``report.html``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -62,38 +59,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.atomic import write_text_atomic
 from ..data.loader import iterate_partitions
-from ..data.schema import DatasetSchema, Partition, TrainDefaults
-from ..data.store import open_dataset, read_partition, write_partition, write_schema
-from ..datasets.ranktower_sampling import RankTowerSamples, RankTowerSamplingConfig, build_ranktower_samples
+from ..data.schema import DatasetSchema, Partition
+from ..data.store import open_dataset
+from ..datasets.prerank import derive_variant
 from ..losses.ranktower import DEFAULT_LAMBDAS
 from ..metrics import ndcg_at_k, stage_recall
 from ..training.checkpoint import load_run
 from ..training.config import TrainConfig
 from ..training.distributed import resolve_device
-from ..training.evaluate import PopularityScorer, RandomScorer
-from ..training.loop import train
-from ..training.runfiles import METRICS_FILE
 from ..types import RequestBatch
-from .results import markdown_table, summarize, write_results
+from .results import markdown_table
+from .runner import BenchmarkRow, finish, reference_scorers, run_rows
 
-__all__ = [
-    "ABLATIONS",
-    "PRERANK_DATASET_NAME",
-    "TABLE1",
-    "VARIANTS",
-    "PrerankRow",
-    "derive_variant",
-    "evaluate_prerank",
-    "prepare_prerank_movielens",
-    "run_prerank_benchmark",
-]
+__all__ = ["ABLATIONS", "TABLE1", "PrerankRow", "evaluate_prerank", "results_markdown", "run_prerank_benchmark"]
 
 log = logging.getLogger(__name__)
 
-#: Name of the MovieLens-100K pre-ranking dataset (versioned with the MovieLens dataset version).
-PRERANK_DATASET_NAME = "movielens-100k-v1-prerank"
 #: File with a run's pre-ranking test metrics, beside train's ``metrics.json``.
 PRERANK_METRICS_FILE = "prerank.json"
 
@@ -144,115 +126,8 @@ ABLATIONS = (
     PrerankRow("rt w/o distill", "ranktower", "ranktower", "table4", loss={"lambdas": [0.0, *DEFAULT_LAMBDAS[1:]]}),
     PrerankRow("rt hard-label distill", "ranktower", "ranktower", "table4", variant="hard_teacher"),
 )
-#: Training-data variants of the ablations: name -> (funnel positions masked in training weeks, drop soft labels).
-VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "no_random": (("random",), False),
-    "no_candidate": (("candidate",), False),
-    "hard_teacher": ((), True),
-}
-REFERENCE_ROWS = ("random", "popularity")
 
 
-# ------------------------------------------------------------------------------------------------------
-# data
-# ------------------------------------------------------------------------------------------------------
-def prepare_prerank_movielens(
-    out_dir: Path,
-    *,
-    src: Path | None = None,
-    seed: int = 0,
-    url: str | None = None,
-    cache_dir: Path | None = None,
-    progress: bool = False,
-    config: RankTowerSamplingConfig | None = None,
-    threads: int | None = None,
-) -> RankTowerSamples:
-    """Build the MovieLens-100K full-stage pre-ranking dataset in ``out_dir`` (about half a minute on 2 CPUs).
-
-    Reads ``src`` (any layout :func:`~cascade_ranking.datasets.movielens.read_movielens` accepts) or the cached
-    GroupLens download (fetched from ``url`` on first use), checks it is MovieLens-100K and builds the dataset
-    with the history fields ``item_id`` and ``genre`` (as the cascade dataset) and training defaults batch
-    256, 3 passes.
-
-    Raises:
-        DatasetUnavailableError: no ``src`` and the download failed.
-        DataFormatError: ``src`` is malformed or not MovieLens-100K.
-    """
-    from ..datasets.movielens import (
-        ML100K_URL,
-        check_ml100k,
-        download_movielens,
-        movielens_log,
-        movielens_provenance,
-        read_movielens,
-    )
-
-    if src is None:
-        src = download_movielens(url or ML100K_URL, cache_dir, progress=progress)
-    tables = read_movielens(src)
-    check_ml100k(tables)
-    config = config or RankTowerSamplingConfig(history_fields=("item_id", "genre"))
-    return build_ranktower_samples(
-        movielens_log(tables),
-        out_dir,
-        name=PRERANK_DATASET_NAME,
-        seed=seed,
-        config=config,
-        train_defaults=TrainDefaults(batch_size=256, passes=3),
-        provenance=movielens_provenance(tables),
-        threads=threads,
-    )
-
-
-def derive_variant(data: Path, out_dir: Path, variant: str) -> Path:
-    """Write the training-data variant ``variant`` (:data:`VARIANTS`) of the dataset ``data`` to ``out_dir``.
-
-    ``no_random`` / ``no_candidate``: in the training partitions, the slots at that funnel position become
-    padding (``mask`` False; ids, stage, labels and soft labels 0); validation and test partitions are copied
-    unchanged. ``hard_teacher``: every partition without its ``soft_label`` column. An existing copy of the
-    same variant of the same dataset is reused.
-
-    Returns:
-        ``out_dir``.
-
-    Raises:
-        ValueError: unknown ``variant`` or a funnel position the dataset does not have.
-    """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known variants: {sorted(VARIANTS)}")
-    schema = open_dataset(data)
-    positions, drop_soft = VARIANTS[variant]
-    missing = [p for p in positions if p not in schema.funnel_positions]
-    if missing:
-        raise ValueError(f"variant {variant!r}: {data} has no funnel position {missing} ({schema.funnel_positions})")
-    masked = [schema.funnel_positions.index(p) for p in positions]
-    provenance = {**schema.provenance, "variant": variant, "variant_of": str(data)}
-    target = schema.model_copy(update={"provenance": provenance})
-    if (out_dir / "schema.json").is_file():
-        try:
-            if open_dataset(out_dir).provenance == provenance:
-                return out_dir
-        except ValueError:
-            pass
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for part in schema.partitions:
-        arrays = read_partition(data, schema, part)
-        if drop_soft:
-            arrays.pop("soft_label", None)
-        if masked and part.role == "train":
-            drop = np.isin(arrays["stage"], masked) & arrays["mask"]
-            arrays["mask"] = arrays["mask"] & ~drop
-            for name, a in arrays.items():
-                if a.ndim == 2 and a.shape[1] == schema.num_candidates and name != "mask":
-                    arrays[name] = np.where(drop, np.zeros((), a.dtype), a)
-        write_partition(out_dir, target, part, arrays)
-    write_schema(out_dir, target)
-    return out_dir
-
-
-# ------------------------------------------------------------------------------------------------------
-# evaluation
-# ------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_prerank(
     score: Callable[[RequestBatch], torch.Tensor],
@@ -296,15 +171,6 @@ def evaluate_prerank(
     return out
 
 
-def _row_metrics(m: dict[str, float], keep: int) -> dict[str, float]:
-    """Result-file metrics: ``joint_recall`` (= Recall@keep) first, then the rest."""
-    rest = {k: v for k, v in m.items() if k not in (f"recall@{keep}", "requests")}
-    return {"joint_recall": m[f"recall@{keep}"], **rest, "requests": m["requests"]}
-
-
-# ------------------------------------------------------------------------------------------------------
-# the benchmark
-# ------------------------------------------------------------------------------------------------------
 def _select_rows(models: Sequence[str] | None, ablations: bool) -> list[PrerankRow]:
     known = {r.key: r for r in TABLE1}
     aliases = {"dssm": "two_tower", "two-tower": "two_tower"}
@@ -322,8 +188,33 @@ def _select_rows(models: Sequence[str] | None, ablations: bool) -> list[PrerankR
     return rows
 
 
-def _slug(key: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in key).strip("_")
+def _benchmark_rows(rows: Sequence[PrerankRow], data: Path, out_dir: Path, keep: int) -> list[BenchmarkRow]:
+    """The runner's rows: each row's model, method, loss and training data (an ablation's variant)."""
+    out = []
+    for row in rows:
+        updates = {"method": row.method, "models": [row.model], "keep": [keep], "loss": dict(row.loss)}
+        row_data = data if row.variant is None else derive_variant(data, out_dir / "data" / row.variant, row.variant)
+        out.append(BenchmarkRow(row.key, updates, row_data, row.table))
+    return out
+
+
+def _evaluator(data: Path, schema: DatasetSchema, ks: Sequence[int], device: torch.device):
+    """The runner's evaluation of a trained row: its model's Recall@K / NDCG@K on ``data``'s test partitions."""
+    test = schema.partitions_with_role("test")
+
+    def evaluate(config: TrainConfig, run_dir: Path, train_metrics: dict) -> dict:
+        model = load_run(run_dir, data=data).cascade.to(device).eval().stages[0].model
+        metrics = evaluate_prerank(
+            model, data, schema, test, ks=ks, seed=config.seed, batch_size=config.eval_batch_size, device=device
+        )
+        row_config = {"method": config.method, "model": config.models[0] if config.models else None}
+        return {
+            "row_config": {**row_config, "loss": config.loss},
+            "train_seconds": train_metrics["train_seconds"],
+            "test": metrics,
+        }
+
+    return evaluate
 
 
 def run_prerank_benchmark(
@@ -340,7 +231,7 @@ def run_prerank_benchmark(
     """Train and evaluate the pre-ranking rows ``repeats`` times (seeds 0..R-1); write and return the results.
 
     Args:
-        data: a pre-ranking dataset (:func:`prepare_prerank_movielens` or
+        data: a pre-ranking dataset (:func:`~cascade_ranking.datasets.prerank.prepare_prerank_movielens` or
             :func:`~cascade_ranking.datasets.ranktower_sampling.build_ranktower_samples`): one-stage ``keep``,
             funnel positions ``random``, ``candidate``, ``impression``.
         out_dir: output folder (see the module docstring).
@@ -349,14 +240,14 @@ def run_prerank_benchmark(
             ``ranktower``); ``None`` = all.
         ablations: also run Tables 2-4 (:data:`ABLATIONS`, eight RankTower rows).
         on_run: called after each run with ``(row, seed, {"test": metrics, ...})``; ``metrics`` holds
-            ``joint_recall`` (= Recall@keep), ``ndcg@K``, ``recall@K`` of the other cutoffs.
+            ``recall@K`` and ``ndcg@K`` of every cutoff.
         base: configuration shared by every run (``method``, ``models``, ``keep``, ``loss``, ``seed`` and
             ``data`` are set per row); default :class:`~cascade_ranking.training.config.TrainConfig()`.
         ks: cutoffs (default ``(gt_num, keep)``).
 
     Returns:
-        ``{"task", "dataset", "data", "stages", "keep", "gt_num", "num_candidates", "ks", "repeats", "runs",
-        "summary", "tables", "metrics"}``.
+        ``{"task", "dataset", "data", "stages", "keep", "gt_num", "num_candidates", "ks", "repeats",
+        "primary_metric", "metrics", "runs", "tables", "summary"}``.
 
     Raises:
         ValueError: ``repeats`` not positive, unknown rows, or a dataset that is not a one-stage pre-ranking
@@ -364,7 +255,7 @@ def run_prerank_benchmark(
     """
     if isinstance(repeats, bool) or int(repeats) != repeats or repeats <= 0:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
-    rows = _select_rows(models, ablations)
+    selected = _select_rows(models, ablations)
     data, out_dir = Path(data), Path(out_dir)
     schema = open_dataset(data)
     if len(schema.keep) != 1 or "impression" not in schema.funnel_positions:
@@ -375,39 +266,18 @@ def run_prerank_benchmark(
     keep = schema.keep[0]
     ks = sorted({int(k) for k in (ks or (schema.gt_num, keep))} | {keep})
     base = base or TrainConfig()
-    test = schema.partitions_with_role("test")
     device = resolve_device(base.device)
-    runs: list[dict] = []
+    rows = _benchmark_rows(selected, data, out_dir, keep)
     last_table1 = max((i for i, r in enumerate(rows) if r.table == "table1"), default=-1)
-    for i, row in enumerate(rows):
-        row_data = data if row.variant is None else derive_variant(data, out_dir / "data" / row.variant, row.variant)
-        for seed in range(repeats):
-            run_name = f"{_slug(row.key)}-seed{seed}"  # run folder and TensorBoard sub-directory
-            config = base.model_copy(
-                update={
-                    "method": row.method,
-                    "models": [row.model],
-                    "keep": [keep],
-                    "loss": dict(row.loss),
-                    "seed": seed,
-                    "data": row_data,
-                    "tensorboard": None if base.tensorboard is None else Path(base.tensorboard) / run_name,
-                }
-            )
-            TrainConfig.model_validate(config.model_dump())  # re-validates the method name
-            run_dir = out_dir / "runs" / run_name
-            metrics = _run_row(config, row_data, data, schema, test, run_dir, ks, device)
-            runs.append({"row": row.key, "table": row.table, "seed": seed, **_row_metrics(metrics["test"], keep)})
-            runs[-1]["train_seconds"] = metrics["train_seconds"]
-            if on_run is not None:
-                on_run(row.key, seed, {**metrics, "test": _row_metrics(metrics["test"], keep)})
-        if i == last_table1:  # the reference rows close Table 1
-            runs += _reference_runs(data, schema, test, ks, keep, repeats, device)
-    summary = summarize(runs)
-    tables: dict[str, list[str]] = {}
-    for run in runs:
-        if run["row"] not in tables.setdefault(run["table"], []):
-            tables[run["table"]].append(run["row"])
+    runs: list[dict] = []
+    for row, seed, record in run_rows(
+        rows, base=base, data=data, out_dir=out_dir, repeats=repeats, on_run=on_run,
+        evaluate=_evaluator(data, schema, ks, device), record=PRERANK_METRICS_FILE,
+    ):  # fmt: skip
+        runs.append({"row": row.key, "table": row.table, "seed": seed, **record["test"]})
+        runs[-1]["train_seconds"] = record["train_seconds"]
+        if last_table1 >= 0 and row is rows[last_table1] and seed == repeats - 1:  # the reference rows close Table 1
+            runs += _reference_runs(data, schema, ks, repeats, device)
     results = {
         "task": "prerank",
         "dataset": schema.name,
@@ -418,20 +288,27 @@ def run_prerank_benchmark(
         "num_candidates": schema.num_candidates,
         "ks": ks,
         "repeats": repeats,
+        "primary_metric": f"recall@{keep}",
         "metrics": {
             "rt": "RankTower model (+ its hybrid loss unless the row names one loss)",
-            "joint_recall": f"Recall@{keep}: |top {keep} by score ∩ impressions| / |impressions| (gt_num = "
-            f"{schema.gt_num} impressions per request)",
-            "recall@K": "the same with the top K",
+            "recall@K": f"|top K by score ∩ impressions| / |impressions| (gt_num = {schema.gt_num} impressions per "
+            "request)",
             "ndcg@K": "NDCG@K with the hard label as gain (scikit-learn's ndcg_score)",
         },
         "runs": runs,
-        "summary": summary,
-        "tables": tables,
+        "tables": _tables(runs),
     }
-    write_results(out_dir, results)
-    write_text_atomic(out_dir / "results.md", results_markdown(results))
-    return results
+    title = f"{schema.name}: pre-ranking, keep {keep} of {schema.num_candidates}, {repeats} seed(s)"
+    return finish(out_dir, results, title=title, markdown=results_markdown)
+
+
+def _tables(runs: list[dict]) -> dict[str, list[str]]:
+    """Table name -> its rows, in run order."""
+    tables: dict[str, list[str]] = {}
+    for run in runs:
+        if run["row"] not in tables.setdefault(run["table"], []):
+            tables[run["table"]].append(run["row"])
+    return tables
 
 
 def _first_stage(scorer: torch.nn.Module) -> Callable[[RequestBatch], torch.Tensor]:
@@ -439,14 +316,13 @@ def _first_stage(scorer: torch.nn.Module) -> Callable[[RequestBatch], torch.Tens
     return lambda batch: scorer(batch)[0]
 
 
-def _reference_runs(data, schema, test, ks, keep, repeats, device) -> list[dict]:
-    """The untrained reference rows of Table 1: random scores and training-week rating counts."""
-    pop = PopularityScorer.fit(data, schema, 1).to(device)
+def _reference_runs(data, schema, ks, repeats, device) -> list[dict]:
+    """The untrained reference rows of Table 1: random scores and training-week impression counts."""
+    test = schema.partitions_with_role("test")
     runs = []
-    for seed in range(repeats):
-        for name, scorer in (("random", RandomScorer(1, seed)), ("popularity", pop)):
-            m = evaluate_prerank(_first_stage(scorer), data, schema, test, ks=ks, seed=seed, device=device)
-            runs.append({"row": name, "table": "table1", "seed": seed, **_row_metrics(m, keep)})
+    for name, seed, scorer in reference_scorers(data, schema, 1, repeats, device):
+        m = evaluate_prerank(_first_stage(scorer), data, schema, test, ks=ks, seed=seed, device=device)
+        runs.append({"row": name, "table": "table1", "seed": seed, **m})
     return runs
 
 
@@ -460,39 +336,6 @@ def results_markdown(results: dict) -> str:
     lines += [f"- `{name}`: {text}" for name, text in results["metrics"].items()]
     for table, rows in results["tables"].items():
         lines += ["", f"## {TABLE_TITLES.get(table, table)}", ""]
-        lines.append(markdown_table({r: results["summary"][r] for r in rows}).rstrip("\n"))
+        table = {r: results["summary"][r] for r in rows}
+        lines.append(markdown_table(table, results["primary_metric"]).rstrip("\n"))
     return "\n".join(lines) + "\n"
-
-
-def _run_row(
-    config: TrainConfig,
-    row_data: Path,
-    data: Path,
-    schema: DatasetSchema,
-    test: Sequence[Partition],
-    run_dir: Path,
-    ks: Sequence[int],
-    device: torch.device,
-) -> dict:
-    """Train one row (reusing a finished run) and evaluate it on ``data``'s test partitions."""
-    done = run_dir / PRERANK_METRICS_FILE
-    if done.is_file() and (run_dir / METRICS_FILE).is_file():
-        log.info("reusing finished run %s", run_dir)
-        return json.loads(done.read_text())
-    result = train(config, data=row_data, run_dir=run_dir)
-    cascade = load_run(run_dir, data=data).cascade.to(device).eval()
-    model = cascade.stages[0].model
-    test_metrics = evaluate_prerank(
-        model, data, schema, test, ks=ks, seed=config.seed, batch_size=config.eval_batch_size, device=device
-    )
-    metrics = {
-        "row_config": {
-            "method": config.method,
-            "model": config.models[0] if config.models else None,
-            "loss": config.loss,
-        },
-        "train_seconds": result.metrics["train_seconds"],
-        "test": test_metrics,
-    }
-    write_text_atomic(done, json.dumps(metrics, indent=2) + "\n")
-    return metrics

@@ -100,6 +100,17 @@ def stage_ints(method: str, name: str, value: Sequence[int], num_stages: int, *,
     return out
 
 
+def check_soft_label(method: str, soft_label: torch.Tensor, label: torch.Tensor, mask: torch.Tensor) -> None:
+    """Raise ``ValueError``/``TypeError`` naming ``method`` unless ``soft_label`` is a float tensor of ``label``'s
+    shape, finite at the valid candidates (``mask``)."""
+    if tuple(soft_label.shape) != tuple(label.shape):
+        raise ValueError(f"{method}: soft_label must have shape {tuple(label.shape)}, got {tuple(soft_label.shape)}")
+    if not soft_label.is_floating_point():
+        raise TypeError(f"{method}: soft_label must be floating point, got {soft_label.dtype}")
+    if not torch.isfinite(torch.where(mask, soft_label, torch.zeros_like(soft_label))).all():
+        raise ValueError(f"{method}: soft_label holds NaN or inf at valid candidates")
+
+
 class StageLoss(torch.nn.Module):
     """Template of a baseline loss: validates ``keep``/``gt_num`` and the call, then runs ``_compute``.
 
@@ -133,10 +144,19 @@ class StageLoss(torch.nn.Module):
         (a ranking model's ``[B, N]`` predictions) is accepted by every loss and ignored by those that do not
         distil."""
         check_inputs(self.method, logits, label, mask, stage, self.num_stages)
-        if stage.is_floating_point() or stage.dtype == torch.bool:
-            raise TypeError(f"{self.method}: stage must be an integer tensor (funnel positions), got {stage.dtype}")
+        if soft_label is not None:
+            check_soft_label(self.method, soft_label, label, mask)
         dtype = promoted_dtype(logits)
-        return self._compute([x.to(dtype) for x in logits], label.to(dtype), mask, stage)
+        logits, label = [x.to(dtype) for x in logits], label.to(dtype)
+        if soft_label is None:
+            return self._compute(logits, label, mask, stage)
+        return self._compute_with_soft_label(logits, label, mask, stage, soft_label.to(dtype))
+
+    def _compute_with_soft_label(
+        self, logits: list[torch.Tensor], label: torch.Tensor, mask: torch.Tensor, stage: torch.Tensor, soft_label
+    ) -> LossOutput:
+        """The loss when a ``soft_label`` is given; losses that do not distil ignore it (the default)."""
+        return self._compute(logits, label, mask, stage)
 
     def _compute(
         self, logits: list[torch.Tensor], label: torch.Tensor, mask: torch.Tensor, stage: torch.Tensor

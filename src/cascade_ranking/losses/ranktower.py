@@ -92,8 +92,8 @@ from typing import NamedTuple
 import torch
 
 from ..types import LossOutput
-from ._common import StageLoss, promoted_dtype, zero_masked
-from .base import check_inputs, detached_parts, label_permutation, request_mean
+from ._common import StageLoss, zero_masked
+from .base import detached_parts, label_permutation, request_mean
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -360,40 +360,17 @@ class _RankTowerStageLoss(StageLoss):
         self.top_position = None if top_position is None else int(top_position)
         self.random_position = int(random_position)
 
-    def forward(
-        self,
-        logits: Sequence[torch.Tensor],
-        *,
-        label: torch.Tensor,
-        mask: torch.Tensor,
-        stage: torch.Tensor,
-        soft_label: torch.Tensor | None = None,
-    ) -> LossOutput:
-        """Loss of ``logits`` (one ``[B, N]`` tensor per stage); ``soft_label`` ``[B, N]`` float is optional.
+    def _compute(self, logits, label, mask, stage) -> LossOutput:
+        return self._compute_with_soft_label(logits, label, mask, stage, label)
 
-        Raises:
-            ValueError / TypeError: see :func:`~.base.check_inputs`; a ``soft_label`` of the wrong shape or
-                dtype, or non-finite at a valid candidate.
-        """
-        check_inputs(self.method, logits, label, mask, stage, self.num_stages)
-        dtype = promoted_dtype(logits)
-        teacher = label
-        if soft_label is not None:
-            if tuple(soft_label.shape) != tuple(label.shape):
-                raise ValueError(
-                    f"{self.method}: soft_label must have shape {tuple(label.shape)}, got {tuple(soft_label.shape)}"
-                )
-            if not soft_label.is_floating_point():
-                raise TypeError(f"{self.method}: soft_label must be floating point, got {soft_label.dtype}")
-            if not torch.isfinite(torch.where(mask, soft_label, torch.zeros_like(soft_label))).all():
-                raise ValueError(f"{self.method}: soft_label holds NaN or inf at valid candidates")
-            teacher = soft_label
+    def _compute_with_soft_label(self, logits, label, mask, stage, soft_label) -> LossOutput:
+        """Sum over stages of the terms of ``_terms``, with ``soft_label`` (or the label) as the teacher."""
         spaces = sample_spaces(stage, mask, top_position=self.top_position, random_position=self.random_position)
-        label, teacher = zero_masked(label.to(dtype), mask), zero_masked(teacher.to(dtype), mask)
-        total = torch.zeros((), dtype=dtype, device=mask.device)
+        label, teacher = zero_masked(label, mask), zero_masked(soft_label, mask)
+        total = torch.zeros((), dtype=label.dtype, device=mask.device)
         parts: dict[str, torch.Tensor] = {}
         for i, x in enumerate(logits):
-            means = {name: request_mean(*terms) for name, terms in self._terms(x.to(dtype), label, teacher, spaces)}
+            means = {name: request_mean(*terms) for name, terms in self._terms(x, label, teacher, spaces)}
             parts.update({f"{name}/{i}": v for name, v in means.items()})
             total = total + self._combine(means)
         return LossOutput(loss=total, parts=detached_parts(**parts))
@@ -404,9 +381,6 @@ class _RankTowerStageLoss(StageLoss):
     def _combine(self, means: dict[str, torch.Tensor]) -> torch.Tensor:
         (value,) = means.values()
         return value
-
-    def _compute(self, logits, label, mask, stage) -> LossOutput:  # pragma: no cover - forward is overridden
-        raise NotImplementedError
 
 
 class RankTowerDistillLoss(_RankTowerStageLoss):
