@@ -185,3 +185,15 @@ def test_evaluate_full_catalogue_command(run):
         assert column in result.stdout
     bad = runner.invoke(app, ["evaluate", str(run), "--catalogue", "everything"])
     assert bad.exit_code == 2 and "expected logged or full" in bad.output
+
+
+def test_benchmark_with_full_catalogue_columns(tmp_path):
+    make_tiny_dataset(tmp_path / "data")
+    args = ["benchmark", "--data", str(tmp_path / "data"), "--methods", "lcron", "--repeats", "1",
+            "--out", str(tmp_path / "bench"), "--device", "cpu", "--catalogue", "full"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    runs = json.loads((tmp_path / "bench" / "results.json").read_text())["runs"]
+    lcron = next(r for r in runs if r["row"] == "lcron")
+    assert 0 <= lcron["catalogue_recall@10"] <= lcron["catalogue_recall/retrieval"] <= 1
+    assert (tmp_path / "bench" / "runs" / "lcron-seed0" / "catalogue_metrics.json").is_file()

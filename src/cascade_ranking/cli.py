@@ -368,6 +368,17 @@ def _evaluate_full_catalogue(run_dir: Path, data: Path | None, role: str, k: int
     console.print(metrics_table(f"{run_dir} over the whole catalogue", {role: values}))
 
 
+def _catalogue_columns(catalogue: str):
+    """``benchmark --catalogue``: the full-catalogue columns of :mod:`.serving.evaluation`, or none."""
+    if catalogue not in ("logged", "full"):
+        raise ValueError(f"--catalogue {catalogue!r}: expected logged or full")
+    if catalogue == "logged":
+        return None
+    from .serving.evaluation import benchmark_columns
+
+    return benchmark_columns
+
+
 def _index_options(kind: str):
     """The FAISS index options of ``--index`` (ValueError naming the kinds when unknown)."""
     from .serving import IndexOptions
@@ -442,6 +453,13 @@ def benchmark(
             "(needs: pip install tensorboard).",
         ),
     ] = None,
+    catalogue: Annotated[
+        str,
+        typer.Option(
+            help="full: also evaluate every run over the whole item catalogue (Recall@10, NDCG@10, per-stage "
+            "kept share and latency; default serving keep sizes) as extra columns. logged (default): not."
+        ),
+    ] = "logged",
 ) -> None:
     """Train and evaluate every method x seed; print mean ± std; write results.{json,csv,md}, a PNG chart and
     report.html (tables, charts, loss curves, provenance).
@@ -484,9 +502,10 @@ def benchmark(
                 )
 
             results = run_benchmark(
-                methods=names, data=data_dir, out_dir=out_dir, repeats=bench.repeats, base=base, on_run=on_run
-            )
-    except _user_errors() as exc:
+                methods=names, data=data_dir, out_dir=out_dir, repeats=bench.repeats, base=base, on_run=on_run,
+                run_columns=_catalogue_columns(catalogue),
+            )  # fmt: skip
+    except (*_user_errors(), ImportError) as exc:
         raise _fail(str(exc)) from None
     console.print(markdown_table(results["summary"]), markup=False, highlight=False, soft_wrap=True)
     _print_outputs(out_dir, bench.tensorboard)
