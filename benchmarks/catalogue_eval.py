@@ -17,15 +17,42 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from cascade_ranking.serving.evaluation import benchmark_columns
+from cascade_ranking.data.store import open_dataset, read_partition
+from cascade_ranking.serving import Catalogue
+from cascade_ranking.serving.evaluation import benchmark_columns, ndcg_at_k, recall_at_k
+from cascade_ranking.training.evaluate import PopularityScorer
 
 
 def fmt(values: list[float], digits: int = 4) -> str:
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def popularity(data: Path, k: int) -> dict[str, float]:
+    """Reference row: the k catalogue items most often in the top funnel group of the training weeks, history
+    items excluded, scored like the cascades (no stages: its kept share is not defined)."""
+    schema = open_dataset(data)
+    catalogue = Catalogue.from_dataset(data, schema)
+    counts = PopularityScorer.fit(data, schema, 1).counts.numpy()[catalogue.keys]
+    order = catalogue.keys[np.argsort(-counts, kind="stable")]
+    key, top = catalogue.key, len(schema.funnel_positions) - 1
+    recalls, ndcgs = [], []
+    for part in schema.partitions_with_role("test"):
+        a = read_partition(data, schema, part)
+        for b in range(len(a["request_id"])):
+            held = a["mask"][b] & (a["stage"][b] == top)
+            pos, gains = a[f"item.{key}"][b][held], np.maximum(a["label"][b][held], 0)
+            if not len(pos):
+                continue
+            seen = a[f"history.{key}"][b] if f"history.{key}" in a else np.zeros(0)
+            rec = order[~np.isin(order, seen)][:k]
+            recalls.append(recall_at_k(rec, pos))
+            ndcgs.append(ndcg_at_k(rec, pos, gains))
+    return {f"catalogue_recall@{k}": float(np.mean(recalls)), f"catalogue_ndcg@{k}": float(np.mean(ndcgs))}
 
 
 def main() -> None:
@@ -60,6 +87,11 @@ def main() -> None:
         cells += [fmt([r[f"catalogue_recall/{s}"] for r in rs]) for s in stages]
         cells += [f"{statistics.fmean(r[f'latency_ms/{s}'] for r in rs):.2f}" for s in stages]
         lines.append("| " + " | ".join(cells) + " |")
+    data = Path(json.loads((next((args.bench / "runs").iterdir()) / "config.json").read_text())["data"])
+    pop = popularity(data, args.k)
+    cells = ["popularity (reference)", "-", "-", f"{pop[f'catalogue_recall@{args.k}']:.4f}",
+             f"{pop[f'catalogue_ndcg@{args.k}']:.4f}"] + ["-"] * (2 * len(stages))  # fmt: skip
+    lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     if args.out is not None:
