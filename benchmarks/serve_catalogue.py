@@ -7,11 +7,14 @@ index (FAISS IndexFlatIP) and approximate ones (IVF at several ``nprobe``; HNSW 
 
 * recall of the exact index's top ``keep[0]`` by the approximate index's top ``keep[0]`` (the same user vectors);
 * p50 / p99 milliseconds of ``Recommender.recommend`` for one request at a time (every stage, exclusion of the
-  history included), after warm-up;
+  history included), after warm-up: wall-clock, and the CPU time of the process (what a request costs on a
+  core of its own: on a machine shared with other work the wall clock also counts waiting for a core; with
+  several threads the CPU time also counts OpenMP's spinning, so ``--threads 1`` gives the cleaner figure);
 * memory: the process's resident set size after building, and the bytes of the index vectors and item caches.
 
-Run: ``python benchmarks/serve_catalogue.py [--items 1000000] [--requests 300] [--out docs/results/serving]``.
-Torch and FAISS use 2 threads. Stops by itself; writes ``catalogue_1m.json`` and ``catalogue_1m.md``.
+Run: ``python benchmarks/serve_catalogue.py [--items 1000000] [--requests 300] [--threads 1] [--nlist 1024]
+[--hnsw] [--out docs/results/serving]`` (torch and FAISS threads: ``--threads``, default 2). Stops by itself;
+writes ``catalogue_1m.json`` and ``catalogue_1m.md``.
 """
 
 from __future__ import annotations
