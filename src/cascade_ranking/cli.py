@@ -54,6 +54,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (SchemaError, StoreError, ValueEr
 MOVIELENS_SRC_ENV = "CASCADE_RANKING_MOVIELENS_SRC"
 MOVIELENS_URL_ENV = "CASCADE_RANKING_MOVIELENS_URL"  # a mirror of the GroupLens zip
 
+KeepOpt = Annotated[
+    str | None,
+    typer.Option(help="Serving keep sizes, one per stage, e.g. 500,100 (default: 500,100 / 1000,300,100)."),
+]
+IndexOpt = Annotated[str, typer.Option(help="Retrieval index: exact (default), ivf or hnsw.")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="Torch and FAISS CPU threads.")]
+
 
 def _fail(message: str) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -317,12 +324,28 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `train`.")],
     data: Annotated[Path | None, typer.Option(help="Evaluate on another dataset folder (same schema).")] = None,
     role: Annotated[str, typer.Option(help="Partitions to evaluate: test or valid.")] = "test",
+    catalogue: Annotated[
+        str,
+        typer.Option(help="logged: select among each request's logged candidates; full: among all catalogue items."),
+    ] = "logged",
+    k: Annotated[int, typer.Option(help="With --catalogue full: Recall@k and NDCG@k cut-off.")] = 10,
+    keep: KeepOpt = None,
+    index: IndexOpt = "exact",
 ) -> None:
-    """Re-evaluate a saved run on its test (or validation) partitions."""
+    """Re-evaluate a saved run on its test (or validation) partitions.
+
+    With ``--catalogue full`` every request selects from the whole catalogue (retrieval over a FAISS index, then
+    the later stages) and Recall@k / NDCG@k of its held-out impressions are reported with per-stage latency.
+    """
     from .training.checkpoint import load_run
     from .training.distributed import resolve_device
     from .training.evaluate import evaluate_cascade
 
+    if catalogue not in ("logged", "full"):
+        raise _fail(f"--catalogue {catalogue!r}: expected logged or full")
+    if catalogue == "full":
+        _evaluate_full_catalogue(run_dir, data, role, k, keep, index)
+        return
     try:
         run = load_run(run_dir, data=data)
         device = resolve_device(run.config.device)
@@ -330,6 +353,37 @@ def evaluate(
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     console.print(metrics_table(f"{run.config.method}: {run_dir}", {role: values}))
+
+
+def _evaluate_full_catalogue(run_dir: Path, data: Path | None, role: str, k: int, keep: str | None, index: str) -> None:
+    from .serving.evaluation import evaluate_run_on_catalogue
+
+    try:
+        options = _index_options(index)
+        values = evaluate_run_on_catalogue(
+            run_dir, role=role, k=k, keep=_csv_ints(keep, "--keep"), index=options, data=data
+        )
+    except (*_user_errors(), ImportError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(metrics_table(f"{run_dir} over the whole catalogue", {role: values}))
+
+
+def _catalogue_columns(catalogue: str):
+    """``benchmark --catalogue``: the full-catalogue columns of :mod:`.serving.evaluation`, or none."""
+    if catalogue not in ("logged", "full"):
+        raise ValueError(f"--catalogue {catalogue!r}: expected logged or full")
+    if catalogue == "logged":
+        return None
+    from .serving.evaluation import benchmark_columns
+
+    return benchmark_columns
+
+
+def _index_options(kind: str):
+    """The FAISS index options of ``--index`` (ValueError naming the kinds when unknown)."""
+    from .serving import IndexOptions
+
+    return IndexOptions(kind=kind)  # type: ignore[arg-type]  # IndexOptions validates the kind
 
 
 @app.command()
@@ -399,6 +453,13 @@ def benchmark(
             "(needs: pip install tensorboard).",
         ),
     ] = None,
+    catalogue: Annotated[
+        str,
+        typer.Option(
+            help="full: also evaluate every run over the whole item catalogue (Recall@10, NDCG@10, per-stage "
+            "kept share and latency; default serving keep sizes) as extra columns. logged (default): not."
+        ),
+    ] = "logged",
 ) -> None:
     """Train and evaluate every method x seed; print mean ± std; write results.{json,csv,md}, a PNG chart and
     report.html (tables, charts, loss curves, provenance).
@@ -441,9 +502,10 @@ def benchmark(
                 )
 
             results = run_benchmark(
-                methods=names, data=data_dir, out_dir=out_dir, repeats=bench.repeats, base=base, on_run=on_run
-            )
-    except _user_errors() as exc:
+                methods=names, data=data_dir, out_dir=out_dir, repeats=bench.repeats, base=base, on_run=on_run,
+                run_columns=_catalogue_columns(catalogue),
+            )  # fmt: skip
+    except (*_user_errors(), ImportError) as exc:
         raise _fail(str(exc)) from None
     console.print(markdown_table(results["summary"]), markup=False, highlight=False, soft_wrap=True)
     _print_outputs(out_dir, bench.tensorboard)
@@ -674,6 +736,106 @@ def prepare_synthetic_cmd(
         )
     else:
         console.print(_partition_table(f"{schema.name} -> {out}", schema))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# serving: the trained cascade over the whole catalogue
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _load_recommender(source: Path, data: Path | None, keep: str | None, index: str, threads: int | None):
+    """The recommender of a run folder or an export, with the command line's serving options."""
+    from .serving.export import load_recommender
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+        from .serving.index import import_faiss
+
+        import_faiss().omp_set_num_threads(threads)
+    return load_recommender(source, data=data, keep=_csv_ints(keep, "--keep"), index=_index_options(index))
+
+
+@app.command()
+def recommend(
+    source: Annotated[Path, typer.Argument(help="A run folder written by `train`, or an export (`export`).")],
+    requests: Annotated[Path, typer.Option(help="Request Parquet file (columns: see README, Serving).")],
+    out: Annotated[Path, typer.Option(help="Output Parquet file: request_id, rank, item.<key>, score.<stage>.")],
+    k: Annotated[int, typer.Option(help="Items per request.")] = 10,
+    keep: KeepOpt = None,
+    index: IndexOpt = "exact",
+    exclude_history: Annotated[
+        bool, typer.Option("--exclude-history/--keep-history", help="Never recommend an item of the history.")
+    ] = True,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder of a run (default: the run's).")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Recommend the top k catalogue items for every request of a Parquet file (batch)."""
+    import pyarrow.parquet as pq
+
+    from .data.atomic import atomic_path
+    from .serving import read_requests
+
+    try:
+        rec = _load_recommender(source, data, keep, index, threads)
+        reqs = read_requests(requests, rec.schema)
+        result = rec.recommend(reqs, k, exclude_history=exclude_history)
+        table = result.to_table(rec.catalogue.key)
+        with atomic_path(out) as tmp:
+            pq.write_table(table, tmp)
+    except (*_user_errors(), ImportError) as exc:
+        raise _fail(str(exc)) from None
+    per = {n: f"{v / max(len(reqs), 1):.2f} ms" for n, v in result.latency_ms.items()}
+    console.print(
+        f"{len(reqs)} requests -> {table.num_rows} recommendations in {out} "
+        f"(catalogue {rec.catalogue.size} items, keep {list(rec.keep)}; per request: {per})",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def serve(
+    source: Annotated[Path, typer.Argument(help="A run folder written by `train`, or an export (`export`).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    keep: KeepOpt = None,
+    index: IndexOpt = "exact",
+    data: Annotated[Path | None, typer.Option(help="Dataset folder of a run (default: the run's).")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Serve the cascade over HTTP: POST /recommend, GET /health, GET /metadata (see README, Serving)."""
+    from .serving.app import serve as run_server
+
+    try:
+        rec = _load_recommender(source, data, keep, index, threads)
+    except (*_user_errors(), ImportError) as exc:
+        raise _fail(str(exc)) from None
+    err_console.print(
+        f"serving {rec.catalogue.size} items, keep {list(rec.keep)}, on http://{host}:{port} "
+        "(POST /recommend, GET /health, GET /metadata)",
+        soft_wrap=True,
+    )
+    run_server(rec, host=host, port=port)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `train`.")],
+    out: Annotated[Path, typer.Argument(help="The export folder to write (a previous export is replaced).")],
+    keep: KeepOpt = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder of the run (default: the run's).")] = None,
+) -> None:
+    """Export the cascade for serving: torch.export programs per stage, item tables, catalogue, manifest."""
+    from .serving import Recommender
+    from .serving.export import export_recommender
+
+    try:
+        rec = Recommender.from_run(run_dir, data=data, keep=_csv_ints(keep, "--keep"))
+        export_recommender(rec, out)
+    except (*_user_errors(), ImportError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"exported {len(rec.stages)} stages and {rec.catalogue.size} items to {out}", soft_wrap=True)
 
 
 def main() -> None:

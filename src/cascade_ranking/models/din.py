@@ -124,6 +124,8 @@ def pairwise_relu_projection(
     if w.shape != (hh.shape[2],):
         raise ValueError(f"w must be [A]=[{hh.shape[2]}], got {tuple(w.shape)}")
     cc, w = cc.to(hh.dtype), w.to(hh.dtype)  # one dtype inside the kernel (e.g. under autocast)
+    if torch.compiler.is_compiling():  # torch.export / torch.compile trace plain ops (no fused kernel, no chunk loop)
+        return torch.matmul(torch.relu(hh[:, None] + cc[:, :, None]), w)
     if chunk is None:
         budget = _CPU_CHUNK_ELEMENTS if hh.device.type == "cpu" else _GPU_CHUNK_ELEMENTS
         chunk = max(1, budget // max(1, cc.shape[1] * hh.shape[1] * hh.shape[2]))
