@@ -10,9 +10,7 @@ import torch
 
 #: Where tests find MovieLens-100K: $CASCADE_RANKING_MOVIELENS_SRC, else ../shared/data/ml-100k beside the repo.
 ML100K_SRC = Path(
-    os.environ.get(
-        "CASCADE_RANKING_MOVIELENS_SRC", Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
-    )
+    os.environ.get("CASCADE_RANKING_MOVIELENS_SRC", Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k")
 )
 
 

@@ -105,9 +105,7 @@ def _assert_matches(out, ref_total, ref_parts, rtol=1e-5):
 @pytest.mark.parametrize("scale", [0.5, 10.0, 300.0])
 @pytest.mark.parametrize("shuffle", [False, True], ids=["grouped", "shuffled"])
 def test_lcron_matches_numpy_reference_on_recflow_layout(stages, scale, shuffle):
-    logits, label, mask, stage = _recflow_batch(
-        3, stages, seed=stages * 10 + int(scale), scale=scale, shuffle=shuffle
-    )
+    logits, label, mask, stage = _recflow_batch(3, stages, seed=stages * 10 + int(scale), scale=scale, shuffle=shuffle)
     out = _call(losses.build("lcron", keep=_keep(stages), gt_num=10), logits, label, mask, stage)
     # the default label_threshold="released" binarises the label matrix for 3+ stages, as the released script
     released = 1e-3 if stages == 3 else None
@@ -152,13 +150,9 @@ def test_lcron_matches_reference_with_partial_masks_and_weights():
     with torch.no_grad():
         loss_fn.weights.copy_(torch.tensor([0.7, 1.6]))
     out = _call(loss_fn, logits, label, mask, stage)
-    total, parts = _np_lcron(
-        [x.numpy() for x in logits], label.numpy(), mask.numpy(), tau=20.0, weights=[0.7, 1.6]
-    )
+    total, parts = _np_lcron([x.numpy() for x in logits], label.numpy(), mask.numpy(), tau=20.0, weights=[0.7, 1.6])
     _assert_matches(out, total, parts)
-    assert out.parts["weight/0"].item() == pytest.approx(0.7) and out.parts[
-        "weight/1"
-    ].item() == pytest.approx(1.6)
+    assert out.parts["weight/0"].item() == pytest.approx(0.7) and out.parts["weight/1"].item() == pytest.approx(1.6)
 
 
 def test_lcron_perfect_and_inverted_cascades_by_hand():
@@ -221,9 +215,7 @@ def test_weights_train_towards_the_uncertainty_optimum():
     out = _call(loss_fn, logits, label, mask, stage)
     # the minimiser of L/(2w^2) + log|w| is |w| = sqrt(L)
     for i in range(2):
-        assert abs(loss_fn.weights[i].item()) == pytest.approx(
-            math.sqrt(out.parts[f"l_single/{i}"].item()), rel=1e-3
-        )
+        assert abs(loss_fn.weights[i].item()) == pytest.approx(math.sqrt(out.parts[f"l_single/{i}"].item()), rel=1e-3)
 
 
 def test_training_the_logits_reaches_full_joint_recall():

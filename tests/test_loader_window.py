@@ -107,6 +107,7 @@ def test_shuffle_visits_row_groups_in_random_order_and_is_seeded(grouped):
 
 def test_shards_partition_the_requests(grouped):
     d, schema, part = grouped
+
     def ids(shard):
         rng = np.random.default_rng(2)
         batches = iterate_partition(d, schema, part, batch_size=5, shuffle=True, rng=rng, shard=shard, window=14)

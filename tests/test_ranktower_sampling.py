@@ -156,15 +156,18 @@ def test_candidates_are_the_two_towers_top_allowed_items(built, log):
     assert compared > 20
 
 
-def test_soft_labels_are_the_rankers_predictions(built):
+def test_soft_labels_are_the_rankers_odds(built):
+    """p = e^z of the ranker fitted with the weighted logloss (odds = expected feedback), >= 0, 0 at padding."""
     out, res = built
     schema, parts = all_partitions(out)
     for part, a in parts:
         assert "soft_label" in a and np.isfinite(a["soft_label"]).all()
         if len(a["request_id"]) and part.role != "train":
             with torch.no_grad():
-                want = res.ranker(to_batch(a, schema)).numpy()
-            np.testing.assert_allclose(a["soft_label"], want, rtol=1e-5, atol=1e-5)
+                z = res.ranker(to_batch(a, schema)).double().numpy()
+            want = np.where(a["mask"], np.exp(np.clip(z, -20, 20)), 0.0)
+            np.testing.assert_allclose(a["soft_label"], want, rtol=1e-5, atol=1e-6)
+        assert (a["soft_label"] >= 0).all()
     soft = np.concatenate([a["soft_label"].ravel() for _, a in parts])
     assert soft.std() > 0
 

@@ -68,9 +68,7 @@ def _np_hard(s: np.ndarray) -> np.ndarray:
 def test_gradcheck_float64(op, masked):
     s = _distinct_scores(3, 6, seed=1).requires_grad_()
     mask = _partial_mask() if masked else None
-    assert torch.autograd.gradcheck(
-        lambda x: SOFT_OPS[op](x, 0.7, mask), (s,), eps=1e-6, atol=1e-7, rtol=1e-5
-    )
+    assert torch.autograd.gradcheck(lambda x: SOFT_OPS[op](x, 0.7, mask), (s,), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 def test_gradgradcheck_neural_sort():
@@ -136,9 +134,7 @@ def test_soft_operators_tend_to_hard_sort(op):
 def test_neural_sort_ties_share_mass_at_small_tau():
     s = torch.tensor([[3.0, 1.0, 3.0, 0.0]], dtype=torch.float64)
     p = neural_sort(s, tau=1e-4)[0]
-    expected = torch.tensor(
-        [[0.5, 0, 0.5, 0], [0.5, 0, 0.5, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=torch.float64
-    )
+    expected = torch.tensor([[0.5, 0, 0.5, 0], [0.5, 0, 0.5, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=torch.float64)
     torch.testing.assert_close(p, expected)
 
 
@@ -254,9 +250,7 @@ def test_soft_topk_membership_column_sum_is_detached():
     s = _distinct_scores(1, 5, seed=14).requires_grad_()
     soft_topk_membership(neural_sort(s, tau=1.0), 2).sum().backward()
     p = neural_sort(s, tau=1.0)
-    expected = torch.autograd.grad(
-        (p[:, :2].sum(-2) / (p.detach().sum(-2) + 1e-6)).sum(), s, retain_graph=True
-    )[0]
+    expected = torch.autograd.grad((p[:, :2].sum(-2) / (p.detach().sum(-2) + 1e-6)).sum(), s, retain_graph=True)[0]
     undetached = torch.autograd.grad((p[:, :2].sum(-2) / (p.sum(-2) + 1e-6)).sum(), s)[0]
     torch.testing.assert_close(s.grad, expected)
     assert not torch.allclose(s.grad, undetached)

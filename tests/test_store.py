@@ -79,9 +79,7 @@ def test_sharding_partitions_requests_without_loss_or_duplicates(tiny_dataset):
     seen = []
     for rank in range(3):
         rng = np.random.default_rng(7)
-        for b in iterate_partition(
-            tiny_dataset, schema, part, batch_size=8, shuffle=True, rng=rng, shard=(rank, 3)
-        ):
+        for b in iterate_partition(tiny_dataset, schema, part, batch_size=8, shuffle=True, rng=rng, shard=(rank, 3)):
             seen += b.request_id.tolist()
     assert sorted(seen) == sorted(range(50, 100))
 

@@ -22,9 +22,7 @@ def test_train_writes_a_complete_run_folder(tmp_path, tiny_dataset):
     config = json.loads((run / "config.json").read_text())
     assert config["keep"] == [8, 5] and config["models"] == ["dssm", "din"] and config["batch_size"] == 16
     metrics = json.loads((run / "metrics.json").read_text())
-    assert (
-        metrics["steps"] == 2 * 4
-    )  # 2 passes x 1 train partition of 50 requests at batch 16 (last one partial)
+    assert metrics["steps"] == 2 * 4  # 2 passes x 1 train partition of 50 requests at batch 16 (last one partial)
     assert metrics["train_requests"] == 100
     assert metrics["test"]["requests"] == 50 and metrics["valid"]["requests"] == 50
     assert 0.0 <= metrics["test"]["joint_recall"] <= 1.0

@@ -35,9 +35,14 @@ production training set did); validation and test requests never were. The build
 * Retriever: DSSM trained with binary cross-entropy, positives = the impressions, negatives =
   ``retriever.negatives`` items per request drawn uniformly among items the user did not rate before the
   cutoff (:class:`FitConfig` epochs, batch size, Adam learning rate).
-* Ranker: DIN trained on **impression samples only** (the items a ranking model gets feedback on) by least
-  squares on their hard labels (below). Its prediction for *every* valid candidate is written to the
-  ``soft_label`` column: the teacher of RankTower's distillation (eq. 14, which reads impressions only).
+* Ranker: DIN trained on **impression samples only** (the items a ranking model gets feedback on) with the
+  **weighted logloss** of Covington et al. (RecSys 2016; the paper's Sec. 5.1.4 and ref. [6]): per impression
+  with feedback ``f = label - impression_label`` (the summed feedback labels), ``-(f log sigma(z) +
+  log(1 - sigma(z)))``, whose minimiser has odds ``e^z = f``: the odds estimate the expected feedback sum, the
+  ranking objective of Sec. 4.2.2. The ``soft_label`` column holds ``p = e^z`` (``z`` clamped to [-20, 20])
+  for *every* valid candidate: the teacher of RankTower's distillation (eq. 14 reads impressions only). The
+  paper ensembles several ranking models (DeepFM, Deep Crossing, DCN-V2, xDeepInt) with weights fitted on
+  validation; we fit one (DIN), to keep the build within a minute on 2 CPU cores.
 
 **Hard labels** (Sec. 4.2, label aggregation: a weighted sum of the feedback types plus an impression label,
 :func:`~cascade_ranking.losses.ranktower.aggregate_hard_labels`): for MovieLens-like logs the only feedback is
@@ -69,7 +74,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from ..losses.ranktower import aggregate_hard_labels
+from ..losses.base import request_mean
+from ..losses.ranktower import aggregate_hard_labels, weighted_logloss_terms
 from ..models import DIN, DSSM
 from .full_stage import (
     InteractionLog,
@@ -105,12 +111,13 @@ __all__ = [
     "fit_retriever",
     "hard_labels",
     "period_cutoffs",
+    "ranker_soft_labels",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Identifies this construction (stored in the provenance).
-CONSTRUCTION = "ranktower-full-stage-v1"
+CONSTRUCTION = "ranktower-full-stage-v2"
 #: Funnel positions (index = the stored ``stage``): RankTower's three sample spaces, lowest first.
 FUNNEL_POSITIONS = ["random", "candidate", "impression"]
 _RANDOM, _CANDIDATE, _IMPRESSION = 0, 1, 2
@@ -361,9 +368,10 @@ def fit_ranker(
     rating_weight: float,
     seed: int,
 ) -> tuple[DIN, float]:
-    """Fit the ranking model (DIN) on the impression samples of ``req`` (the training period) by least squares.
+    """Fit the ranking model (DIN) on the impression samples of ``req`` (the training period), weighted logloss.
 
-    Target: the impressions' hard labels (:func:`hard_labels`). Only impressions are seen, as a ranking
+    Target: the impressions' feedback ``hard label - impression_label`` (:func:`hard_labels`), as the positive
+    weight of the weighted logloss (module docstring). Only impressions are seen, as a ranking
     model only gets feedback on what was exposed.
 
     Returns:
@@ -371,7 +379,7 @@ def fit_ranker(
     """
     rng = np.random.default_rng([int(seed), 2])
     rows = np.arange(req.num_requests)
-    label = hard_labels(req.grade, impression_label=impression_label, rating_weight=rating_weight)
+    label = hard_labels(req.grade, impression_label=impression_label, rating_weight=rating_weight) - impression_label
     mask = np.ones(req.items.shape, bool)
     stage = np.full(req.items.shape, _IMPRESSION)
     arrays = request_columns(log, req, rows, history_fields, req.items, mask, stage, label)
@@ -379,7 +387,7 @@ def fit_ranker(
         torch.manual_seed(int(seed) + 1)
         model = DIN(schema, emb_dim=config.emb_dim, hidden=config.hidden)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        last = _fit(model, optimizer, arrays, schema, config, rng, _squared_error)
+        last = _fit(model, optimizer, arrays, schema, config, rng, _weighted_logloss)
     return model.eval(), last
 
 
@@ -388,8 +396,19 @@ def _bce(scores: torch.Tensor, batch: RequestBatch) -> torch.Tensor:
     return (loss * batch.mask).sum() / batch.mask.sum().clamp_min(1)
 
 
-def _squared_error(scores: torch.Tensor, batch: RequestBatch) -> torch.Tensor:
-    return ((scores - batch.label).square() * batch.mask).sum() / batch.mask.sum().clamp_min(1)
+def _weighted_logloss(scores: torch.Tensor, batch: RequestBatch) -> torch.Tensor:
+    per, has = weighted_logloss_terms(scores, batch.label, batch.mask)
+    return request_mean(per, has)
+
+
+#: Bound of the ranker's logit before ``p = e^z`` (keeps the soft labels finite in float32).
+_MAX_RANKER_LOGIT = 20.0
+
+
+def ranker_soft_labels(logits: torch.Tensor) -> torch.Tensor:
+    """Soft labels from the ranker's logits ``[...]``: the odds ``e^z`` (``z`` clamped to +-20), the expected
+    feedback sum under the weighted logloss (module docstring)."""
+    return logits.clamp(-_MAX_RANKER_LOGIT, _MAX_RANKER_LOGIT).exp()
 
 
 def _fit(model, optimizer, arrays, schema, config: FitConfig, rng: np.random.Generator, loss_fn) -> float:
@@ -553,7 +572,7 @@ def _build(
                 "exclusion": "no negative is an item the user rated before its period's cutoff (train: "
                 "train_cutoff, valid: valid_cutoff, test: ever) nor one of its impressions",
                 "labels": "impression: impression_label + rating_weight * rating grade; others 0",
-                "soft_label": "the DIN ranker's prediction (regression on impression hard labels)",
+                "soft_label": "the DIN ranker's odds e^z (weighted logloss on impression feedback)",
                 "fit_requests": fit_req.num_requests,
                 "retriever_final_loss": retriever_loss,
                 "ranker_final_loss": ranker_loss,
@@ -653,6 +672,6 @@ def _block_arrays(
     imp = hard_labels(req.grade[rows], impression_label=config.impression_label, rating_weight=config.rating_weight)
     label = np.concatenate([imp, np.zeros((b, c + r), np.float32)], axis=1)
     arrays = request_columns(log, req, rows, hist, items, mask, stage, label)
-    soft = ranker(to_batch(arrays, schema)).float().numpy()
+    soft = ranker_soft_labels(ranker(to_batch(arrays, schema))).float().numpy()
     arrays["soft_label"] = np.where(mask, soft, 0.0).astype(np.float32)
     return arrays

@@ -56,7 +56,7 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_model(name: str, schema: DatasetSchema, *, emb_dim: int = 8, hidden: int = 128, **options) -> nn.Module:
+def build_model(name: str, schema: DatasetSchema, *, emb_dim: int | str = 8, hidden: int = 128, **options) -> nn.Module:
     """Build the stage model ``name`` for ``schema``.
 
     Args:
