@@ -34,7 +34,9 @@ from .data.loader import iterate_partition
 from .data.schema import DatasetSchema, validate_keep
 from .data.store import atomic_path, open_dataset, write_text_atomic
 from .evaluate import evaluate
+from .losses.base import LossOutput
 from .models import build_model
+from .models.auxiliary import add_auxiliary_losses
 from .tracking import TensorBoardLogger, metric_scalars, step_scalars
 
 __all__ = [
@@ -438,6 +440,7 @@ def train(
                     batch = _local_rows(batch, rank, world).to(device)
                     extra = {"soft_label": batch.soft_label} if needs_soft_label else {}
                     out = loss_fn(cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage, **extra)
+                    out = LossOutput(*add_auxiliary_losses(out.loss, out.parts, cascade))  # DAT, IntTower
                     optimizer.zero_grad(set_to_none=True)
                     out.loss.backward()
                     mean_loss = _all_reduce_gradients(params, out.loss, world)

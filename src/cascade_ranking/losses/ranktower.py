@@ -183,7 +183,13 @@ def weighted_logloss_terms(
     ``-(p_i log sigma(z_i) + log(1 - sigma(z_i)))``, minimised at ``e^{z_i} = p_i`` (the odds learn ``p``);
     averaged over the request's impressions. The paper names the loss only; this weighting is ours.
 
-    Args and returns as :func:`distillation_terms`.
+    Args:
+        scores: ``[B, N]`` float student logits ``z``.
+        teacher: ``[B, N]`` float soft labels ``p >= 0``; only impressions are read.
+        impression: ``[B, N]`` bool.
+
+    Returns:
+        ``(loss [B], has [B] bool)``; 0 and ``False`` for a request without impressions.
     """
     z = zero_masked(scores, impression)
     p = zero_masked(teacher, impression).detach()
