@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import ndcg_score
-from test_ranktower_loss import batch_mean, full_stage_batch, np_log_softmax, run
 
 from cascade_ranking import losses
 from cascade_ranking.losses.prerank_ltr import approx_ndcg_terms
+from test_ranktower_loss import batch_mean, full_stage_batch, np_log_softmax, run
 
 NAMES = ["softmax", "approx_ndcg", "ranknet"]
 
