@@ -274,3 +274,32 @@ def test_bad_arguments_are_refused(log, tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="refusing to overwrite"):
         build(log, tmp_path / "busy")
+
+
+def test_negative_impressions_variant_labels_and_user_filter(ml100k_src, log, tmp_path):
+    """ML-100K with a rating as an impression and rating >= 4 as positive feedback, the paper's user filter."""
+    from dataclasses import replace
+
+    from cascade_ranking.data.movielens import movielens_log, read_movielens
+    from cascade_ranking.data.ranktower_sampling import feedback, filter_users
+
+    full = movielens_log(read_movielens(ml100k_src))
+    kept = filter_users(full, min_impressions=100, min_positives=20, positive_rating=4)
+    users, counts = np.unique(kept.user, return_counts=True)
+    positives = np.bincount(kept.user, weights=kept.rating >= 4)[users]
+    assert len(users) == 363 and counts.min() >= 100 and positives.min() >= 20  # 363 of 943 users pass
+    assert len(kept.user) == 74387
+    np.testing.assert_array_equal(feedback(np.array([1, 3, 4, 5]), np.arange(1.0, 6.0), 4), [0, 0, 1, 1])
+    with pytest.raises(ValueError, match="no user has >= 5000 ratings"):
+        filter_users(full, min_impressions=5000, min_positives=0, positive_rating=4)
+    # the build on the 160-user subset: impressions are 1 (no positive feedback) or 2, negatives 0
+    config = replace(CONFIG, positive_rating=4.0, min_impressions=100, min_positives=20)
+    out = tmp_path / "negimp"
+    build_ranktower_samples(log, out, name="ml-negimp", seed=0, config=config, threads=1)
+    schema, parts = all_partitions(out)
+    labels = np.concatenate([a["label"][a["stage"] == IMPRESSION] for _, a in parts])
+    assert set(np.unique(labels).tolist()) == {1.0, 2.0} and 0.3 < (labels == 2).mean() < 0.8
+    assert all((a["label"][a["stage"] != IMPRESSION] == 0).all() for _, a in parts)
+    users = np.unique(np.concatenate([a["user.user_id"] for _, a in parts]))
+    counts = np.bincount(log.user)[users]
+    assert counts.min() >= 100

@@ -108,6 +108,8 @@ __all__ = [
     "build_ranktower_samples",
     "corpus_scores",
     "fit_ranker",
+    "feedback",
+    "filter_users",
     "fit_retriever",
     "hard_labels",
     "period_cutoffs",
@@ -170,6 +172,12 @@ class RankTowerSamplingConfig:
         test_weeks, valid_weeks: the final weeks with role ``test`` and the weeks before them with ``valid``.
         impression_label: hard label every impression starts from (Sec. 4.2).
         rating_weight: weight of the rating grade in the hard label.
+        positive_rating: ``None``: the feedback of an impression is its rating grade (every rating is positive
+            feedback of some degree). A number: the feedback is binary, ``1[rating >= positive_rating]``, so
+            impressions hold negatives (the paper's setting: impressions with and without positive feedback).
+        min_impressions, min_positives: the paper's user filter (Sec. 5.1.1: at least 100 impressions and 20
+            positive feedbacks): users with fewer ratings, or fewer positive ones, are dropped from the log
+            before anything is built (positives = ratings ``>= positive_rating``, or every rating).
         retriever, ranker: how the two funnel models are fitted.
     """
 
@@ -183,6 +191,9 @@ class RankTowerSamplingConfig:
     valid_weeks: int = 2
     impression_label: float = 1.0
     rating_weight: float = 1.0
+    positive_rating: float | None = None
+    min_impressions: int = 0
+    min_positives: int = 0
     retriever: FitConfig = field(default_factory=FitConfig)
     ranker: FitConfig = field(default_factory=FitConfig)
 
@@ -190,7 +201,8 @@ class RankTowerSamplingConfig:
         for name in ("group_size", "test_weeks", "keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
-        for name in ("candidate_samples", "random_samples", "history_length", "valid_weeks"):
+        for name in ("candidate_samples", "random_samples", "history_length", "valid_weeks", "min_impressions",
+                     "min_positives"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be non-negative")
         if not self.group_size <= self.keep <= self.num_candidates:
@@ -247,6 +259,43 @@ def period_cutoffs(weeks: np.ndarray, test_weeks: int, valid_weeks: int) -> tupl
         week_start_seconds(weeks[n_train]),
         week_start_seconds(weeks[n - test_weeks]),
     )
+
+
+def filter_users(log: InteractionLog, *, min_impressions: int, min_positives: int, positive_rating: float | None):
+    """The log restricted to users with ``>= min_impressions`` ratings and ``>= min_positives`` positive ones.
+
+    RankTower's user filter (Sec. 5.1.1). Ids and attribute tables are unchanged (dropped users simply have
+    no rating left).
+
+    Raises:
+        ValueError: no user passes the filter (the message gives the thresholds).
+    """
+    if min_impressions <= 0 and min_positives <= 0:
+        return log
+    size = log.num_users + 1
+    count = np.bincount(log.user, minlength=size)
+    positive = log.rating >= positive_rating if positive_rating is not None else np.ones(len(log.user), bool)
+    pos = np.bincount(log.user, weights=positive, minlength=size)
+    keep_user = (count >= min_impressions) & (pos >= min_positives)
+    if not keep_user.any():
+        raise ValueError(
+            f"{log.source}: no user has >= {min_impressions} ratings and >= {min_positives} positive ones "
+            f"(positive_rating={positive_rating})"
+        )
+    return log.select(keep_user[log.user])
+
+
+def feedback(grade: np.ndarray, ratings: np.ndarray, positive_rating: float | None) -> np.ndarray:
+    """An impression's feedback from its rating grade: the grade, or ``1[rating >= positive_rating]``.
+
+    Args:
+        grade: ``[...]`` int grades (1 = the lowest of the log's distinct ratings).
+        ratings: the log's distinct rating values, ascending (``np.unique(log.rating)``).
+        positive_rating: ``None`` (graded feedback) or the lowest positive rating.
+    """
+    if positive_rating is None:
+        return np.asarray(grade)
+    return (np.asarray(ratings)[np.asarray(grade) - 1] >= positive_rating).astype(np.float32)
 
 
 def hard_labels(grade: np.ndarray, *, impression_label: float, rating_weight: float) -> np.ndarray:
@@ -367,6 +416,7 @@ def fit_ranker(
     impression_label: float,
     rating_weight: float,
     seed: int,
+    positive_rating: float | None = None,
 ) -> tuple[DIN, float]:
     """Fit the ranking model (DIN) on the impression samples of ``req`` (the training period), weighted logloss.
 
@@ -379,7 +429,8 @@ def fit_ranker(
     """
     rng = np.random.default_rng([int(seed), 2])
     rows = np.arange(req.num_requests)
-    label = hard_labels(req.grade, impression_label=impression_label, rating_weight=rating_weight) - impression_label
+    grade = feedback(req.grade, np.unique(log.rating), positive_rating)
+    label = hard_labels(grade, impression_label=impression_label, rating_weight=rating_weight) - impression_label
     mask = np.ones(req.items.shape, bool)
     stage = np.full(req.items.shape, _IMPRESSION)
     arrays = request_columns(log, req, rows, history_fields, req.items, mask, stage, label)
@@ -495,6 +546,12 @@ def _build(
     provenance: dict | None,
 ) -> RankTowerSamples:
     t0 = time.perf_counter()
+    log = filter_users(
+        log,
+        min_impressions=config.min_impressions,
+        min_positives=config.min_positives,
+        positive_rating=config.positive_rating,
+    )
     unknown = [f for f in config.history_fields[1:] if f not in log.item_features]
     if unknown:
         raise ValueError(
@@ -547,6 +604,7 @@ def _build(
         impression_label=config.impression_label,
         rating_weight=config.rating_weight,
         seed=seed,
+        positive_rating=config.positive_rating,
     )
     t_fit = time.perf_counter() - t0
     logger.info(
@@ -669,7 +727,8 @@ def _block_arrays(
     items = np.concatenate([req.items[rows], cand, rand], axis=1)
     mask = np.concatenate([np.ones((b, s), bool), cand_valid, rand_valid], axis=1)
     stage = np.broadcast_to(slot_stage, (b, len(slot_stage)))
-    imp = hard_labels(req.grade[rows], impression_label=config.impression_label, rating_weight=config.rating_weight)
+    grade = feedback(req.grade[rows], np.unique(log.rating), config.positive_rating)
+    imp = hard_labels(grade, impression_label=config.impression_label, rating_weight=config.rating_weight)
     label = np.concatenate([imp, np.zeros((b, c + r), np.float32)], axis=1)
     arrays = request_columns(log, req, rows, hist, items, mask, stage, label)
     soft = ranker_soft_labels(ranker(to_batch(arrays, schema))).float().numpy()
