@@ -541,6 +541,27 @@ def prepare_movielens_cmd(
     console.print(_partition_table(f"{schema.name} -> {target}", schema))
 
 
+@prepare_app.command("kuairand-pure")
+def prepare_kuairand_cmd(
+    src: Annotated[
+        Path | None,
+        typer.Option(help="Local copy: a folder with KuaiRand-Pure.tar.gz, or its extracted KuaiRand-Pure/data files."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output dataset folder (default: the user cache).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the full-stage sampling.")] = 0,
+) -> None:
+    """Build RankTower's KuaiRand-Pure pre-ranking dataset (downloads the official archive on first use)."""
+    from .data.cache import cache_dir
+    from .datasets.kuairand import build_kuairand_pure
+
+    target = out or cache_dir() / "datasets" / "kuairand-pure"
+    try:
+        built = build_kuairand_pure(target, src=src, seed=seed, progress=True)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    console.print(_partition_table(f"{built.samples.schema.name} -> {target}", built.samples.schema))
+
+
 def _partition_table(title: str, schema) -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("partition", "role", "requests", "from", "to"):

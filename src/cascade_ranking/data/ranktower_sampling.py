@@ -175,6 +175,9 @@ class RankTowerSamplingConfig:
         positive_rating: ``None``: the feedback of an impression is its rating grade (every rating is positive
             feedback of some degree). A number: the feedback is binary, ``1[rating >= positive_rating]``, so
             impressions hold negatives (the paper's setting: impressions with and without positive feedback).
+        rating_is_feedback: the log's rating *is* the feedback (KuaiRand: the number of positive signals of the
+            impression), used as it is; takes precedence over ``positive_rating`` for the labels (which then
+            only defines the positives of the user filter).
         min_impressions, min_positives: the paper's user filter (Sec. 5.1.1: at least 100 impressions and 20
             positive feedbacks): users with fewer ratings, or fewer positive ones, are dropped from the log
             before anything is built (positives = ratings ``>= positive_rating``, or every rating).
@@ -192,6 +195,7 @@ class RankTowerSamplingConfig:
     impression_label: float = 1.0
     rating_weight: float = 1.0
     positive_rating: float | None = None
+    rating_is_feedback: bool = False
     min_impressions: int = 0
     min_positives: int = 0
     retriever: FitConfig = field(default_factory=FitConfig)
@@ -285,14 +289,19 @@ def filter_users(log: InteractionLog, *, min_impressions: int, min_positives: in
     return log.select(keep_user[log.user])
 
 
-def feedback(grade: np.ndarray, ratings: np.ndarray, positive_rating: float | None) -> np.ndarray:
-    """An impression's feedback from its rating grade: the grade, or ``1[rating >= positive_rating]``.
+def feedback(
+    grade: np.ndarray, ratings: np.ndarray, positive_rating: float | None, *, rating_is_feedback: bool = False
+) -> np.ndarray:
+    """An impression's feedback from its rating grade: the grade, ``1[rating >= positive_rating]``, or the rating.
 
     Args:
         grade: ``[...]`` int grades (1 = the lowest of the log's distinct ratings).
         ratings: the log's distinct rating values, ascending (``np.unique(log.rating)``).
         positive_rating: ``None`` (graded feedback) or the lowest positive rating.
+        rating_is_feedback: return the rating value itself (first in precedence).
     """
+    if rating_is_feedback:
+        return np.asarray(ratings, dtype=np.float32)[np.asarray(grade) - 1]
     if positive_rating is None:
         return np.asarray(grade)
     return (np.asarray(ratings)[np.asarray(grade) - 1] >= positive_rating).astype(np.float32)
@@ -417,6 +426,7 @@ def fit_ranker(
     rating_weight: float,
     seed: int,
     positive_rating: float | None = None,
+    rating_is_feedback: bool = False,
 ) -> tuple[DIN, float]:
     """Fit the ranking model (DIN) on the impression samples of ``req`` (the training period), weighted logloss.
 
@@ -429,7 +439,7 @@ def fit_ranker(
     """
     rng = np.random.default_rng([int(seed), 2])
     rows = np.arange(req.num_requests)
-    grade = feedback(req.grade, np.unique(log.rating), positive_rating)
+    grade = feedback(req.grade, np.unique(log.rating), positive_rating, rating_is_feedback=rating_is_feedback)
     label = hard_labels(grade, impression_label=impression_label, rating_weight=rating_weight) - impression_label
     mask = np.ones(req.items.shape, bool)
     stage = np.full(req.items.shape, _IMPRESSION)
@@ -605,6 +615,7 @@ def _build(
         rating_weight=config.rating_weight,
         seed=seed,
         positive_rating=config.positive_rating,
+        rating_is_feedback=config.rating_is_feedback,
     )
     t_fit = time.perf_counter() - t0
     logger.info(
@@ -727,7 +738,9 @@ def _block_arrays(
     items = np.concatenate([req.items[rows], cand, rand], axis=1)
     mask = np.concatenate([np.ones((b, s), bool), cand_valid, rand_valid], axis=1)
     stage = np.broadcast_to(slot_stage, (b, len(slot_stage)))
-    grade = feedback(req.grade[rows], np.unique(log.rating), config.positive_rating)
+    grade = feedback(
+        req.grade[rows], np.unique(log.rating), config.positive_rating, rating_is_feedback=config.rating_is_feedback
+    )
     imp = hard_labels(grade, impression_label=config.impression_label, rating_weight=config.rating_weight)
     label = np.concatenate([imp, np.zeros((b, c + r), np.float32)], axis=1)
     arrays = request_columns(log, req, rows, hist, items, mask, stage, label)
