@@ -303,3 +303,36 @@ def test_negative_impressions_variant_labels_and_user_filter(ml100k_src, log, tm
     users = np.unique(np.concatenate([a["user.user_id"] for _, a in parts]))
     counts = np.bincount(log.user)[users]
     assert counts.min() >= 100
+
+
+def test_random_roles_split_each_users_requests_70_10_20():
+    from cascade_ranking.data.ranktower_sampling import random_roles
+
+    user = np.repeat([3, 1, 2], [10, 20, 1])
+    roles = random_roles(user, (0.7, 0.1, 0.2), seed=0)
+    for u, n in ((3, 10), (1, 20)):
+        counts = np.bincount(roles[user == u], minlength=3)
+        assert counts.tolist() == [round(0.7 * n), round(0.1 * n), n - round(0.7 * n) - round(0.1 * n)]
+    assert roles[user == 2].tolist() == [0]  # a single request trains
+    assert not np.array_equal(roles, random_roles(user, (0.7, 0.1, 0.2), seed=1))
+    np.testing.assert_array_equal(roles, random_roles(user, (0.7, 0.1, 0.2), seed=0))
+
+
+def test_random_split_protocol_writes_three_partitions_fitted_on_train(log, tmp_path):
+    from dataclasses import replace
+
+    config = replace(CONFIG, split="random", positive_rating=4.0)
+    out = tmp_path / "random"
+    res = build_ranktower_samples(log, out, name="ml-random", seed=0, config=config, threads=1)
+    schema, parts = all_partitions(out)
+    assert [(p.name, p.role) for p, _ in parts] == [("random-train", "train"), ("random-valid", "valid"),
+                                                    ("random-test", "test")]  # fmt: skip
+    sizes = np.array([p.num_requests for p, _ in parts])
+    assert sizes.sum() == res.schema.provenance["requests"]
+    np.testing.assert_allclose(sizes / sizes.sum(), [0.7, 0.1, 0.2], atol=0.03)
+    assert res.schema.provenance["fit_requests"] == sizes[0]
+    ever = set(zip(log.user.tolist(), log.item.tolist()))
+    for _, a in parts:
+        neg = a["stage"] != IMPRESSION
+        pairs = set(zip(np.repeat(a["user.user_id"], neg.sum(1)).tolist(), a["item.item_id"][neg].tolist()))
+        assert not pairs & ever  # no negative is an item the user ever rated

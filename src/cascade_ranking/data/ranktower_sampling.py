@@ -66,7 +66,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +113,7 @@ __all__ = [
     "fit_retriever",
     "hard_labels",
     "period_cutoffs",
+    "random_roles",
     "ranker_soft_labels",
 ]
 
@@ -181,6 +182,11 @@ class RankTowerSamplingConfig:
         min_impressions, min_positives: the paper's user filter (Sec. 5.1.1: at least 100 impressions and 20
             positive feedbacks): users with fewer ratings, or fewer positive ones, are dropped from the log
             before anything is built (positives = ratings ``>= positive_rating``, or every rating).
+        split: ``"time"`` (weekly partitions, the last ``test_weeks`` test, the ``valid_weeks`` before valid;
+            models fitted on the training weeks) or ``"random"`` (RankTower's protocol, Sec. 5.1.1: each user's
+            requests are shuffled and split by ``split_fractions`` into three partitions ``train``, ``valid``,
+            ``test``; models fitted on the train requests; negatives exclude every item the user ever rated).
+        split_fractions: train / valid / test shares of a user's requests for ``split="random"`` (0.7, 0.1, 0.2).
         retriever, ranker: how the two funnel models are fitted.
     """
 
@@ -198,6 +204,8 @@ class RankTowerSamplingConfig:
     rating_is_feedback: bool = False
     min_impressions: int = 0
     min_positives: int = 0
+    split: str = "time"
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     retriever: FitConfig = field(default_factory=FitConfig)
     ranker: FitConfig = field(default_factory=FitConfig)
 
@@ -214,6 +222,11 @@ class RankTowerSamplingConfig:
                 f"keep={self.keep}: must lie in [group_size={self.group_size}, N={self.num_candidates}] "
                 "(the stage keeps at least the ground truth and at most every candidate)"
             )
+        if self.split not in ("time", "random"):
+            raise ValueError(f"split={self.split!r}: must be 'time' or 'random'")
+        fr = tuple(self.split_fractions)
+        if len(fr) != 3 or min(fr) < 0 or fr[0] <= 0 or not np.isclose(sum(fr), 1.0):
+            raise ValueError(f"split_fractions={fr}: three shares >= 0 (train > 0) summing to 1")
         if not self.history_fields or self.history_fields[0] != "item_id":
             raise ValueError(f"history_fields={self.history_fields}: must start with 'item_id'")
         if not (np.isfinite(self.impression_label) and np.isfinite(self.rating_weight)):
@@ -492,6 +505,101 @@ def _fit(model, optimizer, arrays, schema, config: FitConfig, rng: np.random.Gen
 # ------------------------------------------------------------------------------------------------------
 # the builder
 # ------------------------------------------------------------------------------------------------------
+@dataclass
+class _PartitionPlan:
+    """Which requests go where: ``partitions`` = ``(Partition, rows, rng key)``; the fitting requests; per role
+    the items each request must not show as negatives; provenance facts."""
+
+    partitions: list[tuple[Partition, np.ndarray, int]]
+    fit_requests: RequestTable
+    rated: dict[str, sp.csr_matrix]
+    provenance: dict
+
+
+def _select_requests(req: RequestTable, rows: np.ndarray) -> RequestTable:
+    return replace(
+        req,
+        user=req.user[rows],
+        time=req.time[rows],
+        week=req.week[rows],
+        chunk=req.chunk[rows],
+        items=req.items[rows],
+        grade=req.grade[rows],
+        history=req.history[rows],
+    )
+
+
+def random_roles(user: np.ndarray, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
+    """RankTower's random split (Sec. 5.1.1) at the level of requests, within each user: ``[R]`` role index
+    (0 train, 1 valid, 2 test). A user's requests are shuffled; the first ``round(0.7 n)`` are train, the next
+    ``round(0.1 n)`` valid, the rest test (so every user with enough requests appears in every role)."""
+    rng = np.random.default_rng([int(seed), 77])
+    order = np.lexsort((rng.random(len(user)), user))  # users grouped, shuffled within
+    u = user[order]
+    first = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
+    counts = np.diff(np.r_[first, len(u)])
+    rank = np.arange(len(u)) - np.repeat(first, counts)
+    n = np.repeat(counts, counts)
+    n_train = np.maximum(1, np.round(fractions[0] * n))
+    n_valid = np.round(fractions[1] * n)
+    roles = np.where(rank < n_train, 0, np.where(rank < n_train + n_valid, 1, 2))
+    out = np.empty(len(user), np.int64)
+    out[order] = roles
+    return out
+
+
+def _plan_partitions(log: InteractionLog, req: RequestTable, config: RankTowerSamplingConfig, seed: int):
+    s, hist_len = config.group_size, config.history_length
+    if config.split == "random":
+        roles = random_roles(req.user, config.split_fractions, seed)
+        everything = _rated_before(log, None)
+        parts = []
+        for index, role in enumerate(("train", "valid", "test")):
+            rows = np.flatnonzero(roles == index)
+            times = req.time[rows]
+            day = (lambda t: str(np.datetime64(int(t), "s").astype("datetime64[D]"))) if len(rows) else str
+            span = (day(times.min()), day(times.max())) if len(rows) else ("", "")
+            part = Partition(name=f"random-{role}", role=role, num_requests=len(rows), start=span[0], end=span[1])
+            parts.append((part, rows, 10_000 + index))
+        fit = _select_requests(req, np.flatnonzero(roles == 0))
+        facts = {
+            "split": "random, within each user, at the level of requests: "
+            f"train/valid/test = {list(config.split_fractions)} (RankTower Sec. 5.1.1)",
+            "models_fit": "DSSM retriever and DIN ranker fitted once, on the train requests",
+            "exclusion": "no negative is an item the user ever rated nor one of its impressions",
+        }
+        return _PartitionPlan(parts, fit, {"train": everything, "valid": everything, "test": everything}, facts)
+    weeks = np.arange(req.week.min(), req.week.max() + 1)
+    roles_t, train_cutoff, valid_cutoff = period_cutoffs(weeks, config.test_weeks, config.valid_weeks)
+    fit = make_requests(log.select(log.timestamp < train_cutoff), group_size=s, history_length=hist_len)
+    if fit.num_requests == 0:
+        raise ValueError(
+            f"{log.source}: the training period (before {np.datetime64(train_cutoff, 's')}) holds no request"
+        )
+    parts = []
+    for week, role in zip(weeks, roles_t):
+        start = week_start_date(week)
+        rows = np.flatnonzero(req.week == week)
+        end = str(np.datetime64(start) + np.timedelta64(6, "D"))
+        parts.append((Partition(name=f"week-{start}", role=role, num_requests=len(rows), start=start, end=end),
+                      rows, int(week)))  # fmt: skip
+    rated = {
+        "train": _rated_before(log, train_cutoff),
+        "valid": _rated_before(log, valid_cutoff),
+        "test": _rated_before(log, None),
+    }
+    facts = {
+        "weeks": "Monday 00:00 UTC to Sunday 24:00 UTC; a request's time is its first rating's timestamp",
+        "train_cutoff": str(np.datetime64(train_cutoff, "s")),
+        "valid_cutoff": str(np.datetime64(valid_cutoff, "s")),
+        "models_fit": "DSSM retriever and DIN ranker fitted once, on requests cut from the interactions "
+        "before train_cutoff",
+        "exclusion": "no negative is an item the user rated before its period's cutoff (train: "
+        "train_cutoff, valid: valid_cutoff, test: ever) nor one of its impressions",
+    }
+    return _PartitionPlan(parts, fit, rated, facts)
+
+
 def _week_rng(seed: int, week: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(week) + 2**31, 10 + int(stream)])
 
@@ -578,15 +686,8 @@ def _build(
     req = make_requests(log, group_size=s, history_length=config.history_length)
     if req.num_requests == 0:
         raise ValueError(f"{log.source}: no user has {s} ratings, so there is no request")
-    weeks = np.arange(req.week.min(), req.week.max() + 1)
-    roles, train_cutoff, valid_cutoff = period_cutoffs(weeks, config.test_weeks, config.valid_weeks)
-    fit_req = make_requests(
-        log.select(log.timestamp < train_cutoff), group_size=s, history_length=config.history_length
-    )
-    if fit_req.num_requests == 0:
-        raise ValueError(
-            f"{log.source}: the training period (before {np.datetime64(train_cutoff, 's')}) holds no request"
-        )
+    plan = _plan_partitions(log, req, config, seed)
+    fit_req = plan.fit_requests
 
     schema = DatasetSchema(
         name=name,
@@ -603,7 +704,7 @@ def _build(
     )
     hist = tuple(config.history_fields)
     retriever, retriever_loss = fit_retriever(
-        log, fit_req, _rated_before(log, train_cutoff), schema, config.retriever, history_fields=hist, seed=seed
+        log, fit_req, plan.rated["train"], schema, config.retriever, history_fields=hist, seed=seed
     )
     ranker, ranker_loss = fit_ranker(
         log,
@@ -633,13 +734,7 @@ def _build(
                 "seed": int(seed),
                 "config": asdict(config),
                 "funnel_positions": "random (uniform), candidate (two-tower top items), impression (rated)",
-                "weeks": "Monday 00:00 UTC to Sunday 24:00 UTC; a request's time is its first rating's timestamp",
-                "train_cutoff": str(np.datetime64(train_cutoff, "s")),
-                "valid_cutoff": str(np.datetime64(valid_cutoff, "s")),
-                "models_fit": "DSSM retriever and DIN ranker fitted once, on requests cut from the interactions "
-                "before train_cutoff",
-                "exclusion": "no negative is an item the user rated before its period's cutoff (train: "
-                "train_cutoff, valid: valid_cutoff, test: ever) nor one of its impressions",
+                **plan.provenance,
                 "labels": "impression: impression_label + rating_weight * rating grade; others 0",
                 "soft_label": "the DIN ranker's odds e^z (weighted logloss on impression feedback)",
                 "fit_requests": fit_req.num_requests,
@@ -653,41 +748,27 @@ def _build(
     )
 
     item_table = _item_table(log)
-    rated = {
-        "train": _rated_before(log, train_cutoff),
-        "valid": _rated_before(log, valid_cutoff),
-        "test": _rated_before(log, None),
-    }
     slot_stage = np.repeat(np.array([_IMPRESSION, _CANDIDATE, _RANDOM], dtype=np.int64), [s, c, r])
     partitions: list[Partition] = []
     with _staging_dir(out_dir) as tmp:
-        for week, role in zip(weeks, roles):
-            rows = np.flatnonzero(req.week == week)
-            rng = _week_rng(seed, week, 0)
+        for part, rows, key in plan.partitions:
+            rng = _week_rng(seed, key, 0)
             models = (retriever, ranker, item_table)
             blocks = [
-                _block_arrays(log, req, blk, rated[role], schema, models, config, slot_stage, rng)
+                _block_arrays(log, req, blk, plan.rated[part.role], schema, models, config, slot_stage, rng)
                 for blk in np.array_split(rows, max(1, -(-len(rows) // _BLOCK_ROWS)))
             ]
             arrays = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
-            perm = np.argsort(_week_rng(seed, week, 1).random((len(rows), n)), axis=1)
+            perm = np.argsort(_week_rng(seed, key, 1).random((len(rows), n)), axis=1)
             for k, a in arrays.items():
                 if a.ndim == 2 and a.shape[1] == n:
                     arrays[k] = np.take_along_axis(a, perm, axis=1)
-            start = week_start_date(week)
-            part = Partition(
-                name=f"week-{start}",
-                role=role,
-                num_requests=len(rows),
-                start=start,
-                end=str(np.datetime64(start) + np.timedelta64(6, "D")),
-            )
             write_partition(tmp, schema, part, arrays)
             partitions.append(part)
         schema = schema.model_copy(update={"partitions": partitions})
         write_schema(tmp, schema)
     logger.info(
-        "%s: wrote %d requests x %d candidates in %d weekly partitions to %s in %.1fs",
+        "%s: wrote %d requests x %d candidates in %d partitions to %s in %.1fs",
         name,
         req.num_requests,
         n,
