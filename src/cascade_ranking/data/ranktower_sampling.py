@@ -554,7 +554,8 @@ def _plan_partitions(log: InteractionLog, req: RequestTable, config: RankTowerSa
         roles = random_roles(req.user, config.split_fractions, seed)
         everything = _rated_before(log, None)
         parts = []
-        for index, role in enumerate(("train", "valid", "test")):
+        split_roles: tuple[PartitionRole, ...] = ("train", "valid", "test")
+        for index, role in enumerate(split_roles):
             rows = np.flatnonzero(roles == index)
             times = req.time[rows]
             day = (lambda t: str(np.datetime64(int(t), "s").astype("datetime64[D]"))) if len(rows) else str
