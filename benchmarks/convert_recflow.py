@@ -1,9 +1,9 @@
 """Benchmark: RecFlow conversion, vectorized (ours) vs a straightforward per-request Python loop.
 
-One simulated day in RecFlow's published layout (:func:`cascade_ranking.data.synthetic.simulate`, layout
+One simulated day in RecFlow's published layout (:func:`cascade_ranking.datasets.synthetic.simulate`, layout
 ``"recflow"``) is converted twice from the same loaded files:
 
-* **vectorized**: :mod:`cascade_ranking.data.recflow` (one list comprehension per flow over the pickle's dict,
+* **vectorized**: :mod:`cascade_ranking.datasets.recflow` (one list comprehension per flow over the pickle's dict,
   then numpy on ``[R, 10, 8]`` arrays, a sorted-key join for the rank index, UTC times by integer arithmetic);
 * **per-request loop**: a direct port of the released per-request data code (kwai/LCRON
   ``deep_components/dataset3.py``, ``__getitem__``), request by request: slice each flow into a zeroed
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade_ranking.data import recflow as rf
 from cascade_ranking.data.loader import shuffle_candidates
 from cascade_ranking.data.store import write_partition
-from cascade_ranking.data.synthetic import simulate
+from cascade_ranking.datasets import recflow as rf
+from cascade_ranking.datasets.synthetic import simulate
 
 
 def _fill_group(photos: np.ndarray, mask: np.ndarray, rows: np.ndarray) -> None:

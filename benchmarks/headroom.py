@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         directory = args.data
         if directory is None:
-            from cascade_ranking.data.movielens import prepare_movielens
+            from cascade_ranking.datasets.movielens import prepare_movielens
 
             directory = Path(tmp) / "dataset"
             t0 = time.perf_counter()

@@ -6,8 +6,8 @@ Usage::
                                       [--method lcron] [--stages 2] [--threads N]
 
 Simulates ``--requests`` RecFlow-shaped requests over ``--days`` days with the funnel simulator
-(``cascade_ranking.data.synthetic.simulate``, store layout, last day = test; reused when ``--data`` already
-holds them), then trains the cascade with ``cascade_ranking.train.train`` exactly as ``cascade-ranking train``
+(``cascade_ranking.datasets.synthetic.simulate``, store layout, last day = test; reused when ``--data`` already
+holds them), then trains the cascade with ``cascade_ranking.training.loop.train`` exactly as ``cascade-ranking train``
 does (one pass, batch 1024, Adam lr 0.01, checkpoint at every day boundary) and evaluates the test day.
 A background thread samples the process's resident set size (``/proc/self/statm``) every 0.2 s; each training
 step records the RSS too, so every sample is placed on its day.
@@ -67,7 +67,7 @@ def ensure_data(data: Path, requests: int, days: int, stages: int) -> None:
     """Simulate the dataset into ``data`` unless a complete one of the same size is already there."""
     from cascade_ranking.data.schema import SCHEMA_FILE
     from cascade_ranking.data.store import open_dataset
-    from cascade_ranking.data.synthetic import simulate
+    from cascade_ranking.datasets.synthetic import simulate
 
     if (data / SCHEMA_FILE).exists():
         schema = open_dataset(data)
@@ -81,9 +81,9 @@ def ensure_data(data: Path, requests: int, days: int, stages: int) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from cascade_ranking.config import TrainConfig
     from cascade_ranking.data.store import open_dataset
-    from cascade_ranking.train import train
+    from cascade_ranking.training.config import TrainConfig
+    from cascade_ranking.training.loop import train
 
     data = Path(args.data)
     ensure_data(data, args.requests, args.days, args.stages)
@@ -127,8 +127,14 @@ def run(args: argparse.Namespace) -> dict:
     growth = day_rows[-1]["end_rss_mb"] - day_rows[min(1, len(day_rows) - 1)]["end_rss_mb"]
     return {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "config": {"method": args.method, "stages": args.stages, "requests": args.requests, "days": args.days,
-                   "batch_size": args.batch_size, "threads": result.metrics["threads"]},  # fmt: skip
+        "config": {
+            "method": args.method,
+            "stages": args.stages,
+            "requests": args.requests,
+            "days": args.days,
+            "batch_size": args.batch_size,
+            "threads": result.metrics["threads"],
+        },  # fmt: skip
         "start_rss_mb": start_rss / MB,
         "days": day_rows,
         "growth_day2_to_last_mb": growth,

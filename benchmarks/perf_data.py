@@ -1,6 +1,6 @@
 """Random RecFlow-shaped request lists for the performance benchmarks, written with ``data/store.py``.
 
-The schema mirrors the RecFlow store (:func:`cascade_ranking.data.recflow.recflow_schema`): 5 user fields
+The schema mirrors the RecFlow store (:func:`cascade_ranking.datasets.recflow.recflow_schema`): 5 user fields
 (user, device, age, gender, province), 3 context fields (request weekday, hour, minute), 8 item fields
 (video, author, second- and first-level category, upload type, upload weekday, hour, minute) and 5 history
 fields sharing the item tables, history length 50; 4 funnel groups of 10 candidates for two stages
@@ -21,15 +21,9 @@ import numpy as np
 import torch
 
 from cascade_ranking.data.loader import to_batch
-from cascade_ranking.data.schema import (
-    CategoricalField,
-    DatasetSchema,
-    HistoryField,
-    Partition,
-    RequestBatch,
-    TrainDefaults,
-)
+from cascade_ranking.data.schema import CategoricalField, DatasetSchema, HistoryField, Partition, TrainDefaults
 from cascade_ranking.data.store import write_partition, write_schema
+from cascade_ranking.types import RequestBatch
 
 GROUP = 10
 HISTORY_LENGTH = 50

@@ -62,8 +62,8 @@ def run_evaluation(spec: dict) -> dict:
     """``spec``: data, stages, batch_size, repeats."""
     from cascade_ranking.data.loader import to_batch
     from cascade_ranking.data.store import open_dataset, read_partition
-    from cascade_ranking.evaluate import evaluate
     from cascade_ranking.metrics import CascadeMetrics
+    from cascade_ranking.training.evaluate import evaluate
 
     data = Path(spec["data"])
     schema = open_dataset(data)

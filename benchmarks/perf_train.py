@@ -1,6 +1,6 @@
 """Training-step throughput of one configuration (run inside a fresh worker process).
 
-One step is what ``cascade_ranking.train`` does per batch: the cascade scores every candidate with every stage,
+One step is what ``cascade_ranking.training.loop`` does per batch: the cascade scores every candidate with every stage,
 the loss, ``zero_grad`` + backward, the non-finite guard (loss and gradient norms, one reduction) and an Adam
 step (lr 0.01) over the stage models and the loss's learnable weights.
 

@@ -28,7 +28,7 @@ def ml100k_src() -> Path:
 @pytest.fixture(scope="session")
 def ml100k_dataset(ml100k_src, tmp_path_factory) -> Path:
     """The two-stage MovieLens-100K cascade dataset, built once per test session."""
-    from cascade_ranking.data.movielens import prepare_movielens
+    from cascade_ranking.datasets.movielens import prepare_movielens
 
     out = tmp_path_factory.mktemp("ml100k") / "movielens-100k-2stage"
     prepare_movielens(out, src=ml100k_src, stages=2, seed=0)
@@ -150,4 +150,46 @@ def nan_at_step_3(monkeypatch):
         loss_fn.forward = forward
         return loss_fn
 
-    monkeypatch.setattr("cascade_ranking.train.losses.build", build)
+    monkeypatch.setattr("cascade_ranking.training.loop.losses.build", build)
+
+
+def random_batch(
+    schema,
+    batch_size: int = 5,
+    seed: int = 0,
+    *,
+    min_valid: int = 1,
+    min_history: int = 1,
+    label: bool = True,
+):
+    """A random :class:`~cascade_ranking.types.RequestBatch` for ``schema``: ids in ``[1, vocab)``, padded slots 0.
+
+    Request 0 has no history and request 1 a single valid candidate; the others hold ``min_history``.. L history
+    items and ``min_valid``.. N valid candidates. Labels are uniform in [0, 1) at valid slots (zeros with
+    ``label=False``); funnel positions are 0.
+    """
+    from cascade_ranking.types import RequestBatch
+
+    g = torch.Generator().manual_seed(seed)
+    length, n = schema.history_length, schema.num_candidates
+
+    def ids(field: str, shape) -> torch.Tensor:
+        return torch.randint(1, schema.feature(field).vocab_size, shape, generator=g)
+
+    hist_len = torch.randint(min_history, length + 1, (batch_size,), generator=g) if length else torch.zeros(batch_size)
+    hist_len[0] = 0
+    history_mask = torch.arange(length)[None] < hist_len[:, None]
+    n_valid = torch.randint(min_valid, n + 1, (batch_size,), generator=g)
+    n_valid[1] = 1
+    mask = torch.arange(n)[None] < n_valid[:, None]
+    return RequestBatch(
+        user={f.name: ids(f.name, (batch_size,)) for f in schema.fields_with_role("user")},
+        context={f.name: ids(f.name, (batch_size,)) for f in schema.fields_with_role("context")},
+        history={h.name: ids(h.item_field, (batch_size, length)) * history_mask for h in schema.history},
+        history_mask=history_mask,
+        item={f.name: ids(f.name, (batch_size, n)) * mask for f in schema.fields_with_role("item")},
+        mask=mask,
+        stage=torch.zeros(batch_size, n, dtype=torch.long),
+        label=torch.rand(batch_size, n, generator=g) * mask if label else torch.zeros(batch_size, n),
+        request_id=torch.arange(batch_size),
+    )

@@ -52,10 +52,10 @@ import torch
 from typer.testing import CliRunner
 
 from cascade_ranking.cli import app
-from cascade_ranking.data.movielens import DataFormatError, movielens_log, read_movielens
-from cascade_ranking.data.recflow import RecFlowFormatError, convert_recflow
 from cascade_ranking.data.store import open_dataset, read_partition, write_partition
-from cascade_ranking.data.synthetic import simulate, small_config
+from cascade_ranking.datasets.movielens import DataFormatError, movielens_log, read_movielens
+from cascade_ranking.datasets.recflow import RecFlowFormatError, convert_recflow
+from cascade_ranking.datasets.synthetic import simulate, small_config
 from conftest import make_tiny_dataset
 
 runner = CliRunner()
@@ -600,7 +600,7 @@ def test_disk_full_during_checkpoint_is_a_clear_error(tmp_path, monkeypatch, tin
         Path(where).write_bytes(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("cascade_ranking.train.torch.save", save)
+    monkeypatch.setattr("cascade_ranking.training.loop.torch.save", save)
     out = tmp_path / "run"
     result = train_cli(tiny_dataset, out)
     assert not (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists() and leftovers(out) == []
@@ -729,7 +729,7 @@ def test_recflow_nan_rank_index_gets_the_release_default_with_a_warning(recflow_
     shutil.copytree(recflow_raw, raw)
     day = _first_day(raw)
     _edit_feather(raw / "all_stage" / f"{day}.feather", "rank_index", lambda c: pa.array(np.full(len(c), np.nan)))
-    with caplog.at_level(logging.WARNING, logger="cascade_ranking.data.recflow"):
+    with caplog.at_level(logging.WARNING, logger="cascade_ranking.datasets.recflow"):
         schema = convert_recflow(raw, tmp_path / "data", stages=2)
     assert any("rank index 500" in r.getMessage() for r in caplog.records)
     arrays = read_partition(tmp_path / "data", schema, schema.partitions[0])
@@ -770,7 +770,7 @@ def recbole_copy(ml100k_src, tmp_path) -> Path:
 
 def _grouplens_from(recbole: Path, d: Path) -> Path:
     """A GroupLens-layout copy of the RecBole head (u.data, u.user, u.item; genre flags from ``class``)."""
-    from cascade_ranking.data.movielens import GENRES
+    from cascade_ranking.datasets.movielens import GENRES
 
     d.mkdir()
 

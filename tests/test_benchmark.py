@@ -7,9 +7,9 @@ import json
 
 from typer.testing import CliRunner
 
-from cascade_ranking.benchmark import run_benchmark
 from cascade_ranking.cli import app
-from cascade_ranking.config import TrainConfig
+from cascade_ranking.experiments.cascade import run_benchmark
+from cascade_ranking.training.config import TrainConfig
 
 
 def test_benchmark_writes_tables_and_chart_and_resumes(tmp_path, tiny_dataset):

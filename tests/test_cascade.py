@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from cascade_ranking.cascade import Cascade, Stage, check_keep, select_chain, topk_mask
-from cascade_ranking.data.schema import DatasetSchema, RequestBatch
+from cascade_ranking.cascade import Cascade, Stage, select_chain, topk_mask
+from cascade_ranking.data.schema import DatasetSchema
 from cascade_ranking.models import build_model
+from cascade_ranking.types import RequestBatch, check_keep
 
 
 class Fixed(nn.Module):

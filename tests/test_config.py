@@ -9,7 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 from cascade_ranking.cli import app
-from cascade_ranking.config import BenchmarkConfig, TrainConfig, config_from, read_config_file
+from cascade_ranking.experiments.config import BenchmarkConfig
+from cascade_ranking.training.config import TrainConfig, config_from, read_config_file
 
 runner = CliRunner()
 

@@ -182,8 +182,8 @@ def test_bad_options_raise():
 
 @pytest.mark.parametrize("models", [["dssm", "dat"], ["dssm", "inttower"]])
 def test_train_runs_with_the_new_models_and_records_their_auxiliary_losses(tmp_path, tiny_dataset, models):
-    from cascade_ranking.config import TrainConfig
-    from cascade_ranking.train import train
+    from cascade_ranking.training.config import TrainConfig
+    from cascade_ranking.training.loop import train
 
     config = TrainConfig(data=tiny_dataset, device="cpu", method="bce", models=models)
     result = train(config, data=tiny_dataset, run_dir=tmp_path / "run")

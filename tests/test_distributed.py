@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from cascade_ranking.train import _local_rows
+from cascade_ranking.training.distributed import local_rows as _local_rows
 from conftest import make_tiny_dataset
 
 

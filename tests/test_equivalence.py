@@ -16,12 +16,13 @@ import torch.nn.functional as F
 
 from cascade_ranking import losses, sorting
 from cascade_ranking.data.loader import iterate_partition, shuffle_candidates
-from cascade_ranking.data.schema import CategoricalField, DatasetSchema, HistoryField, RequestBatch
+from cascade_ranking.data.schema import CategoricalField, DatasetSchema, HistoryField
 from cascade_ranking.data.store import open_dataset, read_partition
 from cascade_ranking.models import build_model
 from cascade_ranking.models.din import pairwise_relu_projection
 from cascade_ranking.models.embedding import FeatureEncoder, embedding_lookup, feed_forward, mlp_forward
 from cascade_ranking.sorting import neural_sort, pairwise_abs_sum, soft_topk_membership, split_column_sums
+from cascade_ranking.types import RequestBatch
 from conftest import make_tiny_dataset
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}

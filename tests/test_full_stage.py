@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cascade_ranking.data.full_stage import (
+from cascade_ranking.data.schema import DatasetSchema
+from cascade_ranking.data.store import read_partition
+from cascade_ranking.datasets.full_stage import (
     Attribute,
     FullStageConfig,
     FunnelState,
@@ -20,9 +22,7 @@ from cascade_ranking.data.full_stage import (
     week_of,
     week_start_seconds,
 )
-from cascade_ranking.data.movielens import movielens_log, prepare_movielens, read_movielens
-from cascade_ranking.data.schema import DatasetSchema
-from cascade_ranking.data.store import read_partition
+from cascade_ranking.datasets.movielens import movielens_log, prepare_movielens, read_movielens
 
 TOP = 3  # two-stage: funnel positions 0..3, impressions at 3
 S = 10  # group size = ratings per request = gt_num

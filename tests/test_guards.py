@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from cascade_ranking.config import TrainConfig
-from cascade_ranking.train import TrainingError, train
+from cascade_ranking.training.config import TrainConfig
+from cascade_ranking.training.loop import TrainingError, train
 
 
 def test_nonfinite_loss_stops_training_naming_step_method_and_batch(tmp_path, tiny_dataset, nan_at_step_3):

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cascade_ranking.data.ranktower_sampling import FitConfig
 from cascade_ranking.data.store import open_dataset, read_partition
 from cascade_ranking.datasets import kuairand as kr
+from cascade_ranking.datasets.ranktower_sampling import FitConfig
 
 SMALL_FIT = FitConfig(epochs=1, batch_size=64, emb_dim=4, hidden=16, negatives=4)
 CONFIG = replace(

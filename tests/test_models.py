@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cascade_ranking.data.schema import DatasetSchema, RequestBatch
+from cascade_ranking.data.schema import DatasetSchema
 from cascade_ranking.models import DIN, DSSM, MLP, FeatureEncoder, available_models, build_model
 from cascade_ranking.models.din import pairwise_relu_projection
+from cascade_ranking.types import RequestBatch
+from conftest import random_batch
 
 MODELS = ["dssm", "din", "mlp"]
 
@@ -37,30 +39,7 @@ def make_schema(history: bool = True, length: int = 6, num_candidates: int = 7) 
 
 
 def make_batch(schema: DatasetSchema, batch_size: int = 5, seed: int = 0) -> RequestBatch:
-    """Random ids; request 0 has no history, request 1 one valid candidate, others random padding."""
-    g = torch.Generator().manual_seed(seed)
-    length, n = schema.history_length, schema.num_candidates
-
-    def ids(field: str, shape) -> torch.Tensor:
-        return torch.randint(1, schema.feature(field).vocab_size, shape, generator=g)
-
-    hist_len = torch.randint(1, length + 1, (batch_size,), generator=g) if length else torch.zeros(batch_size)
-    hist_len[0] = 0
-    history_mask = torch.arange(length)[None] < hist_len[:, None]
-    n_valid = torch.randint(1, n + 1, (batch_size,), generator=g)
-    n_valid[1] = 1
-    mask = torch.arange(n)[None] < n_valid[:, None]
-    return RequestBatch(
-        user={f.name: ids(f.name, (batch_size,)) for f in schema.fields_with_role("user")},
-        context={f.name: ids(f.name, (batch_size,)) for f in schema.fields_with_role("context")},
-        history={h.name: ids(h.item_field, (batch_size, length)) * history_mask for h in schema.history},
-        history_mask=history_mask,
-        item={f.name: ids(f.name, (batch_size, n)) * mask for f in schema.fields_with_role("item")},
-        mask=mask,
-        stage=torch.zeros(batch_size, n, dtype=torch.long),
-        label=torch.rand(batch_size, n, generator=g) * mask,
-        request_id=torch.arange(batch_size),
-    )
+    return random_batch(schema, batch_size, seed)
 
 
 def build(name: str, schema: DatasetSchema, seed: int = 0, **kw) -> torch.nn.Module:

@@ -14,8 +14,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from cascade_ranking.data import cache, movielens
-from cascade_ranking.data.movielens import (
+from cascade_ranking.data import cache
+from cascade_ranking.data.store import open_dataset
+from cascade_ranking.datasets import movielens
+from cascade_ranking.datasets.movielens import (
     GENRES,
     PREPARE_HINT,
     DataFormatError,
@@ -29,7 +31,6 @@ from cascade_ranking.data.movielens import (
     read_recbole,
     recbole_log,
 )
-from cascade_ranking.data.store import open_dataset
 
 # ------------------------------------------------------------------------------------------------------
 # a GroupLens-layout copy written from the RecBole test copy (independent of the library's readers)

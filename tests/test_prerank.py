@@ -11,23 +11,19 @@ import pytest
 import torch
 from sklearn.metrics import ndcg_score
 
-from cascade_ranking import prerank
-from cascade_ranking.config import TrainConfig
 from cascade_ranking.data.loader import iterate_partitions
-from cascade_ranking.data.ranktower_sampling import FitConfig, RankTowerSamplingConfig, build_ranktower_samples
-from cascade_ranking.data.schema import DatasetSchema, RequestBatch
+from cascade_ranking.data.schema import DatasetSchema
 from cascade_ranking.data.store import open_dataset, read_partition
+from cascade_ranking.datasets.prerank import VARIANTS, derive_variant
+from cascade_ranking.datasets.ranktower_sampling import FitConfig, RankTowerSamplingConfig, build_ranktower_samples
+from cascade_ranking.experiments import prerank
+from cascade_ranking.experiments.prerank import ABLATIONS, TABLE1, evaluate_prerank, run_prerank_benchmark
 from cascade_ranking.models import build_model
 from cascade_ranking.models.cold import COLD
 from cascade_ranking.models.lr import LR
-from cascade_ranking.prerank import (
-    ABLATIONS,
-    TABLE1,
-    VARIANTS,
-    derive_variant,
-    evaluate_prerank,
-    run_prerank_benchmark,
-)
+from cascade_ranking.training.config import TrainConfig
+from cascade_ranking.types import RequestBatch
+from conftest import random_batch
 
 TINY_FIT = FitConfig(epochs=1, batch_size=128, emb_dim=4, hidden=8, negatives=4)
 TINY = RankTowerSamplingConfig(
@@ -60,27 +56,7 @@ def toy_schema() -> DatasetSchema:
 
 
 def toy_batch(schema: DatasetSchema, b: int = 5, seed: int = 0) -> RequestBatch:
-    g = torch.Generator().manual_seed(seed)
-    n, length = schema.num_candidates, schema.history_length
-
-    def ids(field: str, shape) -> torch.Tensor:
-        return torch.randint(1, schema.feature(field).vocab_size, shape, generator=g)
-
-    hist_len = torch.randint(0, length + 1, (b,), generator=g)
-    hist_len[0] = 0
-    history_mask = torch.arange(length)[None] < hist_len[:, None]
-    mask = torch.arange(n)[None] < torch.randint(1, n + 1, (b,), generator=g)[:, None]
-    return RequestBatch(
-        user={f.name: ids(f.name, (b,)) for f in schema.fields_with_role("user")},
-        context={f.name: ids(f.name, (b,)) for f in schema.fields_with_role("context")},
-        history={h.name: ids(h.item_field, (b, length)) * history_mask for h in schema.history},
-        history_mask=history_mask,
-        item={f.name: ids(f.name, (b, n)) * mask for f in schema.fields_with_role("item")},
-        mask=mask,
-        stage=torch.zeros(b, n, dtype=torch.long),
-        label=torch.zeros(b, n),
-        request_id=torch.arange(b),
-    )
+    return random_batch(schema, b, seed, min_history=0, label=False)
 
 
 def randomize(model: torch.nn.Module, seed: int = 1) -> None:
@@ -199,7 +175,7 @@ def test_cold_se_gating():
 # ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def prerank_data(ml100k_src, tmp_path_factory) -> Path:
-    from cascade_ranking.data.movielens import movielens_log, read_movielens
+    from cascade_ranking.datasets.movielens import movielens_log, read_movielens
 
     log = movielens_log(read_movielens(ml100k_src))
     out = tmp_path_factory.mktemp("prerank") / "data"
@@ -267,22 +243,23 @@ def test_tiny_benchmark_end_to_end(prerank_data, tmp_path):
         out_dir=out,
         models=["lr", "ranktower"],
         base=FAST,
-        on_run=lambda row, seed, m: seen.append((row, seed, m["test"]["joint_recall"])),
+        on_run=lambda row, seed, m: seen.append((row, seed, m["test"]["recall@12"])),
     )
     assert [r for r, _, _ in seen] == ["lr", "ranktower"]
     assert list(results["summary"]) == ["lr", "ranktower", "random", "popularity"]
     assert results["keep"] == [12] and results["ks"] == [10, 12]
     for row in results["runs"]:
-        for key in ("joint_recall", "recall@10", "ndcg@10", "ndcg@12"):
+        for key in ("recall@12", "recall@10", "ndcg@10", "ndcg@12"):
             assert 0.0 <= row[key] <= 1.0
-    # joint_recall = Recall@keep, exactly the one-stage cascade's joint recall that train() measured
+    # the primary metric Recall@keep is exactly the one-stage cascade's joint recall that train() measured
+    assert results["primary_metric"] == "recall@12" and "joint_recall" not in results["runs"][0]
     for key in ("lr", "ranktower"):
         train_metrics = json.loads((out / "runs" / f"{key}-seed0" / "metrics.json").read_text())
-        assert results["summary"][key]["joint_recall"]["mean"] == pytest.approx(train_metrics["test"]["joint_recall"])
-    for name in ("results.json", "results.csv", "results.md", "joint_recall.png"):
+        assert results["summary"][key]["recall@12"]["mean"] == pytest.approx(train_metrics["test"]["joint_recall"])
+    for name in ("results.json", "results.csv", "results.md", "recall_at_12.png", "report.html"):
         assert (out / name).is_file()
     md = (out / "results.md").read_text()
-    assert "## Table 1" in md and "Recall@12" in md and "| ranktower |" in md
+    assert "## Table 1" in md and "recall@12" in md and "| ranktower |" in md
     # a second call reuses every finished run
     again = run_prerank_benchmark(data=prerank_data, out_dir=out, models=["lr", "ranktower"], base=FAST)
     assert again["summary"] == results["summary"]
@@ -319,7 +296,7 @@ def test_ablations_run_and_bad_arguments(prerank_data, tmp_path, monkeypatch):
     monkeypatch.setattr(prerank, "ABLATIONS", picked)
     results = run_prerank_benchmark(data=prerank_data, out_dir=tmp_path / "abl", models=[], ablations=True, base=FAST)
     assert set(results["tables"]) == {"table2", "table3", "table4"}
-    assert len(results["runs"]) == 3 and all(0.0 <= r["joint_recall"] <= 1.0 for r in results["runs"])
+    assert len(results["runs"]) == 3 and all(0.0 <= r["recall@12"] <= 1.0 for r in results["runs"])
     assert (tmp_path / "abl" / "data" / "no_candidate" / "schema.json").is_file()
     config = json.loads((tmp_path / "abl" / "runs" / "rt_w_o_distill-seed0" / "config.json").read_text())
     assert config["loss"] == {"lambdas": [0.0, 0.1, 1.0]} and config["models"] == ["ranktower"]

@@ -177,9 +177,9 @@ def test_import_is_lazy():
     """``import cascade_ranking`` loads neither torch nor the submodules; the first access loads what it needs."""
     code = (
         "import sys, cascade_ranking as c\n"
-        "assert 'torch' not in sys.modules and 'cascade_ranking.train' not in sys.modules, 'eager import'\n"
+        "assert 'torch' not in sys.modules and 'cascade_ranking.training.loop' not in sys.modules, 'eager import'\n"
         "c.DatasetSchema\n"
-        "assert 'cascade_ranking.data.schema' in sys.modules and 'cascade_ranking.train' not in sys.modules\n"
+        "assert 'cascade_ranking.data.schema' in sys.modules and 'cascade_ranking.training.loop' not in sys.modules\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

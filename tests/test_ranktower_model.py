@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from cascade_ranking.data.schema import DatasetSchema, RequestBatch
+from cascade_ranking.data.schema import DatasetSchema
 from cascade_ranking.models import build_model
 from cascade_ranking.models.ranktower import GatedCrossAttention, MultiHeadGatedNetwork, RankTower, max_similarity
+from cascade_ranking.types import RequestBatch
+from conftest import random_batch
 
 HU, HI, K = 3, 2, 5
 
@@ -37,30 +39,7 @@ def make_schema(history: bool = True, num_candidates: int = 6) -> DatasetSchema:
 
 
 def make_batch(schema: DatasetSchema, batch_size: int = 4, seed: int = 0) -> RequestBatch:
-    """Random ids; request 0 has no history and request 1 a single valid candidate; padded slots hold id 0."""
-    g = torch.Generator().manual_seed(seed)
-    length, n = schema.history_length, schema.num_candidates
-
-    def ids(field: str, shape) -> torch.Tensor:
-        return torch.randint(1, schema.feature(field).vocab_size, shape, generator=g)
-
-    hist_len = torch.randint(1, max(length, 1) + 1, (batch_size,), generator=g) if length else torch.zeros(batch_size)
-    hist_len[0] = 0
-    history_mask = torch.arange(length)[None] < hist_len[:, None]
-    n_valid = torch.randint(2, n + 1, (batch_size,), generator=g)
-    n_valid[1] = 1
-    mask = torch.arange(n)[None] < n_valid[:, None]
-    return RequestBatch(
-        user={"user_id": ids("user_id", (batch_size,))},
-        context={"hour": ids("hour", (batch_size,))},
-        history={h.name: ids(h.item_field, (batch_size, length)) * history_mask for h in schema.history},
-        history_mask=history_mask,
-        item={f: ids(f, (batch_size, n)) * mask for f in ("item_id", "genre")},
-        mask=mask,
-        stage=torch.zeros(batch_size, n, dtype=torch.long),
-        label=torch.rand(batch_size, n, generator=g) * mask,
-        request_id=torch.arange(batch_size),
-    )
+    return random_batch(schema, batch_size, seed, min_valid=2)
 
 
 def make_model(schema: DatasetSchema, seed: int = 0, **kw) -> RankTower:

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from cascade_ranking.data.full_stage import InteractionLog, make_requests, week_start_seconds
 from cascade_ranking.data.loader import to_batch
-from cascade_ranking.data.ranktower_sampling import (
+from cascade_ranking.data.store import open_dataset, read_partition
+from cascade_ranking.datasets.full_stage import InteractionLog, make_requests, week_start_seconds
+from cascade_ranking.datasets.ranktower_sampling import (
     FUNNEL_POSITIONS,
     FitConfig,
     RankTowerSamplingConfig,
@@ -25,7 +26,6 @@ from cascade_ranking.data.ranktower_sampling import (
     hard_labels,
     period_cutoffs,
 )
-from cascade_ranking.data.store import open_dataset, read_partition
 from cascade_ranking.losses.ranktower import aggregate_hard_labels
 
 SMALL_FIT = FitConfig(epochs=1, batch_size=128, emb_dim=4, hidden=16, negatives=5)
@@ -42,7 +42,7 @@ IMPRESSION, CANDIDATE, RANDOM = (FUNNEL_POSITIONS.index(p) for p in ("impression
 
 
 def subset_log(src: Path, max_user: int = 160) -> InteractionLog:
-    from cascade_ranking.data.movielens import movielens_log, read_movielens
+    from cascade_ranking.datasets.movielens import movielens_log, read_movielens
 
     log = movielens_log(read_movielens(src))
     return log.select(log.user <= max_user)
@@ -280,8 +280,8 @@ def test_negative_impressions_variant_labels_and_user_filter(ml100k_src, log, tm
     """ML-100K with a rating as an impression and rating >= 4 as positive feedback, the paper's user filter."""
     from dataclasses import replace
 
-    from cascade_ranking.data.movielens import movielens_log, read_movielens
-    from cascade_ranking.data.ranktower_sampling import feedback, filter_users
+    from cascade_ranking.datasets.movielens import movielens_log, read_movielens
+    from cascade_ranking.datasets.ranktower_sampling import feedback, filter_users
 
     full = movielens_log(read_movielens(ml100k_src))
     kept = filter_users(full, min_impressions=100, min_positives=20, positive_rating=4)
@@ -306,7 +306,7 @@ def test_negative_impressions_variant_labels_and_user_filter(ml100k_src, log, tm
 
 
 def test_random_roles_split_each_users_requests_70_10_20():
-    from cascade_ranking.data.ranktower_sampling import random_roles
+    from cascade_ranking.datasets.ranktower_sampling import random_roles
 
     user = np.repeat([3, 1, 2], [10, 20, 1])
     roles = random_roles(user, (0.7, 0.1, 0.2), seed=0)

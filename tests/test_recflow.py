@@ -13,7 +13,9 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pytest
 
-from cascade_ranking.data.recflow import (
+from cascade_ranking.data.schema import DatasetSchema
+from cascade_ranking.data.store import open_dataset, read_partition
+from cascade_ranking.datasets.recflow import (
     FLOW_COLUMNS,
     SEQ_COLUMNS,
     RecFlowFormatError,
@@ -23,9 +25,7 @@ from cascade_ranking.data.recflow import (
     read_id_cnt,
     utc_time_fields,
 )
-from cascade_ranking.data.schema import DatasetSchema
-from cascade_ranking.data.store import open_dataset, read_partition
-from cascade_ranking.data.synthetic import simulate, simulate_days, small_config
+from cascade_ranking.datasets.synthetic import simulate, simulate_days, small_config
 
 REQUESTS, DAYS, SEED = 90, 3, 7
 CONFIG = small_config()
@@ -271,7 +271,7 @@ def test_top_video_without_a_rank_row_gets_the_release_default(raw_copy, truth, 
     flag[(rid_col == rid) & (vid_col == vid)] = 0
     table = table.set_column(table.schema.get_field_index("rank_pos"), "rank_pos", pa.array(flag))
     feather.write_feather(table, path)
-    with caplog.at_level(logging.WARNING, logger="cascade_ranking.data.recflow"):
+    with caplog.at_level(logging.WARNING, logger="cascade_ranking.datasets.recflow"):
         schema = convert_recflow(raw_copy, tmp_path / "out")
     assert "1 rank_pos video(s) have no" in caplog.text
     arrays = read_partition(tmp_path / "out", schema, schema.partitions[0])
@@ -334,7 +334,7 @@ def test_parse_days():
 
 
 def test_in_place_assembly_equals_the_copying_one_and_copying_leaves_the_day_intact(truth):
-    from cascade_ranking.data.recflow import funnel_spec, recflow_schema, to_store_arrays
+    from cascade_ranking.datasets.recflow import funnel_spec, recflow_schema, to_store_arrays
 
     day = truth[0].to_recflow_day(3)
     schema = recflow_schema(stages=3, id_cnt=CONFIG.canonical_id_cnt(), history_length=50, partitions=[])

@@ -12,11 +12,11 @@ from html.parser import HTMLParser
 import pytest
 from typer.testing import CliRunner
 
-from cascade_ranking.benchmark import run_benchmark
 from cascade_ranking.cli import app
-from cascade_ranking.config import TrainConfig
-from cascade_ranking.report import ReportInputError, load_inputs, write_report
-from cascade_ranking.train import train
+from cascade_ranking.experiments.cascade import run_benchmark
+from cascade_ranking.experiments.report import ReportInputError, load_inputs, write_report
+from cascade_ranking.training.config import TrainConfig
+from cascade_ranking.training.loop import train
 from conftest import make_tiny_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

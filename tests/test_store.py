@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from cascade_ranking.data.loader import iterate_partition, iterate_partitions
-from cascade_ranking.data.schema import DatasetSchema, SchemaError, validate_keep
+from cascade_ranking.data.schema import DatasetSchema, SchemaError
 from cascade_ranking.data.store import StoreError, open_dataset, read_partition, write_partition
+from cascade_ranking.types import check_keep
 
 
 def test_round_trip_reads_what_was_written(tiny_dataset):
@@ -189,14 +190,14 @@ def test_invalid_schema_json_names_the_field(tiny_dataset):
 )
 def test_keep_sizes_that_do_not_fit_are_rejected(keep, message):
     with pytest.raises(ValueError, match=message):
-        validate_keep(keep, 10, 40)
-    validate_keep([30, 20], 10, 40)
+        check_keep(keep, gt_num=10, num_candidates=40)
+    check_keep([30, 20], gt_num=10, num_candidates=40)
 
 
 def test_atomic_writes_get_ordinary_permissions(tmp_path):
     import os
 
-    from cascade_ranking.data.store import write_text_atomic
+    from cascade_ranking.data.atomic import write_text_atomic
 
     write_text_atomic(tmp_path / "a.txt", "x")
     umask = os.umask(0)

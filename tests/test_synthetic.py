@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow.feather as feather
 import pytest
 
-from cascade_ranking.data.recflow import FLOW_COLUMNS, FLOWS, SEQ_COLUMNS, read_id_cnt
 from cascade_ranking.data.store import open_dataset, read_partition
-from cascade_ranking.data.synthetic import SimulatorConfig, build_world, simulate, simulate_days, small_config
+from cascade_ranking.datasets.recflow import FLOW_COLUMNS, FLOWS, SEQ_COLUMNS, read_id_cnt
+from cascade_ranking.datasets.synthetic import SimulatorConfig, build_world, simulate, simulate_days, small_config
 
 CONFIG = small_config()
 DISJOINT = ("rerank_pos", "rerank_neg", "rank_neg", "coarse_neg", "prerank_neg")  # depth 4 ... 0
@@ -139,7 +139,7 @@ def test_store_layout(tmp_path):
 
 
 def test_store_layout_simulated_in_chunks_equals_converting_the_recflow_layout(tmp_path):
-    from cascade_ranking.data.recflow import convert_recflow
+    from cascade_ranking.datasets.recflow import convert_recflow
 
     config = replace(CONFIG, chunk_size=7)  # several chunks per day
     kw = dict(requests=40, days=2, seed=9, config=config)

@@ -10,9 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from cascade_ranking.cli import app
-from cascade_ranking.config import TrainConfig
-from cascade_ranking.tracking import TensorBoardLogger, TrackingError, metric_scalars, step_scalars
-from cascade_ranking.train import LossCurve, train
+from cascade_ranking.training.checkpoint import LossCurve
+from cascade_ranking.training.config import TrainConfig
+from cascade_ranking.training.loop import train
+from cascade_ranking.training.tracking import TensorBoardLogger, TrackingError, metric_scalars, step_scalars
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

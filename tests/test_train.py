@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from cascade_ranking.config import TrainConfig
-from cascade_ranking.evaluate import PopularityScorer, RandomScorer, evaluate
-from cascade_ranking.train import load_run, train
+from cascade_ranking.training.checkpoint import load_run
+from cascade_ranking.training.config import TrainConfig
+from cascade_ranking.training.evaluate import PopularityScorer, RandomScorer, evaluate
+from cascade_ranking.training.loop import train
 
 
 def _train(tmp_path, data, **kw):
@@ -33,7 +34,8 @@ def test_train_writes_a_complete_run_folder(tmp_path, tiny_dataset):
 
 def test_reevaluating_a_saved_run_gives_the_same_metrics(tmp_path, tiny_dataset):
     result = _train(tmp_path, tiny_dataset, method="lcron")
-    config, schema, data, cascade = load_run(result.run_dir)
+    run = load_run(result.run_dir)
+    config, schema, data, cascade = run.config, run.schema, run.data, run.cascade
     values = evaluate(
         cascade.eval(),
         data,

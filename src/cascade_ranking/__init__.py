@@ -8,9 +8,8 @@ The stable public API (imported on first use, so ``import cascade_ranking`` does
 * models and the cascade: :func:`build_model`, :class:`Cascade`, :class:`Stage`;
 * data: :class:`DatasetSchema`, :class:`RequestBatch`, :func:`open_dataset`, :func:`iterate_partitions`;
 * metrics: :class:`CascadeMetrics` (streaming joint recall, stage recall, NDCG@k, Kendall tau);
-* training: :class:`TrainConfig`; the protocol itself is :func:`cascade_ranking.train.train` and evaluation
-  :func:`cascade_ranking.evaluate.evaluate` (the submodules ``train`` and ``evaluate`` keep their names, so
-  no function shadows them here).
+* training: :class:`TrainConfig`; the protocol itself is :func:`cascade_ranking.training.loop.train` and
+  evaluation :func:`cascade_ranking.training.evaluate.evaluate`.
 
 Submodules (``losses``, ``metrics``, ``models``, ``sorting``, ``data``) are importable as attributes too.
 """
@@ -30,13 +29,13 @@ _LAZY: dict[str, str] = {
     "models": "cascade_ranking.models",
     "sorting": "cascade_ranking.sorting",
     "Cascade": "cascade_ranking.cascade:Cascade",
-    "CascadeLoss": "cascade_ranking.losses.base:CascadeLoss",
+    "CascadeLoss": "cascade_ranking.types:CascadeLoss",
     "CascadeMetrics": "cascade_ranking.metrics:CascadeMetrics",
     "DatasetSchema": "cascade_ranking.data.schema:DatasetSchema",
-    "LossOutput": "cascade_ranking.losses.base:LossOutput",
-    "RequestBatch": "cascade_ranking.data.schema:RequestBatch",
+    "LossOutput": "cascade_ranking.types:LossOutput",
+    "RequestBatch": "cascade_ranking.types:RequestBatch",
     "Stage": "cascade_ranking.cascade:Stage",
-    "TrainConfig": "cascade_ranking.config:TrainConfig",
+    "TrainConfig": "cascade_ranking.training.config:TrainConfig",
     "build_model": "cascade_ranking.models:build_model",
     "iterate_partitions": "cascade_ranking.data.loader:iterate_partitions",
     "neural_sort": "cascade_ranking.sorting:neural_sort",
@@ -68,14 +67,14 @@ __all__ = [
 if TYPE_CHECKING:  # static checkers and IDEs see the real objects
     from . import data, losses, metrics, models, sorting
     from .cascade import Cascade, Stage
-    from .config import TrainConfig
     from .data.loader import iterate_partitions
-    from .data.schema import DatasetSchema, RequestBatch
+    from .data.schema import DatasetSchema
     from .data.store import open_dataset
-    from .losses.base import CascadeLoss, LossOutput
     from .metrics import CascadeMetrics
     from .models import build_model
     from .sorting import neural_sort, soft_sort
+    from .training.config import TrainConfig
+    from .types import CascadeLoss, LossOutput, RequestBatch
 
 
 def __getattr__(name: str) -> Any:

@@ -20,32 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .data.schema import RequestBatch
+from .types import RequestBatch, check_keep
 
-__all__ = ["Cascade", "Stage", "check_keep", "select_chain", "topk_mask"]
-
-
-def check_keep(keep: Sequence[int], *, what: str = "keep") -> tuple[int, ...]:
-    """Validate cascade keep sizes: non-empty, positive integers, strictly decreasing.
-
-    Returns:
-        ``keep`` as a tuple of ``int``.
-
-    Raises:
-        ValueError: naming ``what``, when ``keep`` is empty, holds a non-integer or non-positive size, or
-            does not strictly decrease from stage to stage.
-    """
-    if isinstance(keep, (str, bytes)) or not isinstance(keep, Sequence):
-        raise ValueError(f"{what} must be a sequence of integers (one per stage), got {keep!r}")
-    keep = list(keep)
-    if not keep:
-        raise ValueError(f"{what}: at least one stage is required")
-    if any(isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k or k <= 0 for k in keep):
-        raise ValueError(f"{what}={keep}: keep sizes must be positive integers")
-    keep = [int(k) for k in keep]
-    if any(b >= a for a, b in zip(keep, keep[1:])):
-        raise ValueError(f"{what}={keep}: keep sizes must strictly decrease from stage to stage")
-    return tuple(keep)
+__all__ = ["Cascade", "Stage", "select_chain", "topk_mask"]
 
 
 def _check_scores(scores: torch.Tensor, mask: torch.Tensor, what: str) -> None:

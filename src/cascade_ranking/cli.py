@@ -61,9 +61,9 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _user_errors():
-    from .data.movielens import DatasetUnavailableError
-    from .tracking import TrackingError
-    from .train import TrainingError
+    from .datasets.movielens import DatasetUnavailableError
+    from .training.loop import TrainingError
+    from .training.tracking import TrackingError
 
     return USER_ERRORS + (DatasetUnavailableError, TrainingError, TrackingError)
 
@@ -94,7 +94,7 @@ def _progress() -> Progress:
 def default_dataset_dir(stages: int) -> Path:
     """Where the prepared MovieLens-100K cascade dataset of ``stages`` stages lives in the user cache."""
     from .data.cache import cache_dir
-    from .data.movielens import dataset_name
+    from .datasets.movielens import dataset_name
 
     return cache_dir() / "datasets" / dataset_name(stages)
 
@@ -111,7 +111,7 @@ def resolve_data(data: Path | None, stages: int, *, seed: int = 0) -> Path:
         return data
     out = default_dataset_dir(stages)
     if not (out / "schema.json").is_file():
-        from .data.movielens import prepare_movielens
+        from .datasets.movielens import prepare_movielens
 
         logging.getLogger(__name__).info("preparing MovieLens-100K (%d stages) into %s", stages, out)
         with_movielens_source(lambda src, url: prepare_movielens(out, src=src, stages=stages, seed=seed, url=url,
@@ -123,7 +123,7 @@ def with_movielens_source(prepare: Callable[[Path | None, str], object]) -> None
     """Call ``prepare(src, url)`` with MovieLens-100K's source: ``$CASCADE_RANKING_MOVIELENS_SRC`` when set, else
     the download (``$CASCADE_RANKING_MOVIELENS_URL`` or GroupLens); when the download fails, again with the first
     local copy of :func:`.data.movielens.local_copies` (none: the download's error, which says what to run)."""
-    from .data import movielens
+    from .datasets import movielens
 
     src = os.environ.get(MOVIELENS_SRC_ENV)
     url = os.environ.get(MOVIELENS_URL_ENV) or movielens.ML100K_URL
@@ -246,10 +246,12 @@ def train(
     tensorboard: TensorBoardOpt = None,
 ) -> None:
     """Train a cascade end to end on the training partitions and evaluate it on validation and test."""
-    from .config import TrainConfig, config_from
     from .data.store import open_dataset
-    from .train import default_run_dir, load_config, with_prerank_model
-    from .train import train as run_training
+    from .training.build import with_prerank_model
+    from .training.checkpoint import load_config
+    from .training.config import TrainConfig, config_from
+    from .training.loop import train as run_training
+    from .training.runfiles import default_run_dir
 
     try:
         if resume is not None:
@@ -317,14 +319,17 @@ def evaluate(
     role: Annotated[str, typer.Option(help="Partitions to evaluate: test or valid.")] = "test",
 ) -> None:
     """Re-evaluate a saved run on its test (or validation) partitions."""
-    from .train import evaluate_cascade, load_run, resolve_device
+    from .training.checkpoint import load_run
+    from .training.distributed import resolve_device
+    from .training.evaluate import evaluate_cascade
 
     try:
-        config, schema, data_dir, cascade = load_run(run_dir, data=data)
-        values = evaluate_cascade(cascade, config, data_dir, schema, role, device=resolve_device(config.device))
+        run = load_run(run_dir, data=data)
+        device = resolve_device(run.config.device)
+        values = evaluate_cascade(run.cascade, run.config, run.data, run.schema, role, device=device)
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
-    console.print(metrics_table(f"{config.method}: {run_dir}", {role: values}))
+    console.print(metrics_table(f"{run.config.method}: {run_dir}", {role: values}))
 
 
 @app.command()
@@ -334,10 +339,10 @@ def reference(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Score the test partitions with reference scorers (random; item popularity), no training."""
-    from .config import stage_names
     from .data.store import open_dataset
-    from .evaluate import PopularityScorer, RandomScorer
-    from .evaluate import evaluate as run_eval
+    from .training.evaluate import PopularityScorer, RandomScorer
+    from .training.evaluate import evaluate as run_eval
+    from .types import stage_names
 
     try:
         data_dir = resolve_data(data, stages)
@@ -401,8 +406,10 @@ def benchmark(
     Finished (method, seed) runs in the output folder are reused, so an interrupted benchmark resumes.
     """
     from . import losses
-    from .benchmark import markdown_table, run_benchmark
-    from .config import BenchmarkConfig, config_from
+    from .experiments.cascade import run_benchmark
+    from .experiments.config import BenchmarkConfig
+    from .experiments.results import markdown_table
+    from .training.config import config_from
 
     try:
         overrides = dict(
@@ -445,7 +452,8 @@ def benchmark(
 def _prerank_benchmark(bench) -> None:
     """``benchmark --task prerank``: the RankTower paper's pre-ranking comparison on full-stage samples."""
     from .data.cache import cache_dir
-    from .prerank import PRERANK_DATASET_NAME, prepare_prerank_movielens, run_prerank_benchmark
+    from .datasets.prerank import PRERANK_DATASET_NAME, prepare_prerank_movielens
+    from .experiments.prerank import run_prerank_benchmark
 
     data_dir = bench.data
     if data_dir is None:
@@ -459,7 +467,8 @@ def _prerank_benchmark(bench) -> None:
         task = progress.add_task("prerank benchmark", total=None, info="")
 
         def on_run(row: str, seed: int, metrics: dict) -> None:
-            info = f"{row} seed {seed}: recall {metrics['test']['joint_recall']:.4f}"
+            recall = next((f"{k} {v:.4f}" for k, v in metrics["test"].items() if k.startswith("recall@")), "")
+            info = f"{row} seed {seed}: {recall}"
             progress.update(task, advance=1, info=info)
 
         run_prerank_benchmark(data=data_dir, out_dir=out_dir, repeats=bench.repeats, models=bench.methods,
@@ -470,8 +479,13 @@ def _prerank_benchmark(bench) -> None:
 
 def _print_outputs(out_dir: Path, tensorboard: Path | None) -> None:
     """Where a benchmark wrote its results (and its TensorBoard logs)."""
+    import json
+
+    from .experiments.results import chart_file
+
+    chart = chart_file(json.loads((out_dir / "results.json").read_text()))
     console.print(
-        f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/joint_recall.png, report: {out_dir}/report.html",
+        f"results: {out_dir}/results.{{json,csv,md}}, chart: {out_dir}/{chart}, report: {out_dir}/report.html",
         soft_wrap=True,
     )
     if tensorboard is not None:
@@ -493,7 +507,7 @@ def report(
     title: Annotated[str | None, typer.Option(help="Title of the HTML report.")] = None,
 ) -> None:
     """Compare runs in one self-contained file: metrics table, joint-recall chart, loss curves, config differences."""
-    from .report import write_report
+    from .experiments.report import write_report
 
     try:
         path = write_report(inputs, out, title=title)
@@ -513,7 +527,8 @@ def config_show(
     """Print every option with its default, as YAML (usable as a --config file)."""
     import yaml
 
-    from .config import BenchmarkConfig, TrainConfig
+    from .experiments.config import BenchmarkConfig
+    from .training.config import TrainConfig
 
     model = BenchmarkConfig if benchmark else TrainConfig
     console.print(yaml.safe_dump(model().model_dump(mode="json"), sort_keys=False), markup=False, highlight=False)
@@ -530,7 +545,7 @@ def prepare_movielens_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the funnel simulation (the dataset version is fixed by it).")] = 0,
 ) -> None:
     """Build the MovieLens-100K full-stage cascade dataset (downloads the official zip on first use)."""
-    from .data.movielens import ML100K_URL, prepare_movielens
+    from .datasets.movielens import ML100K_URL, prepare_movielens
 
     try:
         target = out or default_dataset_dir(stages)
@@ -585,7 +600,7 @@ def prepare_recflow_cmd(
     valid_days: Annotated[int, typer.Option(help="Days before the test days held out for validation.")] = 0,
 ) -> None:
     """Convert RecFlow's published files into the request-list store (one partition per day)."""
-    from .data.recflow import convert_recflow
+    from .datasets.recflow import convert_recflow
 
     try:
         schema = convert_recflow(
@@ -608,7 +623,7 @@ def prepare_synthetic_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the simulated world and funnel.")] = 0,
 ) -> None:
     """Simulate a production funnel (seeded world, noisy multi-stage cascade) at any scale, day by day."""
-    from .data.synthetic import simulate
+    from .datasets.synthetic import simulate
 
     try:
         schema = simulate(out, requests=requests, days=days, stages=stages, layout=layout, seed=seed, progress=True)

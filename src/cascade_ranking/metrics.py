@@ -35,7 +35,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .cascade import check_keep, select_chain, topk_mask
+from .cascade import select_chain, topk_mask
+from .types import check_keep, positive_int
 
 __all__ = [
     "CascadeMetrics",
@@ -70,12 +71,6 @@ def _check_label(name: str, label: torch.Tensor, mask: torch.Tensor) -> None:
         raise ValueError(f"{name}: label contains NaN at valid candidates")
 
 
-def _positive_int(name: str, what: str, value: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value <= 0:
-        raise ValueError(f"{name}: {what} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 # -- ground truth -----------------------------------------------------------------------------------
 def ground_truth_weights(label: torch.Tensor, mask: torch.Tensor, gt_num: int) -> torch.Tensor:
     """Ground-truth membership of each candidate, ``[B, N]`` float64 in ``[0, 1]``, ties sharing places.
@@ -88,7 +83,7 @@ def ground_truth_weights(label: torch.Tensor, mask: torch.Tensor, gt_num: int) -
         ValueError / TypeError: shapes, dtypes, NaN labels, ``gt_num`` not a positive integer.
     """
     name = "ground_truth_weights"
-    gt_num = _positive_int(name, "gt_num", gt_num)
+    gt_num = positive_int(gt_num, f"{name}: gt_num")
     _check_label(name, label, mask)
     return _gt_weights(label, mask, gt_num)
 
@@ -139,7 +134,7 @@ def joint_recall(
         ``[B]`` float64 in ``[0, 1]`` (0 for a request with no valid candidate).
     """
     name = "joint_recall"
-    gt_num = _positive_int(name, "gt_num", gt_num)
+    gt_num = positive_int(gt_num, f"{name}: gt_num")
     keep = check_keep(keep, what=f"{name}: keep")
     if isinstance(logits, torch.Tensor) or not isinstance(logits, Sequence) or not logits:
         raise TypeError(f"{name}: logits must be a non-empty list of [B, N] tensors, one per stage")
@@ -168,8 +163,8 @@ def stage_recall(
         ``[B]`` float64 in ``[0, 1]`` (0 for a request with no valid candidate).
     """
     name = "stage_recall"
-    gt_num = _positive_int(name, "gt_num", gt_num)
-    k = _positive_int(name, "k", k)
+    gt_num = positive_int(gt_num, f"{name}: gt_num")
+    k = positive_int(k, f"{name}: k")
     _check_label(name, label, mask)
     _check(name, logits, label, mask)
     top = topk_mask(logits.detach(), mask, k, generator=generator)
@@ -192,7 +187,7 @@ def ndcg_at_k(logits: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, k: 
         ValueError: negative labels at valid candidates (as scikit-learn), ``k`` not positive, bad inputs.
     """
     name = "ndcg_at_k"
-    k = _positive_int(name, "k", k)
+    k = positive_int(k, f"{name}: k")
     _check_label(name, label, mask)
     _check(name, logits, label, mask)
     if bool((label[mask] < 0).any()):
@@ -327,8 +322,8 @@ class CascadeMetrics:
             )
         if len(set(self.stage_names)) != len(self.stage_names):
             raise ValueError(f"CascadeMetrics: stage names must be unique, got {list(self.stage_names)}")
-        self.gt_num = _positive_int("CascadeMetrics", "gt_num", gt_num)
-        self.ndcg_k = _positive_int("CascadeMetrics", "ndcg_k", ndcg_k)
+        self.gt_num = positive_int(gt_num, "CascadeMetrics: gt_num")
+        self.ndcg_k = positive_int(ndcg_k, "CascadeMetrics: ndcg_k")
         self.generator = generator
         self._names = self._layout()
         self._state = torch.zeros(len(self._names), dtype=torch.float64)

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .schema import DatasetSchema, Partition, RequestBatch
+from ..types import RequestBatch
+from .schema import DatasetSchema, Partition
 from .store import check_partition_request_ids, read_partition, row_group_sizes
 
 __all__ = ["DEFAULT_WINDOW", "iterate_partition", "iterate_partitions", "shuffle_candidates", "to_batch"]

@@ -1,4 +1,4 @@
-"""Feature spec, dataset schema and the typed request batch.
+"""Feature spec and dataset schema (``schema.json``); no torch import (the batch type: :mod:`cascade_ranking.types`).
 
 A *dataset* is a directory holding ``schema.json`` (a :class:`DatasetSchema`) and one Parquet file per
 partition (a day for RecFlow, a week for MovieLens). One row is one *request*: its user and context
@@ -18,12 +18,13 @@ Conventions shared by every dataset:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..errors import validation_problems
+from ..types import check_keep
 
 SCHEMA_FILE = "schema.json"
 SCHEMA_VERSION = 1
@@ -36,12 +37,10 @@ __all__ = [
     "HistoryField",
     "Partition",
     "PartitionRole",
-    "RequestBatch",
     "Role",
     "SchemaError",
     "TrainDefaults",
     "roles_in_time_order",
-    "validate_keep",
 ]
 
 Role = Literal["user", "context", "item"]
@@ -160,7 +159,7 @@ class DatasetSchema(BaseModel):
                     f"history field {h.name!r} names item_field {h.item_field!r}, "
                     f"which is not an item feature (item features: {sorted(items)})"
                 )
-        validate_keep(self.keep, self.gt_num, self.num_candidates, what="schema.json 'keep'")
+        check_keep(self.keep, gt_num=self.gt_num, num_candidates=self.num_candidates, what="schema.json 'keep'")
         pnames = [p.name for p in self.partitions]
         if len(set(pnames)) != len(pnames):
             raise ValueError("partitions: duplicate partition names")
@@ -199,100 +198,7 @@ class DatasetSchema(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValueError as exc:
-            errors = getattr(exc, "errors", None)
-            if callable(errors):
-                detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'schema'}: {e['msg']}" for e in errors())
-            else:
-                detail = str(exc)
-            raise SchemaError(f"{path}: invalid schema: {detail}") from None
+            raise SchemaError(f"{path}: invalid schema: {validation_problems(exc, 'schema')}") from None
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-
-
-def validate_keep(keep: list[int] | tuple[int, ...], gt_num: int, num_candidates: int, *, what: str = "keep") -> None:
-    """Check that cascade keep sizes fit ``num_candidates >= keep[0] > keep[1] > ... >= gt_num``.
-
-    Raises ``ValueError`` naming ``what`` when ``keep`` is empty or non-positive, not strictly decreasing,
-    when the first stage keeps more than N candidates, or when the last keeps fewer than ``gt_num``.
-    """
-    keep = list(keep)
-    if not keep:
-        raise ValueError(f"{what}: at least one stage is required")
-    if any(int(k) != k or k <= 0 for k in keep):
-        raise ValueError(f"{what}={keep}: keep sizes must be positive integers")
-    if keep[0] > num_candidates:
-        raise ValueError(
-            f"{what}={keep}: the first stage cannot keep {keep[0]} of only {num_candidates} candidates per request"
-        )
-    if any(b >= a for a, b in zip(keep, keep[1:])):
-        raise ValueError(f"{what}={keep}: keep sizes must strictly decrease from stage to stage")
-    if keep[-1] < gt_num:
-        raise ValueError(
-            f"{what}={keep}: the last stage keeps {keep[-1]} < gt_num={gt_num}, so joint recall could never reach 1"
-        )
-
-
-@dataclass
-class RequestBatch:
-    """A batch of B requests with N candidate slots each (typed; no positional tuples).
-
-    Attributes:
-        user: user fields, each ``[B]`` int64.
-        context: request context fields (weekday, hour, …), each ``[B]`` int64.
-        history: history fields, each ``[B, L]`` int64 (0 = padding).
-        history_mask: ``[B, L]`` bool, valid history slots.
-        item: candidate item fields, each ``[B, N]`` int64 (0 at padded slots).
-        mask: ``[B, N]`` bool, valid candidate slots.
-        stage: ``[B, N]`` int64 funnel position (0 = filtered first; padded slots hold 0).
-        label: ``[B, N]`` float32 graded relevance, higher is better (padded slots hold 0).
-        request_id: ``[B]`` int64.
-        soft_label: optional ``[B, N]`` float32, a ranking model's prediction (for distillation).
-    """
-
-    user: dict[str, torch.Tensor]
-    context: dict[str, torch.Tensor]
-    history: dict[str, torch.Tensor]
-    history_mask: torch.Tensor
-    item: dict[str, torch.Tensor]
-    mask: torch.Tensor
-    stage: torch.Tensor
-    label: torch.Tensor
-    request_id: torch.Tensor
-    soft_label: torch.Tensor | None = field(default=None)
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.mask.shape[0])
-
-    @property
-    def num_candidates(self) -> int:
-        return int(self.mask.shape[1])
-
-    @property
-    def device(self) -> torch.device:
-        return self.mask.device
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> RequestBatch:
-        """Return a copy with every tensor on ``device``."""
-
-        def move(x):
-            if x is None:
-                return None
-            if isinstance(x, dict):
-                return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
-            return x.to(device, non_blocking=non_blocking)
-
-        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
-
-    def select(self, rows: torch.Tensor | slice) -> RequestBatch:
-        """Return the sub-batch of the given request rows (an index tensor, bool mask or slice)."""
-
-        def take(x):
-            if x is None:
-                return None
-            if isinstance(x, dict):
-                return {k: v[rows] for k, v in x.items()}
-            return x[rows]
-
-        return replace(self, **{f.name: take(getattr(self, f.name)) for f in fields(self)})

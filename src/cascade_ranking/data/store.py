@@ -25,23 +25,20 @@ window of row groups.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_path, write_text_atomic
 from .schema import SCHEMA_FILE, DatasetSchema, Partition, SchemaError
 
 __all__ = [
     "PARQUET_COMPRESSION",
     "ROW_GROUP_REQUESTS",
     "StoreError",
-    "atomic_path",
     "check_partition_request_ids",
     "check_unique_request_ids",
     "expected_columns",
@@ -51,7 +48,6 @@ __all__ = [
     "validate_arrays",
     "write_partition",
     "write_schema",
-    "write_text_atomic",
 ]
 
 #: Codec of the partition files: LZ4 decodes about 1.3x faster than zstd (files about 1.3x larger), and a
@@ -71,31 +67,6 @@ _CANDIDATE_COLUMNS = {
 
 class StoreError(ValueError):
     """A partition file does not match the dataset's schema (names the file and the column)."""
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file + rename)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def expected_columns(schema: DatasetSchema) -> dict[str, tuple[np.dtype, int | None]]:

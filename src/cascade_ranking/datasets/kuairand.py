@@ -4,7 +4,7 @@ KuaiRand (Gao et al., CIKM 2022; Kuaishou; CC BY-SA 4.0): logs of a short-video 
 per impression. RankTower (Yan & Li 2023, Sec. 5.1.1) evaluates on KuaiRand; this module converts the official
 **KuaiRand-Pure** archive (zenodo.org/records/10439422, ``KuaiRand-Pure.tar.gz``, md5
 ``0820331067a3784d9691136f772b35a7``) into our request-list store through the full-stage sampler of
-:mod:`cascade_ranking.data.ranktower_sampling`.
+:mod:`cascade_ranking.datasets.ranktower_sampling`.
 
 **Files and columns read** (names as in the dataset's README, GitHub ``chongminggao/KuaiRand``), all under
 ``KuaiRand-Pure/data/``:
@@ -24,7 +24,7 @@ the binary feedback labels (the paper: "we simply aggregate them by summing the 
 ``1 + sum`` (the impression label plus the feedback); users with at least 100 impressions and 20 positive
 feedbacks (an impression with at least one positive signal) are kept; candidate samples come from a two-tower
 retriever and random samples from the corpus, and soft labels from a ranking model fitted with weighted logloss
-(all as :mod:`~cascade_ranking.data.ranktower_sampling`).
+(all as :mod:`~cascade_ranking.datasets.ranktower_sampling`).
 
 Errors are one line naming the file and the field: a missing file, a missing column, a wrong checksum, a
 truncated archive. Extraction and the dataset are written in staging folders renamed into place on success,
@@ -49,10 +49,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from ..data.atomic import staged_directory
 from ..data.cache import source_cache_dir
-from ..data.full_stage import Attribute, InteractionLog, _staging_dir
-from ..data.ranktower_sampling import RankTowerSamples, RankTowerSamplingConfig, build_ranktower_samples
 from .bucketize import equal_frequency_bins
+from .full_stage import Attribute, InteractionLog
+from .ranktower_sampling import RankTowerSamples, RankTowerSamplingConfig, build_ranktower_samples
 
 __all__ = [
     "ARCHIVE_MD5",
@@ -185,7 +186,7 @@ def extract_archive(archive: Path, dest: Path) -> Path:
         KuaiRandError: the archive is truncated or not a gzip tar, or lacks one of the files (named).
     """
     wanted = {f"{DATA_DIR}/{name}": name for name in (*LOG_FILES, USER_FILE, VIDEO_FILE)}
-    with _staging_dir(Path(dest)) as tmp:
+    with staged_directory(Path(dest)) as tmp:
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 found = set()
@@ -346,7 +347,7 @@ def build_kuairand_pure(
 
     Raises:
         KuaiRandError: see :func:`locate_source` and :func:`read_kuairand_log`.
-        ValueError: see :func:`~cascade_ranking.data.ranktower_sampling.build_ranktower_samples`.
+        ValueError: see :func:`~cascade_ranking.datasets.ranktower_sampling.build_ranktower_samples`.
     """
     folder = locate_source(src, cache_dir, md5=md5, progress=progress)
     log = read_kuairand_log(folder)

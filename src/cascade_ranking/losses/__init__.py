@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import CascadeLoss, LossOutput
+from ..types import CascadeLoss, LossOutput, check_keep, positive_int
 
 __all__ = ["build", "available", "hyperparameters", "CascadeLoss", "LossOutput", "REGISTRY", "CASCADE_METHODS"]
 
@@ -98,11 +98,8 @@ def build(name: str, *, keep: Sequence[int], gt_num: int = 10, **hyper) -> nn.Mo
     """
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(REGISTRY)}")
-    keep = tuple(int(k) for k in keep)
-    if not keep or any(k <= 0 for k in keep) or gt_num <= 0:
-        raise ValueError(f"{name}: keep={list(keep)} and gt_num={gt_num} must be positive")
-    if any(b >= a for a, b in zip(keep, keep[1:])):
-        raise ValueError(f"{name}: keep={list(keep)} must strictly decrease from stage to stage")
+    keep = check_keep(keep, what=f"{name}: keep")
+    positive_int(gt_num, f"{name}: gt_num")
     module_name, cls_name = REGISTRY[name].split(":")
     try:
         module = importlib.import_module(module_name)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import LossOutput, check_inputs
+from ..types import LossOutput, check_keep, positive_int
+from .base import check_inputs
 
 __all__ = [
     "StageLoss",
@@ -99,6 +100,17 @@ def stage_ints(method: str, name: str, value: Sequence[int], num_stages: int, *,
     return out
 
 
+def check_soft_label(method: str, soft_label: torch.Tensor, label: torch.Tensor, mask: torch.Tensor) -> None:
+    """Raise ``ValueError``/``TypeError`` naming ``method`` unless ``soft_label`` is a float tensor of ``label``'s
+    shape, finite at the valid candidates (``mask``)."""
+    if tuple(soft_label.shape) != tuple(label.shape):
+        raise ValueError(f"{method}: soft_label must have shape {tuple(label.shape)}, got {tuple(soft_label.shape)}")
+    if not soft_label.is_floating_point():
+        raise TypeError(f"{method}: soft_label must be floating point, got {soft_label.dtype}")
+    if not torch.isfinite(torch.where(mask, soft_label, torch.zeros_like(soft_label))).all():
+        raise ValueError(f"{method}: soft_label holds NaN or inf at valid candidates")
+
+
 class StageLoss(torch.nn.Module):
     """Template of a baseline loss: validates ``keep``/``gt_num`` and the call, then runs ``_compute``.
 
@@ -111,18 +123,8 @@ class StageLoss(torch.nn.Module):
 
     def __init__(self, *, keep: Sequence[int], gt_num: int = 10) -> None:
         super().__init__()
-        try:
-            keep = tuple(int(k) for k in keep)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{self.method}: keep must be a sequence of positive integers, got {keep!r}") from exc
-        if not keep or any(k <= 0 for k in keep):
-            raise ValueError(f"{self.method}: keep must be a non-empty list of positive integers, got {list(keep)}")
-        if any(b >= a for a, b in zip(keep, keep[1:], strict=False)):
-            raise ValueError(f"{self.method}: keep={list(keep)} must strictly decrease from stage to stage")
-        if int(gt_num) <= 0:
-            raise ValueError(f"{self.method}: gt_num must be positive, got {gt_num}")
-        self.keep = keep
-        self.gt_num = int(gt_num)
+        self.keep = check_keep(keep, what=f"{self.method}: keep")
+        self.gt_num = positive_int(gt_num, f"{self.method}: gt_num")
 
     @property
     def num_stages(self) -> int:
@@ -135,14 +137,26 @@ class StageLoss(torch.nn.Module):
         label: torch.Tensor,
         mask: torch.Tensor,
         stage: torch.Tensor,
+        soft_label: torch.Tensor | None = None,
     ) -> LossOutput:
         """The loss of one batch: ``logits`` one ``[B, N]`` float tensor per stage, ``label [B, N]`` float,
-        ``mask [B, N]`` bool, ``stage [B, N]`` integer (see :mod:`cascade_ranking.losses.base`)."""
+        ``mask [B, N]`` bool, ``stage [B, N]`` integer (see :mod:`cascade_ranking.losses.base`); ``soft_label``
+        (a ranking model's ``[B, N]`` predictions) is accepted by every loss and ignored by those that do not
+        distil."""
         check_inputs(self.method, logits, label, mask, stage, self.num_stages)
-        if stage.is_floating_point() or stage.dtype == torch.bool:
-            raise TypeError(f"{self.method}: stage must be an integer tensor (funnel positions), got {stage.dtype}")
+        if soft_label is not None:
+            check_soft_label(self.method, soft_label, label, mask)
         dtype = promoted_dtype(logits)
-        return self._compute([x.to(dtype) for x in logits], label.to(dtype), mask, stage)
+        logits, label = [x.to(dtype) for x in logits], label.to(dtype)
+        if soft_label is None:
+            return self._compute(logits, label, mask, stage)
+        return self._compute_with_soft_label(logits, label, mask, stage, soft_label.to(dtype))
+
+    def _compute_with_soft_label(
+        self, logits: list[torch.Tensor], label: torch.Tensor, mask: torch.Tensor, stage: torch.Tensor, soft_label
+    ) -> LossOutput:
+        """The loss when a ``soft_label`` is given; losses that do not distil ignore it (the default)."""
+        return self._compute(logits, label, mask, stage)
 
     def _compute(
         self, logits: list[torch.Tensor], label: torch.Tensor, mask: torch.Tensor, stage: torch.Tensor

@@ -44,8 +44,9 @@ from collections.abc import Sequence
 import torch
 
 from ..sorting import neural_sort, split_column_sums
+from ..types import LossOutput
 from ._common import StageLoss
-from .base import EPS, LossOutput, detached_parts, label_permutation, request_mean
+from .base import EPS, detached_parts, label_permutation, request_mean
 
 __all__ = ["ARFLoss", "ARFv2Loss"]
 

@@ -2,7 +2,7 @@
 
 Calling convention (every method, see ``cascade_ranking.losses.build``)::
 
-    out = loss_fn(logits, label=label, mask=mask, stage=stage)
+    out = loss_fn(logits, label=label, mask=mask, stage=stage, soft_label=None)
     out.loss      # scalar tensor to minimise
     out.parts     # dict of named, detached scalar components (for logging)
 
@@ -10,6 +10,7 @@ Calling convention (every method, see ``cascade_ranking.losses.build``)::
 * ``label``: ``[B, N]`` float graded relevance, higher is better. Ground truth = the top ``gt_num``.
 * ``mask``: ``[B, N]`` bool, ``True`` at valid candidates. Padded candidates get exactly zero gradient.
 * ``stage``: ``[B, N]`` int64 funnel position (0 = filtered first by the logged system).
+* ``soft_label``: optional ``[B, N]`` float, a ranking model's prediction; only distillation losses read it.
 
 Reduction contract: a per-request value is averaged over requests that hold at least one valid candidate;
 a batch with no valid candidate gives exactly 0 with finite (zero) gradients.
@@ -18,12 +19,11 @@ a batch with no valid candidate gives exactly 0 with finite (zero) gradients.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 import torch
 
 from ..sorting import neural_sort
+from ..types import CascadeLoss, LossOutput
 
 __all__ = [
     "EPS",
@@ -40,45 +40,6 @@ __all__ = [
 LABEL_TAU = 1e-4
 #: epsilon inside logarithms (as released with LCRON).
 EPS = 1e-6
-
-
-@dataclass
-class LossOutput:
-    """A loss value and its named components.
-
-    Attributes:
-        loss: scalar tensor to minimise (0-dim, differentiable).
-        parts: name -> detached 0-dim tensor (e.g. ``L_e2e``, ``L_single/retrieval``), for logging only.
-    """
-
-    loss: torch.Tensor
-    parts: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@runtime_checkable
-class CascadeLoss(Protocol):
-    """What ``losses.build`` returns: an ``nn.Module`` (it may own learnable loss weights).
-
-    Called as ``loss_fn(logits, label=label, mask=mask, stage=stage)`` with ``logits`` one ``[B, N]`` float
-    tensor per stage (retrieval first), ``label [B, N]`` float, ``mask [B, N]`` bool and ``stage [B, N]``
-    int64 (see the module docstring); returns a :class:`LossOutput`.
-
-    Attributes:
-        keep: candidates each stage keeps, retrieval first.
-        gt_num: number of ground-truth candidates (top ``gt_num`` by label).
-    """
-
-    keep: tuple[int, ...]
-    gt_num: int
-
-    def __call__(
-        self,
-        logits: Sequence[torch.Tensor],
-        *,
-        label: torch.Tensor,
-        mask: torch.Tensor,
-        stage: torch.Tensor,
-    ) -> LossOutput: ...
 
 
 def check_inputs(

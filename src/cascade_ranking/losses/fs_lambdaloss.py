@@ -40,8 +40,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..types import LossOutput
 from ._common import StageLoss, zero_masked
-from .base import LossOutput, detached_parts, request_mean
+from .base import detached_parts, request_mean
 
 __all__ = ["FSLambdaLoss", "lambda_pair_weights"]
 

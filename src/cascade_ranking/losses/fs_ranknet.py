@@ -28,8 +28,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..types import LossOutput
 from ._common import StageLoss, zero_masked
-from .base import LossOutput, detached_parts
+from .base import detached_parts
 
 __all__ = ["FSRankNetLoss"]
 

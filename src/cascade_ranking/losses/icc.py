@@ -46,8 +46,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..types import LossOutput
 from ._common import StageLoss, stage_ints, zero_masked
-from .base import LossOutput, detached_parts, request_mean
+from .base import detached_parts, request_mean
 
 __all__ = ["ICCLoss", "kth_largest"]
 

@@ -60,7 +60,9 @@ from collections.abc import Sequence
 import torch
 
 from ..sorting import neural_sort, split_column_sums
-from .base import EPS, LossOutput, check_inputs, detached_parts, label_permutation, request_mean
+from ..types import LossOutput
+from ._common import StageLoss
+from .base import EPS, detached_parts, label_permutation, request_mean
 
 __all__ = ["LCRONLoss", "lcron_terms"]
 
@@ -135,7 +137,7 @@ def lcron_terms(
     return l_e2e, singles
 
 
-class LCRONLoss(torch.nn.Module):
+class LCRONLoss(StageLoss):
     """LCRON loss for an N-stage cascade, with one learnable weight ``w_i`` per stage (init 1).
 
     Called as ``loss_fn(logits, label=, mask=, stage=)`` (see :mod:`cascade_ranking.losses.base`); ``stage``
@@ -164,6 +166,8 @@ class LCRONLoss(torch.nn.Module):
         Wang et al., "Learning Cascade Ranking as One Network", ICML 2025 (arXiv 2503.09492).
     """
 
+    method = "lcron"
+
     def __init__(
         self,
         *,
@@ -173,12 +177,8 @@ class LCRONLoss(torch.nn.Module):
         q: str = "gt_num",
         label_threshold: float | str | None = "released",
     ) -> None:
-        super().__init__()
-        keep = tuple(int(k) for k in keep)
-        if not keep or any(k <= 0 for k in keep):
-            raise ValueError(f"lcron: keep must be a non-empty list of positive integers, got {list(keep)}")
-        if int(gt_num) <= 0:
-            raise ValueError(f"lcron: gt_num must be positive, got {gt_num}")
+        super().__init__(keep=keep, gt_num=gt_num)
+        keep = self.keep
         if not tau > 0:
             raise ValueError(f"lcron: tau must be positive, got {tau}")
         if q not in _Q_CHOICES:
@@ -187,8 +187,6 @@ class LCRONLoss(torch.nn.Module):
             label_threshold = 1e-3 if len(keep) >= 3 else None
         if label_threshold is not None and (isinstance(label_threshold, str) or not 0 <= label_threshold < 1):
             raise ValueError(f"lcron: label_threshold must be None or in [0, 1), got {label_threshold}")
-        self.keep = keep
-        self.gt_num = int(gt_num)
         self.tau = float(tau)
         self.q = q
         self.label_threshold = label_threshold
@@ -204,15 +202,9 @@ class LCRONLoss(torch.nn.Module):
             f"label_threshold={self.label_threshold}"
         )
 
-    def forward(
-        self,
-        logits: Sequence[torch.Tensor],
-        *,
-        label: torch.Tensor,
-        mask: torch.Tensor,
-        stage: torch.Tensor,
+    def _compute(
+        self, logits: list[torch.Tensor], label: torch.Tensor, mask: torch.Tensor, stage: torch.Tensor
     ) -> LossOutput:
-        check_inputs("lcron", logits, label, mask, stage, len(self.keep))
         l_e2e, singles = lcron_terms(
             logits,
             label=label,

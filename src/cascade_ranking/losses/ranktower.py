@@ -44,7 +44,7 @@ our defaults) and searches ``alpha`` in ``[2, 5]`` (default 2, the low end; the 
 * The indicator ``1[y_i = 0]`` of eq. 18 is written as "``i`` is not an impression": under the paper's hard
   labels (Sec. 4.2: impressions get the impression label 1 plus their feedback, candidate and random samples
   get 0) they are the same set; the funnel position keeps the meaning on datasets whose negatives carry
-  graded labels (RecFlow, :mod:`~cascade_ranking.data.full_stage`: position ``p`` has label ``p + 1``).
+  graded labels (RecFlow, :mod:`~cascade_ranking.datasets.full_stage`: position ``p`` has label ``p + 1``).
 * The paper sums over samples within a list and does not say how lists are combined; we average the
   per-request values over the requests where the term has a sample (distillation: an impression; sorting: a
   sample of ``D_I u D_C``; Rankmax: an anchor ``y_j > 0`` with a pair). A batch with none gives exactly 0 with
@@ -75,8 +75,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._common import StageLoss, promoted_dtype, zero_masked
-from .base import LossOutput, check_inputs, detached_parts, request_mean
+from ..types import LossOutput
+from ._common import StageLoss, zero_masked
+from .base import detached_parts, request_mean
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -405,9 +406,6 @@ class _RankTowerStageLoss(StageLoss):
     ``_combine(batch_means) -> scalar``.
     """
 
-    #: whether the training loop should pass ``soft_label=batch.soft_label``.
-    needs_soft_label: bool = False
-
     def __init__(
         self,
         *,
@@ -428,49 +426,29 @@ class _RankTowerStageLoss(StageLoss):
         self.top_position = None if top_position is None else int(top_position)
         self.random_position = int(random_position)
 
-    def forward(
-        self,
-        logits: Sequence[torch.Tensor],
-        *,
-        label: torch.Tensor,
-        mask: torch.Tensor,
-        stage: torch.Tensor,
-        soft_label: torch.Tensor | None = None,
-    ) -> LossOutput:
-        """Loss of ``logits`` (one ``[B, N]`` tensor per stage); ``soft_label`` ``[B, N]`` float is optional.
+    def _compute(self, logits, label, mask, stage) -> LossOutput:
+        return self._compute_with_soft_label(logits, label, mask, stage, label)
 
-        Raises:
-            ValueError / TypeError: see :func:`~.base.check_inputs`; a ``soft_label`` of the wrong shape or
-                dtype, or non-finite at a valid candidate.
-        """
-        check_inputs(self.method, logits, label, mask, stage, self.num_stages)
-        dtype = promoted_dtype(logits)
-        teacher = label
-        if soft_label is not None:
-            if tuple(soft_label.shape) != tuple(label.shape):
-                raise ValueError(
-                    f"{self.method}: soft_label must have shape {tuple(label.shape)}, got {tuple(soft_label.shape)}"
-                )
-            if not soft_label.is_floating_point():
-                raise TypeError(f"{self.method}: soft_label must be floating point, got {soft_label.dtype}")
-            if not torch.isfinite(torch.where(mask, soft_label, torch.zeros_like(soft_label))).all():
-                raise ValueError(f"{self.method}: soft_label holds NaN or inf at valid candidates")
-            teacher = soft_label
+    def _compute_with_soft_label(self, logits, label, mask, stage, soft_label) -> LossOutput:
+        """Sum over stages of the terms of ``_terms``, with ``soft_label`` (or the label) as the teacher."""
         spaces = sample_spaces(stage, mask, top_position=self.top_position, random_position=self.random_position)
-        label, teacher = zero_masked(label.to(dtype), mask), zero_masked(teacher.to(dtype), mask)
+        label, teacher = zero_masked(label, mask), zero_masked(soft_label, mask)
         if self._uses_teacher() and bool((teacher < 0).logical_and(spaces.impression).any()):
-            what = "soft_label" if soft_label is not None else "label (the teacher when soft_label is not given)"
-            raise ValueError(f"{self.method}: {what} must be >= 0 at impression samples (eq. 14 weights)")
-        total = torch.zeros((), dtype=dtype, device=mask.device)
+            raise ValueError(
+                f"{self.method}: soft_label (or the label, without soft_label) must be >= 0 at impression samples "
+                "(eq. 14 weights)"
+            )
+        total = torch.zeros((), dtype=label.dtype, device=mask.device)
         parts: dict[str, torch.Tensor] = {}
         for i, x in enumerate(logits):
-            means = {name: request_mean(*terms) for name, terms in self._terms(x.to(dtype), label, teacher, spaces)}
+            means = {name: request_mean(*terms) for name, terms in self._terms(x, label, teacher, spaces)}
             parts.update({f"{name}/{i}": v for name, v in means.items()})
             total = total + self._combine(means)
         return LossOutput(loss=total, parts=detached_parts(**parts))
 
     def _uses_teacher(self) -> bool:
-        return self.needs_soft_label
+        """Whether a term reads the teacher (the soft labels), which must then be ``>= 0`` at impressions."""
+        return False
 
     def _terms(self, scores, label, teacher, spaces: SampleSpaces):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -478,9 +456,6 @@ class _RankTowerStageLoss(StageLoss):
     def _combine(self, means: dict[str, torch.Tensor]) -> torch.Tensor:
         (value,) = means.values()
         return value
-
-    def _compute(self, logits, label, mask, stage) -> LossOutput:  # pragma: no cover - forward is overridden
-        raise NotImplementedError
 
 
 def _check_distillation(method: str, distillation: str) -> str:
@@ -503,11 +478,13 @@ class RankTowerDistillLoss(_RankTowerStageLoss):
     """
 
     method = "ranktower_distill"
-    needs_soft_label = True
 
     def __init__(self, *, keep: Sequence[int], gt_num: int = 10, distillation: str = "softmax", **spaces) -> None:
         super().__init__(keep=keep, gt_num=gt_num, **spaces)
         self.distillation = _check_distillation(self.method, distillation)
+
+    def _uses_teacher(self) -> bool:
+        return True
 
     def _terms(self, scores, label, teacher, spaces):
         yield "distill", _DISTILL_TERMS[self.distillation](scores, teacher, spaces.impression)
@@ -619,7 +596,6 @@ class RankTowerLoss(_RankTowerStageLoss):
     """
 
     method = "ranktower"
-    needs_soft_label = True
 
     def __init__(
         self,

@@ -27,7 +27,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ..data.schema import DatasetSchema, RequestBatch
+from ..data.schema import DatasetSchema
+from ..types import RequestBatch
 from .cold import COLD
 from .dat import DAT
 from .din import DIN

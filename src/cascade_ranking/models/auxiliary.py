@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ..data.schema import RequestBatch
+from ..types import RequestBatch
 
 __all__ = ["AuxiliaryLossModel", "AuxiliaryLossStore", "add_auxiliary_losses", "collect_auxiliary_losses", "positives"]
 

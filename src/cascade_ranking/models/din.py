@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.schema import DatasetSchema, RequestBatch
+from ..data.schema import DatasetSchema
+from ..types import RequestBatch
 from .embedding import FeatureEncoder, feed_forward, mlp_forward
 
 __all__ = ["DIN", "pairwise_relu_projection"]

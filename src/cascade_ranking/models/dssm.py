@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data.schema import DatasetSchema, RequestBatch
+from ..data.schema import DatasetSchema
+from ..types import RequestBatch
 from .embedding import FeatureEncoder, feed_forward, mlp_forward
 
 __all__ = ["DSSM"]

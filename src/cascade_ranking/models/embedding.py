@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ..data.schema import DatasetSchema, RequestBatch
+from ..data.schema import DatasetSchema
+from ..types import RequestBatch
 
 __all__ = ["Encoded", "FeatureEncoder", "embedding_lookup", "feed_forward", "log2_embedding_dim", "mlp_forward"]
 

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.schema import DatasetSchema, RequestBatch
+from ..data.schema import DatasetSchema
+from ..types import RequestBatch
 from .auxiliary import AuxiliaryLossStore, positives
 from .embedding import FeatureEncoder
 

@@ -32,7 +32,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data.schema import DatasetSchema, RequestBatch
+from ..data.schema import DatasetSchema
+from ..types import RequestBatch
 
 __all__ = ["LR"]
 

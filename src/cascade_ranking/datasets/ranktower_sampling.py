@@ -74,30 +74,23 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from ..data.atomic import staged_directory
+from ..data.loader import to_batch
+from ..data.schema import DatasetSchema, HistoryField, Partition, PartitionRole, TrainDefaults, roles_in_time_order
+from ..data.store import write_partition, write_schema
 from ..losses.base import request_mean
 from ..losses.ranktower import aggregate_hard_labels, weighted_logloss_terms
 from ..models import DIN, DSSM
+from ..types import RequestBatch
 from .full_stage import (
     InteractionLog,
     RequestTable,
     _schema_features,
-    _staging_dir,
     make_requests,
     request_columns,
     week_start_date,
     week_start_seconds,
 )
-from .loader import to_batch
-from .schema import (
-    DatasetSchema,
-    HistoryField,
-    Partition,
-    PartitionRole,
-    RequestBatch,
-    TrainDefaults,
-    roles_in_time_order,
-)
-from .store import write_partition, write_schema
 
 __all__ = [
     "CONSTRUCTION",
@@ -751,7 +744,7 @@ def _build(
     item_table = _item_table(log)
     slot_stage = np.repeat(np.array([_IMPRESSION, _CANDIDATE, _RANDOM], dtype=np.int64), [s, c, r])
     partitions: list[Partition] = []
-    with _staging_dir(out_dir) as tmp:
+    with staged_directory(out_dir) as tmp:
         for part, rows, key in plan.partitions:
             rng = _week_rng(seed, key, 0)
             models = (retriever, ranker, item_table)

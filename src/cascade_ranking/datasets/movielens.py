@@ -5,7 +5,7 @@ a local copy (``src``) or, without one, downloads the official GroupLens archive
 (https://files.grouplens.org/datasets/movielens/ml-100k.zip) once into the user cache
 (:mod:`cascade_ranking.data.cache`), written atomically (temp file + rename) and checked by content: 100,000
 ratings by 943 users of 1,682 items. It then builds the full-stage cascade dataset
-(:mod:`cascade_ranking.data.full_stage`).
+(:mod:`cascade_ranking.datasets.full_stage`).
 
 **Accepted local copies** (``src``): the ``ml-100k.zip`` archive itself; a folder with the GroupLens files
 ``u.data`` (tab-separated ``user item rating timestamp``), ``u.user`` (``id|age|gender|occupation|zip``) and
@@ -64,9 +64,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from .cache import source_cache_dir
+from ..data.cache import source_cache_dir
+from ..data.schema import DatasetSchema, TrainDefaults
 from .full_stage import Attribute, FullStageConfig, InteractionLog, build_full_stage
-from .schema import DatasetSchema, TrainDefaults
 
 __all__ = [
     "DATASET_VERSION",

@@ -63,11 +63,7 @@ seed give byte-identical files.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -75,7 +71,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from .schema import (
+from ..data.atomic import staged_directory
+from ..data.schema import (
     CategoricalField,
     DatasetSchema,
     HistoryField,
@@ -84,7 +81,7 @@ from .schema import (
     TrainDefaults,
     roles_in_time_order,
 )
-from .store import write_partition, write_schema
+from ..data.store import write_partition, write_schema
 
 __all__ = [
     "CONSTRUCTION",
@@ -647,7 +644,7 @@ def build_full_stage(
         },
     )
     partitions: list[Partition] = []
-    with _staging_dir(out_dir) as tmp:
+    with staged_directory(out_dir) as tmp:
         for week, role, state in zip(weeks, roles, funnel_states(log, weeks)):
             arrays = _week_arrays(log, req, config, state, np.flatnonzero(req.week == week), seed, week)
             start = week_start_date(week)
@@ -729,22 +726,3 @@ def request_columns(
     for fname in history_fields:
         arrays[f"history.{fname}"] = _item_column(log, fname, req.history[rows])
     return arrays
-
-
-@contextmanager
-def _staging_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out_dir``; on success swap it into ``out_dir``, else delete it."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        yield tmp
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, old / "dataset")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

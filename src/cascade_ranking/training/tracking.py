@@ -4,7 +4,7 @@
 package: ``pip install tensorboard`` or ``pip install -e ".[tensorboard]"``). With ``log_dir=None`` it imports
 nothing, creates no directory and every method returns at once, so a run without tracking pays nothing.
 
-Tags written by :func:`cascade_ranking.train.train` (see :func:`step_scalars`): ``loss/total``,
+Tags written by :func:`cascade_ranking.training.loop.train` (see :func:`step_scalars`): ``loss/total``,
 ``loss/<part>`` for every named part of the loss output, ``loss_params/<name>`` (``loss_params/<name>/<i>`` for
 vector parameters, e.g. LCRON's ``weights``), ``train/lr``, ``train/requests_per_second``, and after
 evaluation ``valid/<metric>`` and ``test/<metric>``. The step is the training step (1-based).

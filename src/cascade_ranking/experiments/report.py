@@ -26,12 +26,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .benchmark import REFERENCE_ROWS, metric_columns, summarize
-from .data.store import atomic_path, write_text_atomic
-from .train import CONFIG_FILE, METRICS_FILE
+from ..data.atomic import atomic_path, write_text_atomic
+from ..training.runfiles import CONFIG_FILE, LOSS_CURVE_EVERY, LOSS_CURVE_KEY, METRICS_FILE
+from .results import DEFAULT_PRIMARY, REFERENCE_ROWS, metric_columns, primary_metric, run_slug, summarize
 
 __all__ = [
     "ReportData",
@@ -54,8 +55,6 @@ RUN_FILES = (METRICS_FILE, CONFIG_FILE)
 RESULTS_FILE = "results.json"
 #: Configuration keys left out of the differences: where a run logs, not what it computes.
 IGNORED_CONFIG_KEYS = ("tensorboard",)
-#: ``loss_curve_every_10_steps`` holds the loss of every this-many-th optimizer step.
-CURVE_EVERY = 10
 _MISSING = "—"  # a configuration key a run does not have
 
 
@@ -95,6 +94,7 @@ class ReportSource:
     path: Path
     kind: str
     provenance: dict[str, str]
+    primary: str = DEFAULT_PRIMARY
 
 
 @dataclass
@@ -103,6 +103,11 @@ class ReportData:
 
     sources: list[ReportSource]
     rows: list[ReportRow]
+
+    @property
+    def primary(self) -> str:
+        """The charted metric: the first input's primary metric (``joint_recall`` for runs and cascade benchmarks)."""
+        return self.sources[0].primary if self.sources else DEFAULT_PRIMARY
 
 
 def _read_json(path: Path) -> dict:
@@ -154,7 +159,7 @@ def load_run_folder(path: Path) -> tuple[ReportSource, ReportRow]:
     run = {"row": path.name, "seed": seed, **test}
     if isinstance(metrics.get("train_seconds"), (int, float)):
         run["train_seconds"] = metrics["train_seconds"]
-    curve = metrics.get("loss_curve_every_10_steps") or []
+    curve = metrics.get(LOSS_CURVE_KEY) or []
     provenance = {
         "kind": "run folder",
         "methods": method,
@@ -173,11 +178,6 @@ def load_run_folder(path: Path) -> tuple[ReportSource, ReportRow]:
     row = ReportRow(name=path.name, metrics=summarize([run]).get(path.name, {}), curves=[list(curve)] if curve else [],
                     configs=[config], source=path.name)  # fmt: skip
     return source, row
-
-
-def _slug(key: str) -> str:
-    """Run-folder name of a pre-ranking benchmark row (as ``prerank.run_prerank_benchmark`` names them)."""
-    return "".join(ch if ch.isalnum() else "_" for ch in key).strip("_")
 
 
 def load_benchmark(path: Path) -> tuple[ReportSource, list[ReportRow]]:
@@ -201,12 +201,12 @@ def load_benchmark(path: Path) -> tuple[ReportSource, list[ReportRow]]:
         curves: list[list[float]] = []
         configs: list[dict] = []
         for seed in seeds:
-            for run_dir in (folder / "runs" / f"{name}-seed{seed}", folder / "runs" / f"{_slug(name)}-seed{seed}"):
+            for run_dir in (folder / "runs" / f"{name}-seed{seed}", folder / "runs" / f"{run_slug(name)}-seed{seed}"):
                 if all((run_dir / f).is_file() for f in RUN_FILES):
                     metrics_json = _read_json(run_dir / RUN_FILES[0])
                     configs.append(_read_json(run_dir / RUN_FILES[1]))
-                    if metrics_json.get("loss_curve_every_10_steps"):
-                        curves.append(list(metrics_json["loss_curve_every_10_steps"]))
+                    if metrics_json.get(LOSS_CURVE_KEY):
+                        curves.append(list(metrics_json[LOSS_CURVE_KEY]))
                     versions = versions or _versions(metrics_json)
                     break
         rows.append(ReportRow(name=str(name), metrics=metrics, curves=curves,
@@ -222,7 +222,8 @@ def load_benchmark(path: Path) -> tuple[ReportSource, list[ReportRow]]:
         "seeds": f"0..{results['repeats'] - 1}" if isinstance(results.get("repeats"), int) else "",
         **versions,
     }
-    return ReportSource(label=label, path=results_path, kind="benchmark", provenance=provenance), rows
+    source = ReportSource(label, results_path, "benchmark", provenance, primary=primary_metric(results))
+    return source, rows
 
 
 def load_inputs(inputs: Sequence[str | Path]) -> ReportData:
@@ -340,21 +341,23 @@ def metrics_table_html(rows: Sequence[ReportRow]) -> str:
     return _table(header, body, cls="metrics")
 
 
-def _draw_joint_recall(ax, rows: Sequence[ReportRow]) -> None:
-    shown = [r for r in rows if "joint_recall" in r.metrics]
+def _draw_primary(ax, rows: Sequence[ReportRow], metric: str = DEFAULT_PRIMARY) -> None:
+    """Bars of ``metric`` (mean ± std) for the rows that have it; reference rows in grey."""
+    label = metric.replace("_", " ")
+    shown = [r for r in rows if metric in r.metrics]
     if not shown:
-        ax.text(0.5, 0.5, "no joint recall to show", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, f"no {label} to show", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
-    means = [r.metrics["joint_recall"]["mean"] for r in shown]
-    stds = [r.metrics["joint_recall"]["std"] for r in shown]
+    means = [r.metrics[metric]["mean"] for r in shown]
+    stds = [r.metrics[metric]["std"] for r in shown]
     colors = ["#bbbbbb" if r.reference else "#3b75af" for r in shown]
     ax.bar(range(len(shown)), means, yerr=stds, capsize=4, color=colors)
     ax.set_xticks(range(len(shown)), [r.name for r in shown], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("joint recall (test, mean ± std)")
+    ax.set_ylabel(f"{label} (test, mean ± std)")
     lo, hi = min(m - s for m, s in zip(means, stds)), max(m + s for m, s in zip(means, stds))
     ax.set_ylim(max(0.0, lo - 0.05), min(1.0, hi + 0.03) if hi < 1.0 else hi + 0.03)
-    ax.set_title("joint recall", fontsize=10)
+    ax.set_title(label, fontsize=10)
 
 
 def _draw_loss_curves(ax, rows: Sequence[ReportRow]) -> None:
@@ -369,7 +372,7 @@ def _draw_loss_curves(ax, rows: Sequence[ReportRow]) -> None:
     for r in shown:
         length = min(len(c) for c in r.curves)
         mean = np.mean([c[:length] for c in r.curves], axis=0)
-        steps = 1 + CURVE_EVERY * np.arange(length)
+        steps = 1 + LOSS_CURVE_EVERY * np.arange(length)
         label = r.name if len(r.curves) == 1 else f"{r.name} (mean of {len(r.curves)} seeds)"
         ax.plot(steps, mean, label=label, linewidth=1.2, marker="o" if length < 20 else None, markersize=3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -407,7 +410,8 @@ font-variant-numeric:tabular-nums}img{max-width:100%}.note{color:#666;font-size:
 def render_html(data: ReportData, *, title: str = "cascade-ranking: run comparison") -> str:
     """The report as one self-contained HTML document (charts embedded as base64 PNG; all text escaped)."""
     width = max(6.0, 0.8 * len(data.rows) + 2)
-    bars = _img(_png(_figure(_draw_joint_recall, data.rows, (width, 4.2))), "joint recall")
+    primary = data.primary
+    bars = _img(_png(_figure(partial(_draw_primary, metric=primary), data.rows, (width, 4.2))), primary)
     curves = _img(_png(_figure(_draw_loss_curves, data.rows, (8.0, 4.5))), "training loss")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     prov_keys = list(dict.fromkeys(k for s in data.sources for k in s.provenance))
@@ -438,7 +442,7 @@ def render_html(data: ReportData, *, title: str = "cascade-ranking: run comparis
         "partitions; mean ± std (sample std) over seeds where a row has several.</p>",
         "<h2>Metrics</h2>",
         metrics_table_html(data.rows),
-        "<h2>Joint recall</h2>",
+        f"<h2>{html.escape(primary.replace('_', ' ').capitalize())}</h2>",
         bars,
         "<h2>Training loss</h2>",
         curves,
@@ -458,7 +462,7 @@ def render_png(data: ReportData) -> bytes:
     width = max(6.0, 0.8 * len(data.rows) + 2)
     fig = Figure(figsize=(width + 8.0, 4.8))
     left, right = fig.subplots(1, 2, width_ratios=[width, 8.0])
-    _draw_joint_recall(left, data.rows)
+    _draw_primary(left, data.rows, data.primary)
     _draw_loss_curves(right, data.rows)
     fig.tight_layout()
     return _png(fig)

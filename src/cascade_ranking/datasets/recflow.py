@@ -78,11 +78,8 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import pickle
 import re
-import shutil
-import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -94,8 +91,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
 
-from .loader import shuffle_candidates
-from .schema import (
+from ..data.atomic import staged_directory
+from ..data.loader import shuffle_candidates
+from ..data.schema import (
     SCHEMA_FILE,
     CategoricalField,
     DatasetSchema,
@@ -105,7 +103,7 @@ from .schema import (
     TrainDefaults,
     roles_in_time_order,
 )
-from .store import write_partition, write_schema
+from ..data.store import write_partition, write_schema
 
 __all__ = [
     "DATASET_VERSION",
@@ -864,32 +862,6 @@ def shuffled_store_arrays(day: RecFlowDay, spec: FunnelSpec, schema: DatasetSche
 # output folder handling and progress
 # ------------------------------------------------------------------------------------------------------
 @contextmanager
-def staged_output(out: Path, *, marker: str) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on error it is deleted.
-
-    ``out`` may be missing, empty, or a previous output (holding ``marker``); any other folder is refused
-    (``ValueError``), so that a typo never deletes unrelated files.
-    """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
-        raise ValueError(f"out={str(out)!r} exists and is not a previous output (no {marker}); refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "previous")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextmanager
 def day_progress(enabled: bool, total: int, description: str) -> Iterator[Callable[[str], None]]:
     """Yield ``advance(day)``: a rich progress bar over days when ``enabled``, else a no-op."""
     if not enabled:
@@ -961,7 +933,7 @@ def convert_recflow(
     partitions: list[Partition] = []
     stats: dict[str, dict[str, int]] = {}
     history_length: int | None = None
-    with staged_output(out, marker=SCHEMA_FILE) as tmp, day_progress(progress, len(files), "recflow") as advance:
+    with staged_directory(out, marker=SCHEMA_FILE) as tmp, day_progress(progress, len(files), "recflow") as advance:
         for f, role in zip(files, roles):
             day, misses = _read_day(f, spec)
             length = day.history["video_id"].shape[1]

@@ -7,29 +7,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..errors import validation_problems
+
 __all__ = [
     "DEFAULT_MODELS",
-    "STAGE_NAMES",
-    "BenchmarkConfig",
     "TrainConfig",
     "config_from",
     "parse_sets",
     "read_config_file",
-    "stage_names",
 ]
-
-#: Stage names by position, retrieval first (a cascade of K stages uses the first K... see ``stage_names``).
-STAGE_NAMES = {1: ["retrieval"], 2: ["retrieval", "prerank"], 3: ["retrieval", "prerank", "rank"]}
 
 #: Default stage models by number of stages (LCRON experiments: DSSM retrieval, DIN last stage).
 DEFAULT_MODELS = {1: ["dssm"], 2: ["dssm", "din"], 3: ["dssm", "mlp", "din"]}
-
-
-def stage_names(num_stages: int) -> list[str]:
-    """``["retrieval", "prerank", "rank"]`` for 3 stages; ``stage_<i>`` names beyond 3 stages."""
-    if num_stages in STAGE_NAMES:
-        return list(STAGE_NAMES[num_stages])
-    return ["retrieval"] + [f"stage_{i}" for i in range(1, num_stages - 1)] + ["rank"]
 
 
 class TrainConfig(BaseModel):
@@ -59,7 +48,7 @@ class TrainConfig(BaseModel):
             that fits is shuffled as a whole; see :mod:`cascade_ranking.data.loader`.
         tensorboard: a TensorBoard log directory: per step the loss, its parts, the loss's learnable parameters,
             the learning rate and requests/s, and the validation/test metrics after evaluation (needs the
-            ``tensorboard`` package; see :mod:`cascade_ranking.tracking`). ``None`` (default) = no logging. A
+            ``tensorboard`` package; see :mod:`cascade_ranking.training.tracking`). ``None`` (default) = no logging. A
             resumed run appends to the same directory. In a benchmark each (method, seed) run logs into
             ``<tensorboard>/<method>-seed<seed>``, so ``tensorboard --logdir`` compares the runs.
     """
@@ -90,37 +79,11 @@ class TrainConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        from . import losses
+        from .. import losses
 
         if v not in losses.REGISTRY:
             raise ValueError(f"unknown method {v!r}; known methods: {', '.join(losses.REGISTRY)}")
         return v
-
-
-class BenchmarkConfig(TrainConfig):
-    """A benchmark: every field of :class:`TrainConfig` (shared by all runs) plus which methods, how many seeds.
-
-    Attributes:
-        task: ``"cascade"`` (the LCRON paper's comparison of cascade methods) or ``"prerank"`` (the RankTower
-            paper's comparison of pre-ranking models on full-stage samples, see ``cascade_ranking.prerank``).
-        methods: methods to compare (``None`` = the eight cascade methods of the LCRON paper); for
-            ``task="prerank"`` the Table 1 rows (``lr``, ``two_tower``, ``cold``, ``din``, ``arf``, ``ranktower``).
-        repeats: seeds per method (0 .. repeats-1).
-        out: output folder (``None`` = ``benchmark-<K>stage``, ``benchmark-prerank`` or
-            ``benchmark-<dataset folder>``).
-        ablations: with ``task="prerank"``, also run the RankTower paper's ablations (Tables 2-4).
-    """
-
-    task: Literal["cascade", "prerank"] = "cascade"
-    methods: list[str] | None = None
-    repeats: int = Field(default=3, gt=0)
-    out: Path | None = None
-    ablations: bool = False
-
-    def train_config(self, **updates: Any) -> TrainConfig:
-        """The :class:`TrainConfig` shared by the benchmark's runs (its own fields dropped), with ``updates``."""
-        own = set(type(self).model_fields) - set(TrainConfig.model_fields)
-        return TrainConfig.model_validate({**self.model_dump(exclude=own), **updates})
 
 
 def read_config_file(path: str | Path, model: type[BaseModel] = TrainConfig) -> dict[str, Any]:
@@ -224,6 +187,6 @@ def config_from(
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc, "config")
         where = f"{file}: " if file is not None else ""
         raise ValueError(f"{where}invalid configuration: {problems}") from None

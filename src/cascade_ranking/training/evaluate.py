@@ -9,12 +9,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.loader import iterate_partitions
-from .data.schema import DatasetSchema, Partition, RequestBatch
-from .data.store import read_partition
-from .metrics import CascadeMetrics
+from ..cascade import Cascade
+from ..data.loader import iterate_partitions
+from ..data.schema import DatasetSchema, Partition
+from ..data.store import read_partition
+from ..metrics import CascadeMetrics
+from ..types import RequestBatch
+from .build import Resolved
+from .config import TrainConfig
 
-__all__ = ["PopularityScorer", "RandomScorer", "Scorer", "evaluate"]
+__all__ = ["PopularityScorer", "RandomScorer", "Scorer", "evaluate", "evaluate_cascade"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,35 @@ def evaluate(
     if world > 1:
         metrics.all_reduce(device=device if torch.device(device).type == "cuda" else None)
     return metrics.compute()
+
+
+def evaluate_cascade(
+    cascade: Cascade,
+    config: TrainConfig,
+    data: Path,
+    schema: DatasetSchema,
+    role: str,
+    *,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> dict[str, float]:
+    """Metrics of ``cascade`` on the partitions with ``role`` (``"test"`` or ``"valid"``), as configured.
+
+    Raises:
+        ValueError: the dataset has no partition with that role, or they hold no request.
+    """
+    run = Resolved.of(config)
+    parts = schema.partitions_with_role(role)  # type: ignore[arg-type]
+    if not parts:
+        raise ValueError(f"{data}: no partition with role {role!r}")
+    if not sum(p.num_requests for p in parts):
+        raise ValueError(f"{data}: the {role} partitions {[p.name for p in parts]} hold no request to evaluate")
+    return evaluate(
+        cascade.to(device).eval(), data, schema, parts, stage_names=[s.name for s in cascade.stages],
+        keep=run.keep, gt_num=run.gt_num, batch_size=config.eval_batch_size, seed=config.seed,
+        device=device, on_batch=on_batch, shard=shard,
+    )  # fmt: skip
 
 
 class RandomScorer(torch.nn.Module):

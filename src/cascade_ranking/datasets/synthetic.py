@@ -43,7 +43,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .loader import shuffle_candidates
+from ..data.atomic import staged_directory, write_text_atomic
+from ..data.loader import shuffle_candidates
+from ..data.schema import SCHEMA_FILE, DatasetSchema, Partition
+from ..data.store import write_partition, write_schema
 from .recflow import (
     FEATHER_DIR,
     FLOW_COLUMNS,
@@ -63,11 +66,8 @@ from .recflow import (
     day_shuffle_rng,
     funnel_spec,
     recflow_schema,
-    staged_output,
     to_store_arrays,
 )
-from .schema import SCHEMA_FILE, DatasetSchema, Partition
-from .store import write_partition, write_schema, write_text_atomic
 
 __all__ = ["SimulatedDay", "SimulatorConfig", "World", "build_world", "simulate", "simulate_days", "small_config"]
 
@@ -626,7 +626,7 @@ def simulate(
     out = Path(out)
     world = build_world(config, seed)
     marker = SCHEMA_FILE if layout == "store" else ID_CNT_FILE
-    with staged_output(out, marker=marker) as tmp, day_progress(progress, days, f"simulate ({layout})") as advance:
+    with staged_directory(out, marker=marker) as tmp, day_progress(progress, days, f"simulate ({layout})") as advance:
         partitions: list[Partition] = []
         id_cnt = config.canonical_id_cnt()
         for plan, role in zip(_day_plans(requests, days, seed, world), roles):
@@ -657,7 +657,7 @@ def simulate(
             partitions=partitions,
             name=f"synthetic-{stages}stage",
             provenance={
-                "source": "cascade_ranking.data.synthetic (simulated production funnel)",
+                "source": "cascade_ranking.datasets.synthetic (simulated production funnel)",
                 "seed": int(seed),
                 "requests": int(requests),
                 "days": int(days),

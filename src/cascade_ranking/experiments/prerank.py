@@ -1,0 +1,341 @@
+"""The pre-ranking benchmark (``--task prerank``): RankTower's comparison and ablations on full-stage samples.
+
+Yan & Li (2023), *RankTower*, arXiv 2407.12385: Table 1 compares pre-ranking models trained on full-stage
+samples (Sec. 4.1); Tables 2-4 ablate the sample spaces, the ranking losses and the distillation. Here every
+row is one ordinary :func:`~cascade_ranking.training.loop.train` run of a **one-stage cascade** (``keep = [K]``) on a
+dataset built by :func:`~cascade_ranking.datasets.ranktower_sampling.build_ranktower_samples` (MovieLens-100K:
+:func:`~cascade_ranking.datasets.prerank.prepare_prerank_movielens`), evaluated on the held-out test weeks.
+
+**Rows** (:data:`TABLE1`, :data:`ABLATIONS`; model + method):
+
+* Table 1: ``lr`` (:class:`~cascade_ranking.models.LR` + BCE), ``two_tower`` (DSSM + BCE), ``cold`` (COLD +
+  BCE), ``din`` (DIN + BCE), ``arf`` (DSSM + the ARF loss: the paper lists ARF as a method, and ARF is a
+  loss, so it trains the two-tower model), ``ranktower`` (RankTower + its hybrid loss, with the dataset's soft
+  labels); plus the untrained reference rows ``random`` and ``popularity`` (rating counts on the training
+  weeks). BCE's positives are the impressions (the top funnel position), its negatives every other sample.
+* Table 2 (sampling): RankTower trained without the random samples (``rt w/o random``), without the candidate
+  samples (``rt w/o candidate``); those slots are masked out of the *training* weeks only, validation and
+  test weeks are unchanged.
+* Table 3 (losses): the RankTower model with each ranking loss alone: ``distill only``
+  (``ranktower_distill``), ``sort only`` (``ranktower_sort``), ``rankmax only``, ``am-rankmax only``.
+* Table 4 (distillation): the hybrid loss without distillation (``rt w/o distill``: ``lambdas = (0, 0.1, 1)``,
+  the default weights with ``lambda_1 = 0``), and with hard-label distillation (``rt hard-label distill``: the
+  teacher is the hard label instead of the ranker's soft label; the ``soft_label`` column is dropped, so the
+  loss falls back to the label).
+
+Every run uses the base :class:`~cascade_ranking.training.config.TrainConfig` (Adam, lr 0.01, embedding 8, hidden 128)
+and the dataset's training defaults (MovieLens-100K: batch 256, 3 passes over the 26 training weeks) and the
+methods' default hyper-parameters. RankTower's (:mod:`cascade_ranking.losses.ranktower`): ``lambdas =
+(0.1, 0.1, 1)`` and SoftSort ``tau = 10``, chosen on the *validation* weeks of this dataset (never the test
+weeks), ``T_d = 1``, ``alpha = 1``, ``delta = 0.1``; the one-term rows of Table 3 use the same ``tau``,
+``T_d``, ``alpha``, ``delta``.
+
+**Metrics** (test weeks, every request; :func:`evaluate_prerank`), with ground truth = the request's
+``gt_num`` impressions (the rated items; the top ``gt_num`` by hard label):
+
+* ``Recall@K = |top K by score ∩ impressions| / |impressions|`` (:func:`~cascade_ranking.metrics.
+  stage_recall`, whose denominator ``min(gt_num, n_valid)`` is the number of impressions here);
+* ``NDCG@K`` with the hard label as gain (:func:`~cascade_ranking.metrics.ndcg_at_k`): rewards putting
+  impressions first *and* ordering them by rating.
+
+The paper reports K = 100 over a user's whole candidate set; our requests hold ``N = 50`` candidates (10
+impressions, 20 candidate, 20 random samples), so we report K = ``keep`` = 20 (what the pre-ranking stage
+passes on, 40% of N; the benchmark's primary metric, ``recall@20``) and K = ``gt_num`` = 10 (Recall@10 is then
+also the precision).
+
+Outputs in ``out_dir``: ``runs/<row>-seed<s>/`` (train run folders, reused when finished, plus
+``prerank.json`` with the test metrics), ``data/<variant>/`` (the ablation datasets), ``results.json``,
+``results.csv``, ``results.md`` (one section per table), the chart ``recall_at_<keep>.png`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.loader import iterate_partitions
+from ..data.schema import DatasetSchema, Partition
+from ..data.store import open_dataset
+from ..datasets.prerank import derive_variant
+from ..losses.ranktower import DEFAULT_LAMBDAS
+from ..metrics import ndcg_at_k, stage_recall
+from ..training.checkpoint import load_run
+from ..training.config import TrainConfig
+from ..training.distributed import resolve_device
+from ..types import RequestBatch
+from .results import markdown_table
+from .runner import BenchmarkRow, finish, reference_scorers, run_rows
+
+__all__ = ["ABLATIONS", "TABLE1", "PrerankRow", "evaluate_prerank", "results_markdown", "run_prerank_benchmark"]
+
+log = logging.getLogger(__name__)
+
+#: File with a run's pre-ranking test metrics, beside train's ``metrics.json``.
+PRERANK_METRICS_FILE = "prerank.json"
+
+TABLE_TITLES = {
+    "table1": "Table 1: pre-ranking models on full-stage samples",
+    "table2": "Table 2: sample spaces (RankTower, samples masked out of the training weeks)",
+    "table3": "Table 3: ranking losses (RankTower model, one loss each)",
+    "table4": "Table 4: distillation (RankTower hybrid loss)",
+}
+
+
+@dataclass(frozen=True)
+class PrerankRow:
+    """One row of the pre-ranking benchmark.
+
+    Attributes:
+        key: row name in the results.
+        model: registered stage model.
+        method: registered loss.
+        table: ``"table1"`` .. ``"table4"``.
+        loss: loss hyper-parameters (``TrainConfig.loss``).
+        variant: training-data variant (:data:`VARIANTS`), ``None`` = the dataset as built.
+    """
+
+    key: str
+    model: str
+    method: str
+    table: str = "table1"
+    loss: dict = field(default_factory=dict)
+    variant: str | None = None
+
+
+TABLE1 = (
+    PrerankRow("lr", "lr", "bce"),
+    PrerankRow("two_tower", "dssm", "bce"),
+    PrerankRow("cold", "cold", "bce"),
+    PrerankRow("din", "din", "bce"),
+    PrerankRow("arf", "dssm", "arf"),
+    PrerankRow("ranktower", "ranktower", "ranktower"),
+)
+ABLATIONS = (
+    PrerankRow("rt w/o random", "ranktower", "ranktower", "table2", variant="no_random"),
+    PrerankRow("rt w/o candidate", "ranktower", "ranktower", "table2", variant="no_candidate"),
+    PrerankRow("distill only", "ranktower", "ranktower_distill", "table3"),
+    PrerankRow("sort only", "ranktower", "ranktower_sort", "table3"),
+    PrerankRow("rankmax only", "ranktower", "rankmax", "table3"),
+    PrerankRow("am-rankmax only", "ranktower", "am_rankmax", "table3"),
+    PrerankRow("rt w/o distill", "ranktower", "ranktower", "table4", loss={"lambdas": [0.0, *DEFAULT_LAMBDAS[1:]]}),
+    PrerankRow("rt hard-label distill", "ranktower", "ranktower", "table4", variant="hard_teacher"),
+)
+
+
+@torch.no_grad()
+def evaluate_prerank(
+    score: Callable[[RequestBatch], torch.Tensor],
+    data: Path,
+    schema: DatasetSchema,
+    partitions: Sequence[Partition],
+    *,
+    ks: Sequence[int],
+    batch_size: int = 4096,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Recall@K and NDCG@K of one scorer over every request of ``partitions`` (see the module docstring).
+
+    Args:
+        score: maps a batch to ``[B, N]`` scores.
+        data, schema, partitions: what to evaluate.
+        ks: cutoffs.
+        batch_size: requests per batch.
+        seed: seeds the loader's candidate-slot shuffle (which breaks score ties).
+        device: where to score.
+
+    Returns:
+        ``{"recall@K": ..., "ndcg@K": ..., "requests": ...}``: means over the requests with a valid candidate.
+    """
+    gt_num = schema.gt_num
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    requests = nonempty = 0
+    rng = np.random.default_rng(seed)
+    for batch in iterate_partitions(data, schema, partitions, batch_size=batch_size, shuffle=False, rng=rng):
+        batch = batch.to(device)
+        s = score(batch).float()
+        has = batch.mask.any(-1)
+        requests += batch.batch_size
+        nonempty += int(has.sum())
+        for k in ks:
+            sums[f"recall@{k}"] += float(stage_recall(s, batch.label, batch.mask, k, gt_num)[has].sum())
+            sums[f"ndcg@{k}"] += float(ndcg_at_k(s, batch.label, batch.mask, k)[has].sum())
+    out = {name: total / nonempty if nonempty else math.nan for name, total in sums.items()}
+    out["requests"] = requests
+    return out
+
+
+def _select_rows(models: Sequence[str] | None, ablations: bool) -> list[PrerankRow]:
+    known = {r.key: r for r in TABLE1}
+    aliases = {"dssm": "two_tower", "two-tower": "two_tower"}
+    if models is None:
+        rows = list(TABLE1)
+    else:
+        keys = [aliases.get(m.lower(), m.lower()) for m in models]
+        unknown = [m for m, k in zip(models, keys) if k not in known]
+        if unknown:
+            raise ValueError(f"unknown pre-ranking rows {unknown}; known rows: {', '.join(known)}")
+        rows = [known[k] for k in dict.fromkeys(keys)]
+    rows += list(ABLATIONS) if ablations else []
+    if not rows:
+        raise ValueError("no pre-ranking row to run: give models or set ablations")
+    return rows
+
+
+def _benchmark_rows(rows: Sequence[PrerankRow], data: Path, out_dir: Path, keep: int) -> list[BenchmarkRow]:
+    """The runner's rows: each row's model, method, loss and training data (an ablation's variant)."""
+    out = []
+    for row in rows:
+        updates = {"method": row.method, "models": [row.model], "keep": [keep], "loss": dict(row.loss)}
+        row_data = data if row.variant is None else derive_variant(data, out_dir / "data" / row.variant, row.variant)
+        out.append(BenchmarkRow(row.key, updates, row_data, row.table))
+    return out
+
+
+def _evaluator(data: Path, schema: DatasetSchema, ks: Sequence[int], device: torch.device):
+    """The runner's evaluation of a trained row: its model's Recall@K / NDCG@K on ``data``'s test partitions."""
+    test = schema.partitions_with_role("test")
+
+    def evaluate(config: TrainConfig, run_dir: Path, train_metrics: dict) -> dict:
+        model = load_run(run_dir, data=data).cascade.to(device).eval().stages[0].model
+        metrics = evaluate_prerank(
+            model, data, schema, test, ks=ks, seed=config.seed, batch_size=config.eval_batch_size, device=device
+        )
+        row_config = {"method": config.method, "model": config.models[0] if config.models else None}
+        return {
+            "row_config": {**row_config, "loss": config.loss},
+            "train_seconds": train_metrics["train_seconds"],
+            "test": metrics,
+        }
+
+    return evaluate
+
+
+def run_prerank_benchmark(
+    *,
+    data: Path,
+    out_dir: Path,
+    repeats: int = 1,
+    models: list[str] | None = None,
+    ablations: bool = False,
+    on_run: Callable[[str, int, dict], None] | None = None,
+    base: TrainConfig | None = None,
+    ks: Sequence[int] | None = None,
+) -> dict:
+    """Train and evaluate the pre-ranking rows ``repeats`` times (seeds 0..R-1); write and return the results.
+
+    Args:
+        data: a pre-ranking dataset (:func:`~cascade_ranking.datasets.prerank.prepare_prerank_movielens` or
+            :func:`~cascade_ranking.datasets.ranktower_sampling.build_ranktower_samples`): one-stage ``keep``,
+            funnel positions ``random``, ``candidate``, ``impression``.
+        out_dir: output folder (see the module docstring).
+        repeats: seeds per row.
+        models: Table 1 rows to run (``lr``, ``two_tower`` (alias ``dssm``), ``cold``, ``din``, ``arf``,
+            ``ranktower``); ``None`` = all.
+        ablations: also run Tables 2-4 (:data:`ABLATIONS`, eight RankTower rows).
+        on_run: called after each run with ``(row, seed, {"test": metrics, ...})``; ``metrics`` holds
+            ``recall@K`` and ``ndcg@K`` of every cutoff.
+        base: configuration shared by every run (``method``, ``models``, ``keep``, ``loss``, ``seed`` and
+            ``data`` are set per row); default :class:`~cascade_ranking.training.config.TrainConfig()`.
+        ks: cutoffs (default ``(gt_num, keep)``).
+
+    Returns:
+        ``{"task", "dataset", "data", "stages", "keep", "gt_num", "num_candidates", "ks", "repeats",
+        "primary_metric", "metrics", "runs", "tables", "summary"}``.
+
+    Raises:
+        ValueError: ``repeats`` not positive, unknown rows, or a dataset that is not a one-stage pre-ranking
+            dataset.
+    """
+    if isinstance(repeats, bool) or int(repeats) != repeats or repeats <= 0:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    selected = _select_rows(models, ablations)
+    data, out_dir = Path(data), Path(out_dir)
+    schema = open_dataset(data)
+    if len(schema.keep) != 1 or "impression" not in schema.funnel_positions:
+        raise ValueError(
+            f"{data}: not a pre-ranking dataset (keep={schema.keep}, funnel positions {schema.funnel_positions}); "
+            "build one with prepare_prerank_movielens or build_ranktower_samples"
+        )
+    keep = schema.keep[0]
+    ks = sorted({int(k) for k in (ks or (schema.gt_num, keep))} | {keep})
+    base = base or TrainConfig()
+    device = resolve_device(base.device)
+    rows = _benchmark_rows(selected, data, out_dir, keep)
+    last_table1 = max((i for i, r in enumerate(rows) if r.table == "table1"), default=-1)
+    runs: list[dict] = []
+    for row, seed, record in run_rows(
+        rows, base=base, data=data, out_dir=out_dir, repeats=repeats, on_run=on_run,
+        evaluate=_evaluator(data, schema, ks, device), record=PRERANK_METRICS_FILE,
+    ):  # fmt: skip
+        runs.append({"row": row.key, "table": row.table, "seed": seed, **record["test"]})
+        runs[-1]["train_seconds"] = record["train_seconds"]
+        if last_table1 >= 0 and row is rows[last_table1] and seed == repeats - 1:  # the reference rows close Table 1
+            runs += _reference_runs(data, schema, ks, repeats, device)
+    results = {
+        "task": "prerank",
+        "dataset": schema.name,
+        "data": str(data),
+        "stages": ["prerank"],
+        "keep": [keep],
+        "gt_num": schema.gt_num,
+        "num_candidates": schema.num_candidates,
+        "ks": ks,
+        "repeats": repeats,
+        "primary_metric": f"recall@{keep}",
+        "metrics": {
+            "rt": "RankTower model (+ its hybrid loss unless the row names one loss)",
+            "recall@K": f"|top K by score ∩ impressions| / |impressions| (gt_num = {schema.gt_num} impressions per "
+            "request)",
+            "ndcg@K": "NDCG@K with the hard label as gain (scikit-learn's ndcg_score)",
+        },
+        "runs": runs,
+        "tables": _tables(runs),
+    }
+    title = f"{schema.name}: pre-ranking, keep {keep} of {schema.num_candidates}, {repeats} seed(s)"
+    return finish(out_dir, results, title=title, markdown=results_markdown)
+
+
+def _tables(runs: list[dict]) -> dict[str, list[str]]:
+    """Table name -> its rows, in run order."""
+    tables: dict[str, list[str]] = {}
+    for run in runs:
+        if run["row"] not in tables.setdefault(run["table"], []):
+            tables[run["table"]].append(run["row"])
+    return tables
+
+
+def _first_stage(scorer: torch.nn.Module) -> Callable[[RequestBatch], torch.Tensor]:
+    """``batch -> scorer(batch)[0]``: the first stage's ``[B, N]`` scores of a reference scorer."""
+    return lambda batch: scorer(batch)[0]
+
+
+def _reference_runs(data, schema, ks, repeats, device) -> list[dict]:
+    """The untrained reference rows of Table 1: random scores and training-week impression counts."""
+    test = schema.partitions_with_role("test")
+    runs = []
+    for name, seed, scorer in reference_scorers(data, schema, 1, repeats, device):
+        m = evaluate_prerank(_first_stage(scorer), data, schema, test, ks=ks, seed=seed, device=device)
+        runs.append({"row": name, "table": "table1", "seed": seed, **m})
+    return runs
+
+
+def results_markdown(results: dict) -> str:
+    """The results as Markdown: a header with the metric definitions, then one table per benchmark table."""
+    lines = [
+        f"# {results['dataset']}: pre-ranking, keep {results['keep'][0]} of {results['num_candidates']} "
+        f"candidates per request, {results['repeats']} seed(s)",
+        "",
+    ]
+    lines += [f"- `{name}`: {text}" for name, text in results["metrics"].items()]
+    for table, rows in results["tables"].items():
+        lines += ["", f"## {TABLE_TITLES.get(table, table)}", ""]
+        table = {r: results["summary"][r] for r in rows}
+        lines.append(markdown_table(table, results["primary_metric"]).rstrip("\n"))
+    return "\n".join(lines) + "\n"
