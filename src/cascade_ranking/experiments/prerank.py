@@ -6,42 +6,35 @@ row is one ordinary :func:`~cascade_ranking.training.loop.train` run of a **one-
 dataset built by :func:`~cascade_ranking.datasets.ranktower_sampling.build_ranktower_samples` (MovieLens-100K:
 :func:`~cascade_ranking.datasets.prerank.prepare_prerank_movielens`), evaluated on the held-out test weeks.
 
-**Rows** (:data:`TABLE1`, :data:`ABLATIONS`; model + method):
+**Rows** (:data:`TABLE1`, :data:`ABLATIONS`; model + method), as the paper's tables:
 
-* Table 1: ``lr`` (:class:`~cascade_ranking.models.LR` + BCE), ``two_tower`` (DSSM + BCE), ``cold`` (COLD +
-  BCE), ``din`` (DIN + BCE), ``arf`` (DSSM + the ARF loss: the paper lists ARF as a method, and ARF is a
-  loss, so it trains the two-tower model), ``ranktower`` (RankTower + its hybrid loss, with the dataset's soft
-  labels); plus the untrained reference rows ``random`` and ``popularity`` (rating counts on the training
-  weeks). BCE's positives are the impressions (the top funnel position), its negatives every other sample.
-* Table 2 (sampling): RankTower trained without the random samples (``rt w/o random``), without the candidate
-  samples (``rt w/o candidate``); those slots are masked out of the *training* weeks only, validation and
-  test weeks are unchanged.
-* Table 3 (losses): the RankTower model with each ranking loss alone: ``distill only``
-  (``ranktower_distill``), ``sort only`` (``ranktower_sort``), ``rankmax only``, ``am-rankmax only``.
-* Table 4 (distillation): the hybrid loss without distillation (``rt w/o distill``: ``lambdas = (0, 0.1, 1)``,
-  the default weights with ``lambda_1 = 0``), and with hard-label distillation (``rt hard-label distill``: the
-  teacher is the hard label instead of the ranker's soft label; the ``soft_label`` column is dropped, so the
-  loss falls back to the label).
+* Table 1: ``lr`` (:class:`~cascade_ranking.models.LR` + BCE), ``two_tower`` (DSSM + BCE), ``dat``
+  (:class:`~cascade_ranking.models.DAT` + BCE, with its AMM and category-alignment losses), ``cold`` (COLD +
+  BCE), ``inttower`` (:class:`~cascade_ranking.models.IntTower` + BCE, with its CIR loss), ``din`` (DIN + BCE;
+  ours, not in the paper), ``arf`` (DSSM + the ARF loss: ARF is a loss, so it trains the two-tower model),
+  ``ranktower`` (RankTower + its hybrid loss, with the dataset's soft labels); plus the untrained reference rows
+  ``random`` and ``popularity``. BCE's positives are the impressions (the top funnel position).
+* Table 2 (sampling): RankTower without the random samples, without the candidate samples, without both
+  (masked out of the *training* partitions only); "full-stage sampling" is the ``ranktower`` row.
+* Table 3 (ranking losses): the RankTower model with each loss alone on all samples: sorting
+  (``ranktower_sort``), AM-Rankmax, Rankmax, Softmax, ApproxNDCG, RankNet; "hybrid" is the ``ranktower`` row.
+* Table 4 (distillation): the hybrid loss with weighted-logloss or pairwise-logloss distillation, or without
+  distillation (``lambda_1 = 0``); softmax distillation (eq. 14) is the ``ranktower`` row.
 
-Every run uses the base :class:`~cascade_ranking.training.config.TrainConfig` (Adam, lr 0.01, embedding 8, hidden 128)
-and the dataset's training defaults (MovieLens-100K: batch 256, 3 passes over the 26 training weeks) and the
-methods' default hyper-parameters. RankTower's (:mod:`cascade_ranking.losses.ranktower`): ``lambdas =
-(0.1, 0.1, 1)`` and SoftSort ``tau = 10``, chosen on the *validation* weeks of this dataset (never the test
-weeks), ``T_d = 1``, ``alpha = 1``, ``delta = 0.1``; the one-term rows of Table 3 use the same ``tau``,
-``T_d``, ``alpha``, ``delta``.
+**Protocols** (:func:`dataset_protocol`, read from the dataset's provenance):
 
-**Metrics** (test weeks, every request; :func:`evaluate_prerank`), with ground truth = the request's
-``gt_num`` impressions (the rated items; the top ``gt_num`` by hard label):
+* ``paper`` (a dataset built with ``split="random"``, e.g. ``prepare_prerank_movielens(protocol="paper")``):
+  RankTower's Sec. 5.1: test metrics per *user's* sample list (:func:`evaluate_user_lists`) at K = 100 and
+  K = ``keep``, relevant = positive feedback; Adam lr 0.001 and embedding 16 (:data:`PAPER_TRAINING`, applied
+  where the base configuration keeps the library's defaults) and the dataset's batch 64, 5 passes.
+* ``time`` (weekly partitions): per-request metrics (:func:`evaluate_prerank`) with ground truth = the request's
+  ``gt_num`` impressions: ``Recall@K = |top K ∩ impressions| / |impressions|``, ``NDCG@K`` with the hard label
+  as gain, K = ``gt_num`` and ``keep``; the base configuration (Adam lr 0.01, embedding 8) and the dataset's
+  training defaults.
 
-* ``Recall@K = |top K by score ∩ impressions| / |impressions|`` (:func:`~cascade_ranking.metrics.
-  stage_recall`, whose denominator ``min(gt_num, n_valid)`` is the number of impressions here);
-* ``NDCG@K`` with the hard label as gain (:func:`~cascade_ranking.metrics.ndcg_at_k`): rewards putting
-  impressions first *and* ordering them by rating.
-
-The paper reports K = 100 over a user's whole candidate set; our requests hold ``N = 50`` candidates (10
-impressions, 20 candidate, 20 random samples), so we report K = ``keep`` = 20 (what the pre-ranking stage
-passes on, 40% of N; the benchmark's primary metric, ``recall@20``) and K = ``gt_num`` = 10 (Recall@10 is then
-also the precision).
+Loss hyper-parameters are the methods' defaults (:mod:`cascade_ranking.losses.ranktower`: ``lambdas =
+(0.1, 0.1, 1)``, SoftSort ``tau = 1``, AM-Rankmax ``alpha = 2``, ``delta = 1``). Results print beside the
+paper's KuaiRand numbers (:data:`PAPER_KUAIRAND`).
 
 Outputs in ``out_dir``: ``runs/<row>-seed<s>/`` (train run folders, reused when finished, plus
 ``prerank.json`` with the test metrics), ``data/<variant>/`` (the ablation datasets), ``results.json``,
