@@ -22,7 +22,8 @@ per impression. RankTower (Yan & Li 2023, Sec. 5.1.1) evaluates on KuaiRand; thi
 **Samples** (RankTower Sec. 4.1-4.2, 5.1.1): every logged row is an impression; its feedback is the *sum* of
 the binary feedback labels (the paper: "we simply aggregate them by summing the labels"), its hard label
 ``1 + sum`` (the impression label plus the feedback); users with at least 100 impressions and 20 positive
-feedbacks (an impression with at least one positive signal) are kept; candidate samples come from a two-tower
+feedbacks (an impression with at least one positive signal) are kept; each user's requests are split 70/10/20
+at random (Sec. 5.1.1); candidate samples come from a two-tower
 retriever and random samples from the corpus, and soft labels from a ranking model fitted with weighted logloss
 (all as :mod:`~cascade_ranking.datasets.ranktower_sampling`).
 
@@ -104,8 +105,7 @@ KUAIRAND_SAMPLING = RankTowerSamplingConfig(
     min_impressions=100,
     min_positives=20,
     history_fields=("item_id", "tag"),
-    test_weeks=1,
-    valid_weeks=1,
+    split="random",
 )
 
 
@@ -341,9 +341,10 @@ def build_kuairand_pure(
 ) -> KuaiRandBuild:
     """``cascade-ranking prepare kuairand-pure``: fetch (or read ``src``), convert, write ``out_dir``.
 
-    Weekly partitions as the other full-stage datasets: KuaiRand-Pure's standard logs span 2022-04-08 to
-    2022-05-08 (five Monday-based weeks), so the last week is ``test``, the one before ``valid``
-    (:data:`KUAIRAND_SAMPLING`).
+    The paper's protocol (:data:`KUAIRAND_SAMPLING`): each user's requests split 70/10/20 at random into
+    ``train``, ``valid``, ``test`` (Sec. 5.1.1); a ``config`` with ``split="time"`` (and, say, ``test_weeks=1,
+    valid_weeks=1``: the standard logs span the five Monday-based weeks of 2022-04-08 to 2022-05-08) gives weekly
+    partitions instead.
 
     Raises:
         KuaiRandError: see :func:`locate_source` and :func:`read_kuairand_log`.
