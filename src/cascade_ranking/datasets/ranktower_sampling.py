@@ -74,9 +74,17 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from ..data.atomic import staged_directory
+from ..data.atomic import check_replaceable, staged_directory
 from ..data.loader import to_batch
-from ..data.schema import DatasetSchema, HistoryField, Partition, PartitionRole, TrainDefaults, roles_in_time_order
+from ..data.schema import (
+    SCHEMA_FILE,
+    DatasetSchema,
+    HistoryField,
+    Partition,
+    PartitionRole,
+    TrainDefaults,
+    roles_in_time_order,
+)
 from ..data.store import write_partition, write_schema
 from ..losses.base import request_mean
 from ..losses.ranktower import aggregate_hard_labels, weighted_logloss_terms
@@ -657,6 +665,7 @@ def _build(
     train_defaults: TrainDefaults | None,
     provenance: dict | None,
 ) -> RankTowerSamples:
+    """Requests, the fitted retriever and ranker, then the weekly partitions (see :func:`build_ranktower_samples`)."""
     t0 = time.perf_counter()
     log = filter_users(
         log,
@@ -670,25 +679,19 @@ def _build(
             f"history_fields={config.history_fields}: {unknown} are not item attributes of {log.source} "
             f"(item attributes: {sorted(log.item_features)})"
         )
-    if out_dir.exists() and (
-        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "schema.json").is_file())
-    ):
-        raise ValueError(f"out_dir={str(out_dir)!r} exists and is not a dataset folder; refusing to overwrite it")
-
-    s, c, r = config.group_size, config.candidate_samples, config.random_samples
-    n = config.num_candidates
+    check_replaceable(out_dir, SCHEMA_FILE, what="out_dir")
+    s = config.group_size
     req = make_requests(log, group_size=s, history_length=config.history_length)
     if req.num_requests == 0:
         raise ValueError(f"{log.source}: no user has {s} ratings, so there is no request")
     plan = _plan_partitions(log, req, config, seed)
     fit_req = plan.fit_requests
-
     schema = DatasetSchema(
         name=name,
         features=_schema_features(log),
         history=[HistoryField(name=f, item_field=f) for f in config.history_fields],
         history_length=config.history_length,
-        num_candidates=n,
+        num_candidates=config.num_candidates,
         funnel_positions=list(FUNNEL_POSITIONS),
         keep=[config.keep],
         gt_num=s,
@@ -701,53 +704,48 @@ def _build(
         log, fit_req, plan.rated["train"], schema, config.retriever, history_fields=hist, seed=seed
     )
     ranker, ranker_loss = fit_ranker(
-        log,
-        fit_req,
-        schema,
-        config.ranker,
-        history_fields=hist,
-        impression_label=config.impression_label,
-        rating_weight=config.rating_weight,
-        seed=seed,
-        positive_rating=config.positive_rating,
+        log, fit_req, schema, config.ranker, history_fields=hist, impression_label=config.impression_label,
+        rating_weight=config.rating_weight, seed=seed, positive_rating=config.positive_rating,
         rating_is_feedback=config.rating_is_feedback,
-    )
-    t_fit = time.perf_counter() - t0
+    )  # fmt: skip
     logger.info(
         "%s: fitted the retriever (loss %.4f) and the ranker (loss %.4f) on %d training-period requests in %.1fs",
-        name,
-        retriever_loss,
-        ranker_loss,
-        fit_req.num_requests,
-        t_fit,
-    )
-    schema = schema.model_copy(
-        update={
-            "provenance": {
-                "construction": CONSTRUCTION,
-                "seed": int(seed),
-                "config": asdict(config),
-                "funnel_positions": "random (uniform), candidate (two-tower top items), impression (rated)",
-                **plan.provenance,
-                "labels": "impression: impression_label + rating_weight * rating grade; others 0",
-                "soft_label": "the DIN ranker's odds e^z (weighted logloss on impression feedback)",
-                "fit_requests": fit_req.num_requests,
-                "retriever_final_loss": retriever_loss,
-                "ranker_final_loss": ranker_loss,
-                "requests": req.num_requests,
-                "ratings_dropped_in_partial_chunks": req.dropped,
-                **(provenance or {}),
-            }
-        }
-    )
+        name, retriever_loss, ranker_loss, fit_req.num_requests, time.perf_counter() - t0,
+    )  # fmt: skip
+    facts = {
+        "construction": CONSTRUCTION,
+        "seed": int(seed),
+        "config": asdict(config),
+        "funnel_positions": "random (uniform), candidate (two-tower top items), impression (rated)",
+        **plan.provenance,
+        "labels": "impression: impression_label + rating_weight * feedback (rating grade, 1[rating >= "
+        "positive_rating], or the rating itself); others 0",
+        "soft_label": "the DIN ranker's odds e^z (weighted logloss on impression feedback)",
+        "fit_requests": fit_req.num_requests,
+        "retriever_final_loss": retriever_loss,
+        "ranker_final_loss": ranker_loss,
+        "requests": req.num_requests,
+        "ratings_dropped_in_partial_chunks": req.dropped,
+        **(provenance or {}),
+    }
+    schema = schema.model_copy(update={"provenance": facts})
+    schema = _write_partitions(log, req, out_dir, schema, plan, (retriever, ranker), config, seed)
+    logger.info(
+        "%s: wrote %d requests x %d candidates in %d partitions to %s in %.1fs",
+        name, req.num_requests, config.num_candidates, len(schema.partitions), out_dir, time.perf_counter() - t0,
+    )  # fmt: skip
+    return RankTowerSamples(schema=schema, retriever=retriever, ranker=ranker)
 
-    item_table = _item_table(log)
+
+def _write_partitions(log, req, out_dir, schema, plan: _PartitionPlan, fitted, config, seed) -> DatasetSchema:
+    """Write the planned partitions into a staged folder that replaces ``out_dir``; the schema with them."""
+    s, c, r, n = config.group_size, config.candidate_samples, config.random_samples, config.num_candidates
+    models = (*fitted, _item_table(log))
     slot_stage = np.repeat(np.array([_IMPRESSION, _CANDIDATE, _RANDOM], dtype=np.int64), [s, c, r])
     partitions: list[Partition] = []
     with staged_directory(out_dir) as tmp:
         for part, rows, key in plan.partitions:
             rng = _week_rng(seed, key, 0)
-            models = (retriever, ranker, item_table)
             blocks = [
                 _block_arrays(log, req, blk, plan.rated[part.role], schema, models, config, slot_stage, rng)
                 for blk in np.array_split(rows, max(1, -(-len(rows) // _BLOCK_ROWS)))
@@ -761,16 +759,7 @@ def _build(
             partitions.append(part)
         schema = schema.model_copy(update={"partitions": partitions})
         write_schema(tmp, schema)
-    logger.info(
-        "%s: wrote %d requests x %d candidates in %d partitions to %s in %.1fs",
-        name,
-        req.num_requests,
-        n,
-        len(partitions),
-        out_dir,
-        time.perf_counter() - t0,
-    )
-    return RankTowerSamples(schema=schema, retriever=retriever, ranker=ranker)
+    return schema
 
 
 @torch.no_grad()
