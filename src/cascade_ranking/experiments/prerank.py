@@ -229,6 +229,16 @@ def evaluate_user_lists(
     sample are skipped. **Short lists**: when a list holds at most ``K`` samples, every sample is in the top ``K``
     and its Recall@K is 1 by this definition; ``short@K`` reports the share of such users.
 
+    Args:
+        score: maps a batch to ``[B, N]`` scores.
+        data, schema, partitions: what to evaluate.
+        ks: cutoffs.
+        relevant_label: the lowest hard label that counts as relevant.
+        user_field: the user field whose ids group requests into lists.
+        batch_size: requests per batch.
+        seed: seeds the loader's slot shuffle and the tie order.
+        device: where to score.
+
     Returns:
         ``{"recall@K", "ndcg@K", "short@K" for every K, "users", "requests"}``.
     """
