@@ -48,7 +48,7 @@ def build(name: str, schema: DatasetSchema, seed: int = 0, **kw) -> torch.nn.Mod
 
 
 def test_registry_lists_the_models_and_rejects_unknown_names():
-    assert available_models() == ["cold", "din", "dssm", "lr", "mlp", "ranktower"]
+    assert available_models() == ["cold", "dat", "din", "dssm", "inttower", "lr", "mlp", "ranktower"]
     schema = make_schema()
     assert isinstance(build_model("DSSM", schema), DSSM)
     assert isinstance(build_model("din", schema), DIN)

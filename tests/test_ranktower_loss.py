@@ -37,51 +37,50 @@ def ref_spaces(stage, mask, top=None, random_position=0):
     return imp, cand, rnd
 
 
-def ref_distill(s, teacher, imp, temperature):
+def ref_distill(s, teacher, imp, kind="softmax"):
     if not imp:
         return None
-    t = np.exp(np_log_softmax(teacher[imp] / temperature))
-    return float(-(t * np_log_softmax(s[imp])).sum())
+    p, z = teacher[imp], s[imp]
+    if kind == "softmax":
+        return float(-(p * np_log_softmax(z)).sum())
+    if kind == "weighted_logloss":
+        sig = 1.0 / (1.0 + np.exp(-z))
+        return float(np.mean(-(p * np.log(sig) + np.log(1.0 - sig))))
+    pairs = [(a, b) for a in range(len(p)) for b in range(len(p)) if p[a] > p[b]]
+    if not pairs:
+        return None
+    return float(np.mean([math.log1p(math.exp(-(z[a] - z[b]))) for a, b in pairs]))
 
 
-def ref_target_permutation(y):
-    """Hard descending permutation matrix with tied labels sharing their places equally."""
-    n = len(y)
-    out = np.zeros((n, n))
-    order = sorted(set(y.tolist()), reverse=True)
-    start = 0
-    for value in order:
-        group = [j for j in range(n) if y[j] == value]
-        for p in range(start, start + len(group)):
-            for j in group:
-                out[p, j] = 1.0 / len(group)
-        start += len(group)
-    return out
+def ref_soft_sort(x, tau):
+    """SoftSort with squared distance, transcribed from eq. 15: row r = softmax_j(-(sort(x)_r - x_j)^2 / tau)."""
+    srt = sorted(x.tolist(), reverse=True)
+    return np.array([np.exp(np_log_softmax(np.array([-((v - xj) ** 2) / tau for xj in x]))) for v in srt])
 
 
-def ref_sort(s, y, space, tau):
+def ref_sort(s, y, space, tau, target_tau=None):
     if not space:
         return None
-    s, y = s[space], y[space]
-    n = len(s)
-    sorted_s = sorted(s.tolist(), reverse=True)
-    target = ref_target_permutation(y)
-    total = 0.0
-    for p in range(n):
-        logp = np_log_softmax(np.array([-((sorted_s[p] - s[j]) ** 2) / tau for j in range(n)]))
-        total -= float((target[p] * logp).sum())
-    return total / n
+    target = ref_soft_sort(y[space], tau if target_tau is None else target_tau)
+    return float(-(target * np.log(ref_soft_sort(s[space], tau))).sum())
 
 
-def ref_rankmax(s, y, space, imp=(), alpha=0.0, delta=0.0):
-    terms = []
-    for i in space:
-        lower = [j for j in space if y[j] < y[i]]
-        if not lower:
+def ref_rankmax(s, y, space, imp=None, alpha=0.0, delta=1.0, beta=0.0):
+    """eq. 17 (``imp is None``: every other sample, margin 1) or eq. 19 with the kept self term."""
+    total, used = 0.0, False
+    for j in space:
+        if y[j] <= 0:
             continue
-        z = [s[j] - s[i] + alpha * (i in imp and j not in imp) + delta * (y[i] - y[j]) for j in lower]
-        terms.append(math.log1p(sum(math.exp(v) for v in z)))
-    return float(np.mean(terms)) if terms else None
+        if imp is None:
+            others = [i for i in space if i != j]
+            hinge = [max(0.0, s[i] - s[j] + 1.0) for i in others]
+        else:
+            others = [i for i in space if y[i] < y[j]]
+            hinge = [max(0.0, s[i] - s[j] + alpha * (i not in imp) + delta + beta * abs(y[j] - y[i])) for i in others]
+        if others:
+            used = True
+            total += math.log(1.0 + sum(hinge))
+    return total if used else None
 
 
 def batch_mean(values):
@@ -97,12 +96,13 @@ def ref_loss(name, s, y, stage, mask, teacher=None, **hp):
     for b in range(s.shape[0]):
         imp, cand, rnd = ref_spaces(stage[b], mask[b], hp.get("top_position"))
         valid = list(np.flatnonzero(mask[b]))
-        per["distill"].append(ref_distill(s[b], teacher[b], imp, hp.get("temperature", rt.DEFAULT_DISTILL_TEMPERATURE)))
-        per["sort"].append(ref_sort(s[b], y[b], sorted(imp + cand), hp.get("tau", rt.DEFAULT_SORT_TAU)))
-        per["rankmax"].append(ref_rankmax(s[b], y[b], valid))
-        per["am"].append(
-            ref_rankmax(s[b], y[b], valid, imp, hp.get("alpha", rt.DEFAULT_ALPHA), hp.get("delta", rt.DEFAULT_DELTA))
+        per["distill"].append(ref_distill(s[b], teacher[b], imp, hp.get("distillation", "softmax")))
+        per["sort"].append(
+            ref_sort(s[b], y[b], sorted(imp + cand), hp.get("tau", rt.DEFAULT_SORT_TAU), hp.get("target_tau"))
         )
+        per["rankmax"].append(ref_rankmax(s[b], y[b], valid))
+        margin = {k: hp.get(k, d) for k, d in (("alpha", rt.DEFAULT_ALPHA), ("delta", rt.DEFAULT_DELTA), ("beta", 0.0))}
+        per["am"].append(ref_rankmax(s[b], y[b], valid, imp, **margin))
     m = {k: batch_mean(v) for k, v in per.items()}
     if name == "ranktower_distill":
         return m["distill"]
@@ -115,18 +115,22 @@ def ref_loss(name, s, y, stage, mask, teacher=None, **hp):
     return lambdas[0] * m["distill"] + lambdas[1] * m["sort"] + lambdas[2] * m["am"]
 
 
-def full_stage_batch(batch: int = 4, seed: int = 0, dtype=torch.float64):
+def full_stage_batch(batch: int = 4, seed: int = 0, dtype=torch.float64, labels: str = "graded"):
     """Shuffled two-stage full-stage requests: 4 groups of 4 (positions 3..0), padding and tied labels.
 
-    Labels as :mod:`cascade_ranking.datasets.full_stage`: a negative at position p has label p + 1, an impression
-    3 + grade (grades 1..3, so impressions tie). Request 1 has padded slots, request 2 has no impression
+    ``labels="graded"`` as :mod:`cascade_ranking.datasets.full_stage`: a negative at position p has label p + 1, an
+    impression 3 + grade (grades 1..3, so impressions tie); ``"paper"``: the paper's hard labels (Sec. 4.2), an
+    impression 1 + feedback (0..2), every other sample 0. Request 1 has padded slots, request 2 has no impression
     (only negatives), request 3 a single valid candidate.
     """
     g = torch.Generator().manual_seed(seed)
     n = 16
     stage = torch.arange(3, -1, -1).repeat_interleave(4).expand(batch, n).clone()
     grade = torch.randint(1, 4, (batch, n), generator=g)
-    label = torch.where(stage == 3, 3 + grade, stage + 1).to(dtype)
+    if labels == "paper":
+        label = torch.where(stage == 3, grade, 0).to(dtype)
+    else:
+        label = torch.where(stage == 3, 3 + grade, stage + 1).to(dtype)
     mask = torch.ones(batch, n, dtype=torch.bool)
     mask[1, torch.tensor([1, 5, 6, 12, 15])] = False
     mask[2, :4] = False
@@ -149,9 +153,10 @@ def run(fn, logits, label, mask, stage, **kw):
 # ----------------------------------------------------------------------------------------------------
 # values
 # ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("labels", ["graded", "paper"])
 @pytest.mark.parametrize("name", NAMES)
-def test_each_loss_matches_the_numpy_transcription(name):
-    logits, label, mask, stage, _ = full_stage_batch()
+def test_each_loss_matches_the_numpy_transcription(name, labels):
+    logits, label, mask, stage, _ = full_stage_batch(labels=labels)
     out, _ = run(losses.build(name, keep=[8]), [logits], label, mask, stage)
     want = ref_loss(name, logits.numpy(), label.numpy(), stage.numpy(), mask.numpy())
     assert out.loss.item() == pytest.approx(want, rel=1e-10, abs=1e-12)
@@ -160,8 +165,10 @@ def test_each_loss_matches_the_numpy_transcription(name):
 @pytest.mark.parametrize(
     "hyper",
     [
-        {"lambdas": (0.3, 2.0, 0.5), "temperature": 0.5, "tau": 0.2, "alpha": 0.7, "delta": 0.25},
+        {"lambdas": (0.3, 2.0, 0.5), "tau": 0.2, "alpha": 0.7, "delta": 0.25, "beta": 0.5},
         {"lambdas": (1.0, 0.0, 0.0)},
+        {"lambdas": (1.0, 1.0, 1.0), "distillation": "weighted_logloss", "target_tau": 0.05, "alpha": 5.0},
+        {"lambdas": (1.0, 0.0, 1.0), "distillation": "pairwise_logloss"},
         {"top_position": 2},
     ],
 )
@@ -175,16 +182,35 @@ def test_hybrid_with_hyper_parameters_and_soft_labels_matches_the_transcription(
     assert computed == {n for n, w in zip(["distill", "sort", "am_rankmax"], fn.lambdas) if w}
 
 
-def test_defaults_are_the_validation_choices_and_shared_by_the_single_term_losses():
-    """The hybrid's defaults (chosen on validation, see the module docstring) are those of its one-term losses."""
-    assert rt.DEFAULT_LAMBDAS == (0.1, 0.1, 1.0) and rt.DEFAULT_SORT_TAU == 10.0
-    assert (rt.DEFAULT_DISTILL_TEMPERATURE, rt.DEFAULT_ALPHA, rt.DEFAULT_DELTA) == (1.0, 1.0, 0.1)
+def test_defaults_follow_the_paper_where_it_gives_values_and_are_shared_by_the_single_term_losses():
+    """Sec. 5.1.4: delta = 1, alpha in [2, 5], squared-distance SoftSort; lambdas and tau are ours."""
+    assert rt.DEFAULT_DELTA == 1.0 and 2.0 <= rt.DEFAULT_ALPHA <= 5.0
+    assert rt.DEFAULT_LAMBDAS == (0.1, 0.1, 1.0) and rt.DEFAULT_SORT_TAU == 1.0
     hybrid = losses.build("ranktower", keep=[8])
-    assert hybrid.lambdas == rt.DEFAULT_LAMBDAS
-    assert losses.build("ranktower_distill", keep=[8]).temperature == hybrid.temperature
+    assert hybrid.lambdas == rt.DEFAULT_LAMBDAS and hybrid.distillation == "softmax"
+    assert losses.build("ranktower_distill", keep=[8]).distillation == hybrid.distillation
     assert losses.build("ranktower_sort", keep=[8]).tau == hybrid.tau == rt.DEFAULT_SORT_TAU
     am = losses.build("am_rankmax", keep=[8])
-    assert (am.alpha, am.delta) == (hybrid.alpha, hybrid.delta)
+    assert (am.alpha, am.delta, am.beta) == (hybrid.alpha, hybrid.delta, hybrid.beta)
+
+
+def test_am_rankmax_is_zero_once_every_margin_is_met_and_hinges_by_hand():
+    """eq. 19 with the kept self term: log(1 + sum of the violated hinges)."""
+    y = torch.tensor([[2.0, 1.0, 0.0]], dtype=torch.float64)
+    stage = torch.tensor([[1, 1, 0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    fn = losses.build("am_rankmax", keep=[2], alpha=2.0, delta=1.0)
+    far = torch.tensor([[10.0, 5.0, 0.0]], dtype=torch.float64)
+    assert fn([far], label=y, mask=mask, stage=stage).loss.item() == 0.0
+    s = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)
+    # anchor 0: items 1 (impression, margin 1) and 2 (non-impression, margin 3): 0.5 + 2.0
+    # anchor 1: item 2: 0 - 0.5 + 3 = 2.5
+    want = math.log(1 + 0.5 + 2.0) + math.log(1 + 2.5)
+    assert fn([s], label=y, mask=mask, stage=stage).loss.item() == pytest.approx(want, rel=1e-12)
+    rankmax = losses.build("rankmax", keep=[2])
+    # eq. 17: anchors y > 0 against every other sample with margin 1
+    want17 = math.log(1 + 0.5 + 0.0) + math.log(1 + 1.5 + 0.5)
+    assert rankmax([s], label=y, mask=mask, stage=stage).loss.item() == pytest.approx(want17, rel=1e-12)
 
 
 @pytest.mark.parametrize("tau", [0.1, 1.0, 10.0])
@@ -204,29 +230,40 @@ def test_sorting_loss_pulls_tied_labels_together_harder_at_small_tau(tau):
     assert float(g_small[0, 1] - g_small[0, 3]) > spread_rate
 
 
-def test_distillation_uses_soft_labels_and_falls_back_to_the_graded_labels():
+@pytest.mark.parametrize("kind", ["softmax", "weighted_logloss", "pairwise_logloss"])
+def test_distillation_uses_soft_labels_and_falls_back_to_the_hard_labels(kind):
     logits, label, mask, stage, soft = full_stage_batch(seed=2)
-    fn = losses.build("ranktower_distill", keep=[8], temperature=2.0)
-    with_soft, _ = run(fn, [logits], label, mask, stage, soft_label=soft)
-    want = ref_loss("ranktower_distill", logits.numpy(), label.numpy(), stage.numpy(), mask.numpy(), soft.numpy())
-    # temperature 2 in the reference
-    want2 = batch_mean(
-        [
-            ref_distill(logits[b].numpy(), soft[b].numpy(), ref_spaces(stage[b].numpy(), mask[b].numpy())[0], 2.0)
-            for b in range(4)
-        ]
-    )
-    assert with_soft.loss.item() == pytest.approx(want2, rel=1e-10)
-    assert want != pytest.approx(want2)
+    fn = losses.build("ranktower_distill", keep=[8], distillation=kind)
+    with_soft, grads = run(fn, [logits], label, mask, stage, soft_label=soft)
+    want = ref_loss("ranktower_distill", *(x.numpy() for x in (logits, label, stage, mask, soft)), distillation=kind)
+    assert with_soft.loss.item() == pytest.approx(want, rel=1e-10)
+    assert (grads[0][~sample_spaces(stage, mask).impression] == 0).all()
     without, _ = run(fn, [logits], label, mask, stage)
     as_label, _ = run(fn, [logits], label, mask, stage, soft_label=label)
-    assert without.loss.item() == as_label.loss.item()
+    assert without.loss.item() == as_label.loss.item() != with_soft.loss.item()
     # soft labels change only the distillation term
     sort = losses.build("ranktower_sort", keep=[8])
     assert (
         run(sort, [logits], label, mask, stage, soft_label=soft)[0].loss
         == run(sort, [logits], label, mask, stage)[0].loss
     )
+
+
+def test_weighted_logloss_distillation_is_minimised_where_the_odds_equal_the_soft_label():
+    p = torch.tensor([[0.5, 2.0, 0.1]], dtype=torch.float64)
+    imp = torch.ones(1, 3, dtype=torch.bool)
+    z = torch.log(p).clone().requires_grad_(True)
+    per, _ = rt.weighted_logloss_terms(z, p, imp)
+    (g,) = torch.autograd.grad(per.sum(), z)
+    assert g.abs().max() < 1e-12
+
+
+def test_negative_teacher_values_raise_unless_distillation_is_off():
+    logits, label, mask, stage, soft = full_stage_batch(seed=2)
+    with pytest.raises(ValueError, match=r"soft_label \(or the label, without soft_label\) must be >= 0"):
+        losses.build("ranktower", keep=[8])([logits], label=label, mask=mask, stage=stage, soft_label=-soft)
+    off = losses.build("ranktower", keep=[8], lambdas=(0.0, 1.0, 1.0))
+    assert torch.isfinite(off([logits], label=label, mask=mask, stage=stage, soft_label=-soft).loss)
 
 
 def test_stages_are_summed():
@@ -322,20 +359,21 @@ def test_should_be_invariant_to_candidate_order_with_soft_labels(name):
 
 
 def test_rankmax_with_all_labels_tied_is_exactly_zero():
+    """AM-Rankmax compares only lower labels (none when all tie); Rankmax's anchors are y > 0 (none at 0)."""
     logits, label, mask, stage, _ = full_stage_batch(seed=9)
-    for name in ("rankmax", "am_rankmax"):
-        out, grads = run(losses.build(name, keep=[8]), [logits], torch.ones_like(label), mask, stage)
+    for name, tied in (("rankmax", torch.zeros_like(label)), ("am_rankmax", torch.ones_like(label))):
+        out, grads = run(losses.build(name, keep=[8]), [logits], tied, mask, stage)
         assert out.loss.item() == 0.0 and (grads[0] == 0).all()
 
 
 def test_tied_scores_give_the_uniform_soft_sort():
-    """Equal scores: every SoftSort row is uniform, so the sorting loss is log n per request (any labels)."""
+    """Equal scores: every SoftSort row is uniform, so the sorting loss is n log n per request (any labels)."""
     _, label, mask, stage, _ = full_stage_batch(seed=10)
     fn = losses.build("ranktower_sort", keep=[8])
     out, grads = run(fn, [torch.full(label.shape, 0.3, dtype=torch.float64)], label, mask, stage)
     spaces = sample_spaces(stage, mask)
     n = (spaces.impression | spaces.candidate).sum(-1).double()
-    assert out.loss.item() == pytest.approx(torch.log(n[n > 0]).mean().item(), rel=1e-12)
+    assert out.loss.item() == pytest.approx((n * torch.log(n))[n > 0].mean().item(), rel=1e-12)
     assert torch.isfinite(grads[0]).all()
 
 
@@ -385,7 +423,9 @@ def test_aggregate_hard_labels_by_hand():
         ("ranktower", {"lambdas": (0.0, 0.0, 0.0)}, "lambdas"),
         ("ranktower", {"lambdas": (1.0, -1.0, 1.0)}, "lambdas"),
         ("ranktower", {"tau": 0.0}, "tau"),
-        ("ranktower_distill", {"temperature": -1.0}, "temperature"),
+        ("ranktower_distill", {"distillation": "kl"}, "distillation"),
+        ("ranktower", {"target_tau": -1.0}, "target_tau"),
+        ("am_rankmax", {"power": 0.0}, "power"),
         ("ranktower_sort", {"tau": float("inf")}, "tau"),
         ("am_rankmax", {"alpha": -0.1}, "alpha"),
         ("am_rankmax", {"delta": float("nan")}, "delta"),

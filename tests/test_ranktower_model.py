@@ -314,3 +314,48 @@ def test_bad_sizes_and_shapes_raise():
         model.score_from_cache(user, items[..., :1, :])
     with pytest.raises(ValueError, match="requests"):
         model.score_from_cache(user, items[:2])
+
+
+@pytest.mark.parametrize("layers", [1, 2, 4])
+def test_multi_head_gated_network_is_one_mlp_split_into_heads_times_a_detached_gate(layers):
+    """eq. 3: e^h = MLP(X)^h * sigmoid(gMLP(X))^h, the MLP of ``layers`` linear layers, gate in -> in // r -> H k."""
+    torch.manual_seed(0)
+    net = MultiHeadGatedNetwork(12, heads=3, head_dim=4, hidden=10, reduction=4, layers=layers).double()
+    linears = [m for m in net.mlp if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == layers and linears[-1].out_features == 12
+    assert net.gate[0].out_features == 3  # 12 // 4
+    x = torch.randn(5, 12, dtype=torch.float64)
+    h = x.numpy()
+    for i, lin in enumerate(linears):
+        h = h @ lin.weight.detach().numpy().T + lin.bias.detach().numpy()
+        if i < layers - 1:
+            h = np.maximum(h, 0.0)
+    g1, g2 = net.gate[0], net.gate[2]
+    gate = np.maximum(x.numpy() @ g1.weight.detach().numpy().T + g1.bias.detach().numpy(), 0.0)
+    gate = 1.0 / (1.0 + np.exp(-(gate @ g2.weight.detach().numpy().T + g2.bias.detach().numpy())))
+    want = (h * gate).reshape(5, 3, 4)
+    np.testing.assert_allclose(net(x).detach().numpy(), want, rtol=1e-12, atol=1e-14)
+
+
+def test_log2_embedding_sizes_follow_the_paper_rule():
+    from cascade_ranking.models.embedding import FeatureEncoder, log2_embedding_dim
+
+    assert [log2_embedding_dim(v) for v in (1, 2, 65535, 65536, 131072, 10**6)] == [16, 16, 16, 16, 17, 19]
+    schema = make_schema()
+    big = schema.model_copy(
+        update={
+            "features": [
+                f.model_copy(update={"vocab_size": 200_000}) if f.name == "item_id" else f for f in schema.features
+            ]
+        }
+    )
+    enc = FeatureEncoder(big, "log2")
+    assert enc.field_dims == {"user_id": 16, "hour": 16, "item_id": 17, "genre": 16}
+    assert (enc.user_context_dim, enc.history_dim, enc.item_dim) == (32, 33, 33) and not enc.uniform
+    model = build_model("ranktower", big, emb_dim="log2", hidden=8, head_dim=4)
+    batch = make_batch(big, seed=1)
+    assert model(batch).shape == batch.mask.shape
+    with pytest.raises(ValueError, match="COLD needs one embedding size"):
+        build_model("cold", big, emb_dim="log2")
+    with pytest.raises(ValueError, match="emb_dim"):
+        FeatureEncoder(schema, "log10")

@@ -156,15 +156,18 @@ def test_candidates_are_the_two_towers_top_allowed_items(built, log):
     assert compared > 20
 
 
-def test_soft_labels_are_the_rankers_predictions(built):
+def test_soft_labels_are_the_rankers_odds(built):
+    """p = e^z of the ranker fitted with the weighted logloss (odds = expected feedback), >= 0, 0 at padding."""
     out, res = built
     schema, parts = all_partitions(out)
     for part, a in parts:
         assert "soft_label" in a and np.isfinite(a["soft_label"]).all()
         if len(a["request_id"]) and part.role != "train":
             with torch.no_grad():
-                want = res.ranker(to_batch(a, schema)).numpy()
-            np.testing.assert_allclose(a["soft_label"], want, rtol=1e-5, atol=1e-5)
+                z = res.ranker(to_batch(a, schema)).double().numpy()
+            want = np.where(a["mask"], np.exp(np.clip(z, -20, 20)), 0.0)
+            np.testing.assert_allclose(a["soft_label"], want, rtol=1e-5, atol=1e-6)
+        assert (a["soft_label"] >= 0).all()
     soft = np.concatenate([a["soft_label"].ravel() for _, a in parts])
     assert soft.std() > 0
 
@@ -271,3 +274,65 @@ def test_bad_arguments_are_refused(log, tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="refusing to replace"):
         build(log, tmp_path / "busy")
+
+
+def test_negative_impressions_variant_labels_and_user_filter(ml100k_src, log, tmp_path):
+    """ML-100K with a rating as an impression and rating >= 4 as positive feedback, the paper's user filter."""
+    from dataclasses import replace
+
+    from cascade_ranking.datasets.movielens import movielens_log, read_movielens
+    from cascade_ranking.datasets.ranktower_sampling import feedback, filter_users
+
+    full = movielens_log(read_movielens(ml100k_src))
+    kept = filter_users(full, min_impressions=100, min_positives=20, positive_rating=4)
+    users, counts = np.unique(kept.user, return_counts=True)
+    positives = np.bincount(kept.user, weights=kept.rating >= 4)[users]
+    assert len(users) == 363 and counts.min() >= 100 and positives.min() >= 20  # 363 of 943 users pass
+    assert len(kept.user) == 74387
+    np.testing.assert_array_equal(feedback(np.array([1, 3, 4, 5]), np.arange(1.0, 6.0), 4), [0, 0, 1, 1])
+    with pytest.raises(ValueError, match="no user has >= 5000 ratings"):
+        filter_users(full, min_impressions=5000, min_positives=0, positive_rating=4)
+    # the build on the 160-user subset: impressions are 1 (no positive feedback) or 2, negatives 0
+    config = replace(CONFIG, positive_rating=4.0, min_impressions=100, min_positives=20)
+    out = tmp_path / "negimp"
+    build_ranktower_samples(log, out, name="ml-negimp", seed=0, config=config, threads=1)
+    schema, parts = all_partitions(out)
+    labels = np.concatenate([a["label"][a["stage"] == IMPRESSION] for _, a in parts])
+    assert set(np.unique(labels).tolist()) == {1.0, 2.0} and 0.3 < (labels == 2).mean() < 0.8
+    assert all((a["label"][a["stage"] != IMPRESSION] == 0).all() for _, a in parts)
+    users = np.unique(np.concatenate([a["user.user_id"] for _, a in parts]))
+    counts = np.bincount(log.user)[users]
+    assert counts.min() >= 100
+
+
+def test_random_roles_split_each_users_requests_70_10_20():
+    from cascade_ranking.datasets.ranktower_sampling import random_roles
+
+    user = np.repeat([3, 1, 2], [10, 20, 1])
+    roles = random_roles(user, (0.7, 0.1, 0.2), seed=0)
+    for u, n in ((3, 10), (1, 20)):
+        counts = np.bincount(roles[user == u], minlength=3)
+        assert counts.tolist() == [round(0.7 * n), round(0.1 * n), n - round(0.7 * n) - round(0.1 * n)]
+    assert roles[user == 2].tolist() == [0]  # a single request trains
+    assert not np.array_equal(roles, random_roles(user, (0.7, 0.1, 0.2), seed=1))
+    np.testing.assert_array_equal(roles, random_roles(user, (0.7, 0.1, 0.2), seed=0))
+
+
+def test_random_split_protocol_writes_three_partitions_fitted_on_train(log, tmp_path):
+    from dataclasses import replace
+
+    config = replace(CONFIG, split="random", positive_rating=4.0)
+    out = tmp_path / "random"
+    res = build_ranktower_samples(log, out, name="ml-random", seed=0, config=config, threads=1)
+    schema, parts = all_partitions(out)
+    assert [(p.name, p.role) for p, _ in parts] == [("random-train", "train"), ("random-valid", "valid"),
+                                                    ("random-test", "test")]  # fmt: skip
+    sizes = np.array([p.num_requests for p, _ in parts])
+    assert sizes.sum() == res.schema.provenance["requests"]
+    np.testing.assert_allclose(sizes / sizes.sum(), [0.7, 0.1, 0.2], atol=0.03)
+    assert res.schema.provenance["fit_requests"] == sizes[0]
+    ever = set(zip(log.user.tolist(), log.item.tolist()))
+    for _, a in parts:
+        neg = a["stage"] != IMPRESSION
+        pairs = set(zip(np.repeat(a["user.user_id"], neg.sum(1)).tolist(), a["item.item_id"][neg].tolist()))
+        assert not pairs & ever  # no negative is an item the user ever rated

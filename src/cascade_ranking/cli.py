@@ -444,6 +444,10 @@ def benchmark(
     ablations: Annotated[
         bool | None, typer.Option("--ablations", help="With --task prerank: also RankTower's Tables 2-4.")
     ] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="With --task prerank: paper (default; RankTower Sec. 5.1) or time (weekly split)."),
+    ] = None,
     tensorboard: Annotated[
         Path | None,
         typer.Option(
@@ -476,7 +480,7 @@ def benchmark(
         overrides = dict(
             methods=methods.split(",") if methods else None, stages=stages, repeats=repeats, data=data, out=out,
             batch_size=batch_size, passes=passes, device=device, threads=threads, task=task, ablations=ablations,
-            tensorboard=tensorboard,
+            protocol=protocol, tensorboard=tensorboard,
         )  # fmt: skip
         bench = config_from(BenchmarkConfig, config_file, overrides, set_)
         if bench.task == "prerank":
@@ -514,16 +518,17 @@ def benchmark(
 def _prerank_benchmark(bench) -> None:
     """``benchmark --task prerank``: the RankTower paper's pre-ranking comparison on full-stage samples."""
     from .data.cache import cache_dir
-    from .datasets.prerank import PRERANK_DATASET_NAME, prepare_prerank_movielens
+    from .datasets.prerank import PROTOCOLS, prepare_prerank_movielens
     from .experiments.prerank import run_prerank_benchmark
 
     data_dir = bench.data
     if data_dir is None:
-        data_dir = cache_dir() / "datasets" / PRERANK_DATASET_NAME
+        data_dir = cache_dir() / "datasets" / PROTOCOLS[bench.protocol][0]
         if not (data_dir / "schema.json").is_file():
-            with_movielens_source(lambda src, url: prepare_prerank_movielens(
-                data_dir, src=src, url=url, progress=True, threads=bench.threads or 1))  # fmt: skip
-    out_dir = bench.out or Path("benchmark-prerank" if bench.data is None else f"benchmark-{data_dir.name}")
+            options = {"progress": True, "threads": bench.threads or 1, "protocol": bench.protocol}
+            with_movielens_source(lambda src, url: prepare_prerank_movielens(data_dir, src=src, url=url, **options))
+    default_out = "benchmark-prerank" if bench.protocol == "paper" else "benchmark-prerank-time"
+    out_dir = bench.out or Path(default_out if bench.data is None else f"benchmark-{data_dir.name}")
     base = bench.train_config(data=None)
     with _progress() as progress:
         task = progress.add_task("prerank benchmark", total=None, info="")
@@ -616,6 +621,27 @@ def prepare_movielens_cmd(
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     console.print(_partition_table(f"{schema.name} -> {target}", schema))
+
+
+@prepare_app.command("kuairand-pure")
+def prepare_kuairand_cmd(
+    src: Annotated[
+        Path | None,
+        typer.Option(help="Local copy: a folder with KuaiRand-Pure.tar.gz, or its extracted KuaiRand-Pure/data files."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output dataset folder (default: the user cache).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the full-stage sampling.")] = 0,
+) -> None:
+    """Build RankTower's KuaiRand-Pure pre-ranking dataset (downloads the official archive on first use)."""
+    from .data.cache import cache_dir
+    from .datasets.kuairand import build_kuairand_pure
+
+    target = out or cache_dir() / "datasets" / "kuairand-pure"
+    try:
+        built = build_kuairand_pure(target, src=src, seed=seed, progress=True)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    console.print(_partition_table(f"{built.samples.schema.name} -> {target}", built.samples.schema))
 
 
 def _partition_table(title: str, schema) -> Table:

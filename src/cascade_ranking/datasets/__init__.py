@@ -9,7 +9,9 @@ Import from the submodules (nothing is re-exported, so importing one builder sta
   by :mod:`~cascade_ranking.datasets.table_mapping` (``prepare table``);
 * :mod:`~cascade_ranking.datasets.synthetic`: the funnel simulator (RecFlow layout);
 * :mod:`~cascade_ranking.datasets.full_stage`: full-stage sampling over any interaction log;
-* :mod:`~cascade_ranking.datasets.ranktower_sampling`: RankTower's pre-ranking samples and soft labels.
+* :mod:`~cascade_ranking.datasets.ranktower_sampling`: RankTower's pre-ranking samples and soft labels;
+* :mod:`~cascade_ranking.datasets.kuairand`: KuaiRand-Pure as RankTower pre-ranking samples;
+* :mod:`~cascade_ranking.datasets.bucketize`: equal-frequency bins of continuous features (RankTower Sec. 3.2).
 """
 
 __all__: list[str] = []

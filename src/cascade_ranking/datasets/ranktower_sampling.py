@@ -35,9 +35,14 @@ production training set did); validation and test requests never were. The build
 * Retriever: DSSM trained with binary cross-entropy, positives = the impressions, negatives =
   ``retriever.negatives`` items per request drawn uniformly among items the user did not rate before the
   cutoff (:class:`FitConfig` epochs, batch size, Adam learning rate).
-* Ranker: DIN trained on **impression samples only** (the items a ranking model gets feedback on) by least
-  squares on their hard labels (below). Its prediction for *every* valid candidate is written to the
-  ``soft_label`` column: the teacher of RankTower's distillation (eq. 14, which reads impressions only).
+* Ranker: DIN trained on **impression samples only** (the items a ranking model gets feedback on) with the
+  **weighted logloss** of Covington et al. (RecSys 2016; the paper's Sec. 5.1.4 and ref. [6]): per impression
+  with feedback ``f = label - impression_label`` (the summed feedback labels), ``-(f log sigma(z) +
+  log(1 - sigma(z)))``, whose minimiser has odds ``e^z = f``: the odds estimate the expected feedback sum, the
+  ranking objective of Sec. 4.2.2. The ``soft_label`` column holds ``p = e^z`` (``z`` clamped to [-20, 20])
+  for *every* valid candidate: the teacher of RankTower's distillation (eq. 14 reads impressions only). The
+  paper ensembles several ranking models (DeepFM, Deep Crossing, DCN-V2, xDeepInt) with weights fitted on
+  validation; we fit one (DIN), to keep the build within a minute on 2 CPU cores.
 
 **Hard labels** (Sec. 4.2, label aggregation: a weighted sum of the feedback types plus an impression label,
 :func:`~cascade_ranking.losses.ranktower.aggregate_hard_labels`): for MovieLens-like logs the only feedback is
@@ -61,7 +66,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +86,8 @@ from ..data.schema import (
     roles_in_time_order,
 )
 from ..data.store import write_partition, write_schema
-from ..losses.ranktower import aggregate_hard_labels
+from ..losses.base import request_mean
+from ..losses.ranktower import aggregate_hard_labels, weighted_logloss_terms
 from ..models import DIN, DSSM
 from ..types import RequestBatch
 from .full_stage import (
@@ -103,15 +109,19 @@ __all__ = [
     "build_ranktower_samples",
     "corpus_scores",
     "fit_ranker",
+    "feedback",
+    "filter_users",
     "fit_retriever",
     "hard_labels",
     "period_cutoffs",
+    "random_roles",
+    "ranker_soft_labels",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Identifies this construction (stored in the provenance).
-CONSTRUCTION = "ranktower-full-stage-v1"
+CONSTRUCTION = "ranktower-full-stage-v2"
 #: Funnel positions (index = the stored ``stage``): RankTower's three sample spaces, lowest first.
 FUNNEL_POSITIONS = ["random", "candidate", "impression"]
 _RANDOM, _CANDIDATE, _IMPRESSION = 0, 1, 2
@@ -164,6 +174,20 @@ class RankTowerSamplingConfig:
         test_weeks, valid_weeks: the final weeks with role ``test`` and the weeks before them with ``valid``.
         impression_label: hard label every impression starts from (Sec. 4.2).
         rating_weight: weight of the rating grade in the hard label.
+        positive_rating: ``None``: the feedback of an impression is its rating grade (every rating is positive
+            feedback of some degree). A number: the feedback is binary, ``1[rating >= positive_rating]``, so
+            impressions hold negatives (the paper's setting: impressions with and without positive feedback).
+        rating_is_feedback: the log's rating *is* the feedback (KuaiRand: the number of positive signals of the
+            impression), used as it is; takes precedence over ``positive_rating`` for the labels (which then
+            only defines the positives of the user filter).
+        min_impressions, min_positives: the paper's user filter (Sec. 5.1.1: at least 100 impressions and 20
+            positive feedbacks): users with fewer ratings, or fewer positive ones, are dropped from the log
+            before anything is built (positives = ratings ``>= positive_rating``, or every rating).
+        split: ``"time"`` (weekly partitions, the last ``test_weeks`` test, the ``valid_weeks`` before valid;
+            models fitted on the training weeks) or ``"random"`` (RankTower's protocol, Sec. 5.1.1: each user's
+            requests are shuffled and split by ``split_fractions`` into three partitions ``train``, ``valid``,
+            ``test``; models fitted on the train requests; negatives exclude every item the user ever rated).
+        split_fractions: train / valid / test shares of a user's requests for ``split="random"`` (0.7, 0.1, 0.2).
         retriever, ranker: how the two funnel models are fitted.
     """
 
@@ -177,6 +201,12 @@ class RankTowerSamplingConfig:
     valid_weeks: int = 2
     impression_label: float = 1.0
     rating_weight: float = 1.0
+    positive_rating: float | None = None
+    rating_is_feedback: bool = False
+    min_impressions: int = 0
+    min_positives: int = 0
+    split: str = "time"
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     retriever: FitConfig = field(default_factory=FitConfig)
     ranker: FitConfig = field(default_factory=FitConfig)
 
@@ -184,7 +214,8 @@ class RankTowerSamplingConfig:
         for name in ("group_size", "test_weeks", "keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
-        for name in ("candidate_samples", "random_samples", "history_length", "valid_weeks"):
+        for name in ("candidate_samples", "random_samples", "history_length", "valid_weeks", "min_impressions",
+                     "min_positives"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be non-negative")
         if not self.group_size <= self.keep <= self.num_candidates:
@@ -192,6 +223,11 @@ class RankTowerSamplingConfig:
                 f"keep={self.keep}: must lie in [group_size={self.group_size}, N={self.num_candidates}] "
                 "(the stage keeps at least the ground truth and at most every candidate)"
             )
+        if self.split not in ("time", "random"):
+            raise ValueError(f"split={self.split!r}: must be 'time' or 'random'")
+        fr = tuple(self.split_fractions)
+        if len(fr) != 3 or min(fr) < 0 or fr[0] <= 0 or not np.isclose(sum(fr), 1.0):
+            raise ValueError(f"split_fractions={fr}: three shares >= 0 (train > 0) summing to 1")
         if not self.history_fields or self.history_fields[0] != "item_id":
             raise ValueError(f"history_fields={self.history_fields}: must start with 'item_id'")
         if not (np.isfinite(self.impression_label) and np.isfinite(self.rating_weight)):
@@ -241,6 +277,48 @@ def period_cutoffs(weeks: np.ndarray, test_weeks: int, valid_weeks: int) -> tupl
         week_start_seconds(weeks[n_train]),
         week_start_seconds(weeks[n - test_weeks]),
     )
+
+
+def filter_users(log: InteractionLog, *, min_impressions: int, min_positives: int, positive_rating: float | None):
+    """The log restricted to users with ``>= min_impressions`` ratings and ``>= min_positives`` positive ones.
+
+    RankTower's user filter (Sec. 5.1.1). Ids and attribute tables are unchanged (dropped users simply have
+    no rating left).
+
+    Raises:
+        ValueError: no user passes the filter (the message gives the thresholds).
+    """
+    if min_impressions <= 0 and min_positives <= 0:
+        return log
+    size = log.num_users + 1
+    count = np.bincount(log.user, minlength=size)
+    positive = log.rating >= positive_rating if positive_rating is not None else np.ones(len(log.user), bool)
+    pos = np.bincount(log.user, weights=positive, minlength=size)
+    keep_user = (count >= min_impressions) & (pos >= min_positives)
+    if not keep_user.any():
+        raise ValueError(
+            f"{log.source}: no user has >= {min_impressions} ratings and >= {min_positives} positive ones "
+            f"(positive_rating={positive_rating})"
+        )
+    return log.select(keep_user[log.user])
+
+
+def feedback(
+    grade: np.ndarray, ratings: np.ndarray, positive_rating: float | None, *, rating_is_feedback: bool = False
+) -> np.ndarray:
+    """An impression's feedback from its rating grade: the grade, ``1[rating >= positive_rating]``, or the rating.
+
+    Args:
+        grade: ``[...]`` int grades (1 = the lowest of the log's distinct ratings).
+        ratings: the log's distinct rating values, ascending (``np.unique(log.rating)``).
+        positive_rating: ``None`` (graded feedback) or the lowest positive rating.
+        rating_is_feedback: return the rating value itself (first in precedence).
+    """
+    if rating_is_feedback:
+        return np.asarray(ratings, dtype=np.float32)[np.asarray(grade) - 1]
+    if positive_rating is None:
+        return np.asarray(grade)
+    return (np.asarray(ratings)[np.asarray(grade) - 1] >= positive_rating).astype(np.float32)
 
 
 def hard_labels(grade: np.ndarray, *, impression_label: float, rating_weight: float) -> np.ndarray:
@@ -361,10 +439,13 @@ def fit_ranker(
     impression_label: float,
     rating_weight: float,
     seed: int,
+    positive_rating: float | None = None,
+    rating_is_feedback: bool = False,
 ) -> tuple[DIN, float]:
-    """Fit the ranking model (DIN) on the impression samples of ``req`` (the training period) by least squares.
+    """Fit the ranking model (DIN) on the impression samples of ``req`` (the training period), weighted logloss.
 
-    Target: the impressions' hard labels (:func:`hard_labels`). Only impressions are seen, as a ranking
+    Target: the impressions' feedback ``hard label - impression_label`` (:func:`hard_labels`), as the positive
+    weight of the weighted logloss (module docstring). Only impressions are seen, as a ranking
     model only gets feedback on what was exposed.
 
     Returns:
@@ -372,7 +453,8 @@ def fit_ranker(
     """
     rng = np.random.default_rng([int(seed), 2])
     rows = np.arange(req.num_requests)
-    label = hard_labels(req.grade, impression_label=impression_label, rating_weight=rating_weight)
+    grade = feedback(req.grade, np.unique(log.rating), positive_rating, rating_is_feedback=rating_is_feedback)
+    label = hard_labels(grade, impression_label=impression_label, rating_weight=rating_weight) - impression_label
     mask = np.ones(req.items.shape, bool)
     stage = np.full(req.items.shape, _IMPRESSION)
     arrays = request_columns(log, req, rows, history_fields, req.items, mask, stage, label)
@@ -380,7 +462,7 @@ def fit_ranker(
         torch.manual_seed(int(seed) + 1)
         model = DIN(schema, emb_dim=config.emb_dim, hidden=config.hidden)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        last = _fit(model, optimizer, arrays, schema, config, rng, _squared_error)
+        last = _fit(model, optimizer, arrays, schema, config, rng, _weighted_logloss)
     return model.eval(), last
 
 
@@ -389,8 +471,19 @@ def _bce(scores: torch.Tensor, batch: RequestBatch) -> torch.Tensor:
     return (loss * batch.mask).sum() / batch.mask.sum().clamp_min(1)
 
 
-def _squared_error(scores: torch.Tensor, batch: RequestBatch) -> torch.Tensor:
-    return ((scores - batch.label).square() * batch.mask).sum() / batch.mask.sum().clamp_min(1)
+def _weighted_logloss(scores: torch.Tensor, batch: RequestBatch) -> torch.Tensor:
+    per, has = weighted_logloss_terms(scores, batch.label, batch.mask)
+    return request_mean(per, has)
+
+
+#: Bound of the ranker's logit before ``p = e^z`` (keeps the soft labels finite in float32).
+_MAX_RANKER_LOGIT = 20.0
+
+
+def ranker_soft_labels(logits: torch.Tensor) -> torch.Tensor:
+    """Soft labels from the ranker's logits ``[...]``: the odds ``e^z`` (``z`` clamped to +-20), the expected
+    feedback sum under the weighted logloss (module docstring)."""
+    return logits.clamp(-_MAX_RANKER_LOGIT, _MAX_RANKER_LOGIT).exp()
 
 
 def _fit(model, optimizer, arrays, schema, config: FitConfig, rng: np.random.Generator, loss_fn) -> float:
@@ -413,6 +506,102 @@ def _fit(model, optimizer, arrays, schema, config: FitConfig, rng: np.random.Gen
 # ------------------------------------------------------------------------------------------------------
 # the builder
 # ------------------------------------------------------------------------------------------------------
+@dataclass
+class _PartitionPlan:
+    """Which requests go where: ``partitions`` = ``(Partition, rows, rng key)``; the fitting requests; per role
+    the items each request must not show as negatives; provenance facts."""
+
+    partitions: list[tuple[Partition, np.ndarray, int]]
+    fit_requests: RequestTable
+    rated: dict[str, sp.csr_matrix]
+    provenance: dict
+
+
+def _select_requests(req: RequestTable, rows: np.ndarray) -> RequestTable:
+    return replace(
+        req,
+        user=req.user[rows],
+        time=req.time[rows],
+        week=req.week[rows],
+        chunk=req.chunk[rows],
+        items=req.items[rows],
+        grade=req.grade[rows],
+        history=req.history[rows],
+    )
+
+
+def random_roles(user: np.ndarray, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
+    """RankTower's random split (Sec. 5.1.1) at the level of requests, within each user: ``[R]`` role index
+    (0 train, 1 valid, 2 test). A user's requests are shuffled; the first ``round(0.7 n)`` are train, the next
+    ``round(0.1 n)`` valid, the rest test (so every user with enough requests appears in every role)."""
+    rng = np.random.default_rng([int(seed), 77])
+    order = np.lexsort((rng.random(len(user)), user))  # users grouped, shuffled within
+    u = user[order]
+    first = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
+    counts = np.diff(np.r_[first, len(u)])
+    rank = np.arange(len(u)) - np.repeat(first, counts)
+    n = np.repeat(counts, counts)
+    n_train = np.maximum(1, np.round(fractions[0] * n))
+    n_valid = np.round(fractions[1] * n)
+    roles = np.where(rank < n_train, 0, np.where(rank < n_train + n_valid, 1, 2))
+    out = np.empty(len(user), np.int64)
+    out[order] = roles
+    return out
+
+
+def _plan_partitions(log: InteractionLog, req: RequestTable, config: RankTowerSamplingConfig, seed: int):
+    s, hist_len = config.group_size, config.history_length
+    if config.split == "random":
+        roles = random_roles(req.user, config.split_fractions, seed)
+        everything = _rated_before(log, None)
+        parts = []
+        split_roles: tuple[PartitionRole, ...] = ("train", "valid", "test")
+        for index, role in enumerate(split_roles):
+            rows = np.flatnonzero(roles == index)
+            times = req.time[rows]
+            day = (lambda t: str(np.datetime64(int(t), "s").astype("datetime64[D]"))) if len(rows) else str
+            span = (day(times.min()), day(times.max())) if len(rows) else ("", "")
+            part = Partition(name=f"random-{role}", role=role, num_requests=len(rows), start=span[0], end=span[1])
+            parts.append((part, rows, 10_000 + index))
+        fit = _select_requests(req, np.flatnonzero(roles == 0))
+        facts = {
+            "split": "random, within each user, at the level of requests: "
+            f"train/valid/test = {list(config.split_fractions)} (RankTower Sec. 5.1.1)",
+            "models_fit": "DSSM retriever and DIN ranker fitted once, on the train requests",
+            "exclusion": "no negative is an item the user ever rated nor one of its impressions",
+        }
+        return _PartitionPlan(parts, fit, {"train": everything, "valid": everything, "test": everything}, facts)
+    weeks = np.arange(req.week.min(), req.week.max() + 1)
+    roles_t, train_cutoff, valid_cutoff = period_cutoffs(weeks, config.test_weeks, config.valid_weeks)
+    fit = make_requests(log.select(log.timestamp < train_cutoff), group_size=s, history_length=hist_len)
+    if fit.num_requests == 0:
+        raise ValueError(
+            f"{log.source}: the training period (before {np.datetime64(train_cutoff, 's')}) holds no request"
+        )
+    parts = []
+    for week, role in zip(weeks, roles_t):
+        start = week_start_date(week)
+        rows = np.flatnonzero(req.week == week)
+        end = str(np.datetime64(start) + np.timedelta64(6, "D"))
+        parts.append((Partition(name=f"week-{start}", role=role, num_requests=len(rows), start=start, end=end),
+                      rows, int(week)))  # fmt: skip
+    rated = {
+        "train": _rated_before(log, train_cutoff),
+        "valid": _rated_before(log, valid_cutoff),
+        "test": _rated_before(log, None),
+    }
+    facts = {
+        "weeks": "Monday 00:00 UTC to Sunday 24:00 UTC; a request's time is its first rating's timestamp",
+        "train_cutoff": str(np.datetime64(train_cutoff, "s")),
+        "valid_cutoff": str(np.datetime64(valid_cutoff, "s")),
+        "models_fit": "DSSM retriever and DIN ranker fitted once, on requests cut from the interactions "
+        "before train_cutoff",
+        "exclusion": "no negative is an item the user rated before its period's cutoff (train: "
+        "train_cutoff, valid: valid_cutoff, test: ever) nor one of its impressions",
+    }
+    return _PartitionPlan(parts, fit, rated, facts)
+
+
 def _week_rng(seed: int, week: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(week) + 2**31, 10 + int(stream)])
 
@@ -478,6 +667,12 @@ def _build(
 ) -> RankTowerSamples:
     """Requests, the fitted retriever and ranker, then the weekly partitions (see :func:`build_ranktower_samples`)."""
     t0 = time.perf_counter()
+    log = filter_users(
+        log,
+        min_impressions=config.min_impressions,
+        min_positives=config.min_positives,
+        positive_rating=config.positive_rating,
+    )
     unknown = [f for f in config.history_fields[1:] if f not in log.item_features]
     if unknown:
         raise ValueError(
@@ -489,15 +684,8 @@ def _build(
     req = make_requests(log, group_size=s, history_length=config.history_length)
     if req.num_requests == 0:
         raise ValueError(f"{log.source}: no user has {s} ratings, so there is no request")
-    weeks = np.arange(req.week.min(), req.week.max() + 1)
-    roles, train_cutoff, valid_cutoff = period_cutoffs(weeks, config.test_weeks, config.valid_weeks)
-    fit_req = make_requests(
-        log.select(log.timestamp < train_cutoff), group_size=s, history_length=config.history_length
-    )
-    if fit_req.num_requests == 0:
-        raise ValueError(
-            f"{log.source}: the training period (before {np.datetime64(train_cutoff, 's')}) holds no request"
-        )
+    plan = _plan_partitions(log, req, config, seed)
+    fit_req = plan.fit_requests
     schema = DatasetSchema(
         name=name,
         features=_schema_features(log),
@@ -513,11 +701,12 @@ def _build(
     )
     hist = tuple(config.history_fields)
     retriever, retriever_loss = fit_retriever(
-        log, fit_req, _rated_before(log, train_cutoff), schema, config.retriever, history_fields=hist, seed=seed
+        log, fit_req, plan.rated["train"], schema, config.retriever, history_fields=hist, seed=seed
     )
     ranker, ranker_loss = fit_ranker(
         log, fit_req, schema, config.ranker, history_fields=hist, impression_label=config.impression_label,
-        rating_weight=config.rating_weight, seed=seed,
+        rating_weight=config.rating_weight, seed=seed, positive_rating=config.positive_rating,
+        rating_is_feedback=config.rating_is_feedback,
     )  # fmt: skip
     logger.info(
         "%s: fitted the retriever (loss %.4f) and the ranker (loss %.4f) on %d training-period requests in %.1fs",
@@ -528,15 +717,10 @@ def _build(
         "seed": int(seed),
         "config": asdict(config),
         "funnel_positions": "random (uniform), candidate (two-tower top items), impression (rated)",
-        "weeks": "Monday 00:00 UTC to Sunday 24:00 UTC; a request's time is its first rating's timestamp",
-        "train_cutoff": str(np.datetime64(train_cutoff, "s")),
-        "valid_cutoff": str(np.datetime64(valid_cutoff, "s")),
-        "models_fit": "DSSM retriever and DIN ranker fitted once, on requests cut from the interactions "
-        "before train_cutoff",
-        "exclusion": "no negative is an item the user rated before its period's cutoff (train: "
-        "train_cutoff, valid: valid_cutoff, test: ever) nor one of its impressions",
-        "labels": "impression: impression_label + rating_weight * rating grade; others 0",
-        "soft_label": "the DIN ranker's prediction (regression on impression hard labels)",
+        **plan.provenance,
+        "labels": "impression: impression_label + rating_weight * feedback (rating grade, 1[rating >= "
+        "positive_rating], or the rating itself); others 0",
+        "soft_label": "the DIN ranker's odds e^z (weighted logloss on impression feedback)",
         "fit_requests": fit_req.num_requests,
         "retriever_final_loss": retriever_loss,
         "ranker_final_loss": ranker_loss,
@@ -545,46 +729,32 @@ def _build(
         **(provenance or {}),
     }
     schema = schema.model_copy(update={"provenance": facts})
-    rated = {
-        "train": _rated_before(log, train_cutoff),
-        "valid": _rated_before(log, valid_cutoff),
-        "test": _rated_before(log, None),
-    }
-    schema = _write_weeks(log, req, out_dir, schema, weeks, roles, rated, (retriever, ranker), config, seed)
+    schema = _write_partitions(log, req, out_dir, schema, plan, (retriever, ranker), config, seed)
     logger.info(
-        "%s: wrote %d requests x %d candidates in %d weekly partitions to %s in %.1fs",
+        "%s: wrote %d requests x %d candidates in %d partitions to %s in %.1fs",
         name, req.num_requests, config.num_candidates, len(schema.partitions), out_dir, time.perf_counter() - t0,
     )  # fmt: skip
     return RankTowerSamples(schema=schema, retriever=retriever, ranker=ranker)
 
 
-def _write_weeks(log, req, out_dir, schema, weeks, roles, rated, fitted, config, seed) -> DatasetSchema:
-    """Write one partition per week into a staged folder that replaces ``out_dir``; the schema with them."""
+def _write_partitions(log, req, out_dir, schema, plan: _PartitionPlan, fitted, config, seed) -> DatasetSchema:
+    """Write the planned partitions into a staged folder that replaces ``out_dir``; the schema with them."""
     s, c, r, n = config.group_size, config.candidate_samples, config.random_samples, config.num_candidates
     models = (*fitted, _item_table(log))
     slot_stage = np.repeat(np.array([_IMPRESSION, _CANDIDATE, _RANDOM], dtype=np.int64), [s, c, r])
     partitions: list[Partition] = []
     with staged_directory(out_dir) as tmp:
-        for week, role in zip(weeks, roles):
-            rows = np.flatnonzero(req.week == week)
-            rng = _week_rng(seed, week, 0)
+        for part, rows, key in plan.partitions:
+            rng = _week_rng(seed, key, 0)
             blocks = [
-                _block_arrays(log, req, blk, rated[role], schema, models, config, slot_stage, rng)
+                _block_arrays(log, req, blk, plan.rated[part.role], schema, models, config, slot_stage, rng)
                 for blk in np.array_split(rows, max(1, -(-len(rows) // _BLOCK_ROWS)))
             ]
             arrays = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
-            perm = np.argsort(_week_rng(seed, week, 1).random((len(rows), n)), axis=1)
+            perm = np.argsort(_week_rng(seed, key, 1).random((len(rows), n)), axis=1)
             for k, a in arrays.items():
                 if a.ndim == 2 and a.shape[1] == n:
                     arrays[k] = np.take_along_axis(a, perm, axis=1)
-            start = week_start_date(week)
-            part = Partition(
-                name=f"week-{start}",
-                role=role,
-                num_requests=len(rows),
-                start=start,
-                end=str(np.datetime64(start) + np.timedelta64(6, "D")),
-            )
             write_partition(tmp, schema, part, arrays)
             partitions.append(part)
         schema = schema.model_copy(update={"partitions": partitions})
@@ -632,9 +802,12 @@ def _block_arrays(
     items = np.concatenate([req.items[rows], cand, rand], axis=1)
     mask = np.concatenate([np.ones((b, s), bool), cand_valid, rand_valid], axis=1)
     stage = np.broadcast_to(slot_stage, (b, len(slot_stage)))
-    imp = hard_labels(req.grade[rows], impression_label=config.impression_label, rating_weight=config.rating_weight)
+    grade = feedback(
+        req.grade[rows], np.unique(log.rating), config.positive_rating, rating_is_feedback=config.rating_is_feedback
+    )
+    imp = hard_labels(grade, impression_label=config.impression_label, rating_weight=config.rating_weight)
     label = np.concatenate([imp, np.zeros((b, c + r), np.float32)], axis=1)
     arrays = request_columns(log, req, rows, hist, items, mask, stage, label)
-    soft = ranker(to_batch(arrays, schema)).float().numpy()
+    soft = ranker_soft_labels(ranker(to_batch(arrays, schema))).float().numpy()
     arrays["soft_label"] = np.where(mask, soft, 0.0).astype(np.float32)
     return arrays

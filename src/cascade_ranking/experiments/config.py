@@ -24,6 +24,9 @@ class BenchmarkConfig(TrainConfig):
         out: output folder (``None`` = ``benchmark-<K>stage``, ``benchmark-prerank`` or
             ``benchmark-<dataset folder>``).
         ablations: with ``task="prerank"``, also run the RankTower paper's ablations (Tables 2-4).
+        protocol: with ``task="prerank"`` and the default data: ``"paper"`` (RankTower's protocol, Sec. 5.1:
+            negative impressions, user filter, a random 70/10/20 split per user, K = 100 per user's list, Adam lr
+            0.001, batch 64) or ``"time"`` (every rating a positive impression, weekly time split).
     """
 
     task: Literal["cascade", "prerank"] = "cascade"
@@ -31,6 +34,7 @@ class BenchmarkConfig(TrainConfig):
     repeats: int = Field(default=3, gt=0)
     out: Path | None = None
     ablations: bool = False
+    protocol: Literal["paper", "time"] = "paper"
 
     def train_config(self, **updates: Any) -> TrainConfig:
         """The :class:`TrainConfig` shared by the benchmark's runs (its own fields dropped), with ``updates``."""

@@ -41,6 +41,9 @@ REGISTRY: dict[str, str] = {
     "ranktower_sort": "cascade_ranking.losses.ranktower:RankTowerSortLoss",
     "rankmax": "cascade_ranking.losses.ranktower:RankmaxLoss",
     "am_rankmax": "cascade_ranking.losses.ranktower:AMRankmaxLoss",
+    "softmax": "cascade_ranking.losses.prerank_ltr:SoftmaxLoss",
+    "approx_ndcg": "cascade_ranking.losses.prerank_ltr:ApproxNDCGLoss",
+    "ranknet": "cascade_ranking.losses.prerank_ltr:RankNetLoss",
 }
 
 

@@ -1,86 +1,69 @@
 r"""RankTower's hybrid loss: distillation, SoftSort sorting and (AM-)Rankmax, over full-stage samples.
 
 Source: Yan & Li, "RankTower: A Synergistic Framework for Enhancing Two-Tower Pre-Ranking Model", arXiv
-2407.12385, Sec. 4 (hard labels Sec. 4.2, eq. 14-20 of Sec. 4.3). The pre-ranking model learns from samples
-of the *whole* cascade, with a different objective per sample space.
+2407.12385, Sec. 4 (sample spaces Sec. 4.1, hard labels Sec. 4.2, eq. 14-20 of Sec. 4.3, hyper-parameters
+Sec. 5.1.4). The full paper is ``../shared/seeds/004_77323e5ce7e6ee9f.txt``. The pre-ranking model learns from
+samples of the *whole* cascade, with a different objective per sample space.
 
 **Sample spaces** (per request, from the funnel position ``stage``; ``T`` = the top position):
 
-* *impression samples* ``I``: valid candidates with ``stage >= T`` (what the logged system exposed: RecFlow
+* *impression samples* ``D_I``: valid candidates with ``stage >= T`` (what the logged system exposed: RecFlow
   ``rank_pos``/``rerank_pos``, the rated items of the full-stage MovieLens data). By default ``T`` is, per
-  request, the highest funnel position among its valid candidates, so the same loss works whatever the number
-  of stages it is built for (``keep=[k]`` on a two-stage dataset included) as long as every request holds
-  impressions, as in RecFlow and :mod:`cascade_ranking.datasets.full_stage`; pass ``top_position`` to fix ``T``;
-* *random samples* ``R``: valid candidates at position ``<= random_position`` (default 0: RecFlow's
-  ``prerank_neg``, the uniform negatives of the full-stage data) that are not impressions;
-* *candidate samples* ``C``: every other valid candidate (the positions in between: what the funnel retrieved
-  or ranked but did not expose).
+  request, the highest funnel position among its valid candidates; pass ``top_position`` to fix ``T``;
+* *random samples* ``D_R``: valid candidates at position ``<= random_position`` (default 0) that are not
+  impressions;
+* *candidate samples* ``D_C``: every other valid candidate (retrieved or ranked, never exposed).
 
-**Terms**, per stage with scores ``s`` and graded labels ``y`` (higher is better):
+**Terms** (``z`` = pre-ranking logits, ``y`` = hard labels, ``p`` = soft labels), each per request:
 
 .. math::
 
-    L_{distill} &= -\sum_{j \in I} \mathrm{softmax}_I(r / T_d)_j \, \log \mathrm{softmax}_I(s)_j
-        && \text{(eq. 14; } r = \text{the ranking model's soft labels)} \\
-    \hat P[p, j] &= \mathrm{softmax}_{j \in S}\big(-(\mathrm{sort}(s)_p - s_j)^2 / \tau\big),\quad S = I \cup C
-        && \text{(eq. 15, SoftSort with squared distance)} \\
-    L_{sort} &= -\frac1{|S|} \sum_{p, j} Y[p, j] \log \hat P[p, j]
-        && \text{(eq. 16; } Y = \text{the label permutation matrix over } S) \\
-    L_{rankmax} &= \frac1{|A|} \sum_{i \in A} -\log
-        \frac{e^{s_i}}{e^{s_i} + \sum_{j: y_j < y_i} e^{s_j + m(i, j)}}
-        && \text{(eq. 17 with } m = 0 \text{; eq. 18-19 with the adaptive margin)} \\
-    m(i, j) &= \alpha \, \mathbb 1[i \in I,\ j \notin I] + \delta \, (y_i - y_j) \\
-    L &= \lambda_1 L_{distill} + \lambda_2 L_{sort} + \lambda_3 L_{AM\text{-}rankmax}
-        && \text{(eq. 20)}
+    L_{distill} &= -\sum_{i \in D_I} p_i \log \frac{e^{z_i}}{\sum_{j \in D_I} e^{z_j}}
+        && \text{(eq. 14)} \\
+    \mathrm{SoftSort}_\tau(s)[r, j] &= \mathrm{softmax}_{j}\big(-(\mathrm{sort}(s)_r - s_j)^2 / \tau\big)
+        && \text{(eq. 15, squared distance, Sec. 5.1.4)} \\
+    L_{sort} &= -\sum_{r, j} \mathrm{SoftSort}_\tau(y)[r, j] \log \mathrm{SoftSort}_\tau(z)[r, j]
+        \quad \text{over } D_I \cup D_C && \text{(eq. 16)} \\
+    L_{rankmax} &= \sum_{j: y_j > 0} \log \sum_{i} (z_i - z_j + 1)_+
+        && \text{(eq. 17, } i = j \text{ included: the term is 1)} \\
+    m(i, j) &= \alpha\, \mathbb 1[y_i = 0] + \delta(y_i, y_j),\quad \delta = \delta_0 + \beta |y_j - y_i|^{p}
+        && \text{(eq. 18)} \\
+    L_{AM} &= \sum_{j: y_j > 0} \log\Big(1 + \sum_{i: y_i < y_j} (z_i - z_j + m(i, j))_+\Big)
+        && \text{(eq. 19)} \\
+    L &= \lambda_1 L_{distill} + \lambda_2 L_{sort} + \lambda_3 L_{AM} && \text{(eq. 20)}
 
-over all valid candidates for (AM-)Rankmax, where ``A`` = the candidates with at least one lower-labelled
-valid candidate. ``Y = NeuralSort(y, 1e-4)`` restricted to ``S`` (:func:`~.base.label_permutation`), so
-tied labels (e.g. the paper's hard labels, 0 on every candidate sample) share their places. ``log P̂`` is
-computed as a log-softmax (no ``eps``), so the sorting loss keeps its gradient for badly wrong scores.
+over all valid samples for (AM-)Rankmax. The paper's Sec. 5.1.4 uses ``delta = 1`` (``delta_0 = 1, beta = 0``,
+our defaults) and searches ``alpha`` in ``[2, 5]`` (default 2, the low end; the benchmark's grid searches it).
 
-**The adaptive margin**: the paper writes ``m(i, j) = alpha 1[y = 0] + delta(y_i, y_j)`` with the indicator
-on the lower-labelled item of the pair. Under the paper's hard labels (Sec. 4.2, :func:`aggregate_hard_labels`)
-``y = 0`` exactly on non-impression samples, so the indicator reads "an impression above a non-impression";
-we write it through the funnel positions so that it keeps that meaning with graded labels where negatives
-are not 0 (RecFlow, the full-stage data: a negative at position ``p`` has label ``p + 1``). The label term
-``delta(y_i, y_j)`` is the label gap scaled by ``delta``.
+**Where we differ from the printed formulas, and why:**
 
-**Reduction** (every term, as the other losses of this package): a per-request value is averaged over the
-requests where the term has at least one sample (distillation: one impression; sorting: one sample of ``S``;
-Rankmax: one labelled pair); a batch with none gives exactly 0 with zero gradients. Padded candidates
-contribute nothing and get exactly zero gradient; nothing depends on slot order. With several stages (the
-losses are normally built with ``keep=[k]``, one pre-ranking model), every stage's terms are computed on its
-own logits and summed.
+* eq. 19 as printed is ``log sum_{i: y_i < y_j} (.)_+``, which is ``log 0 = -inf`` once every lower item is
+  beyond its margin. We keep eq. 17's ``i = j`` term (``(z_j - z_j + 1)_+ = 1``) inside the log, so the loss
+  is ``>= 0``, exactly 0 when every margin is met, and eq. 19 with binary labels, ``alpha = 0``, ``delta = 1``
+  differs from eq. 17 only by not comparing positives with each other (as the paper states).
+* The indicator ``1[y_i = 0]`` of eq. 18 is written as "``i`` is not an impression": under the paper's hard
+  labels (Sec. 4.2: impressions get the impression label 1 plus their feedback, candidate and random samples
+  get 0) they are the same set; the funnel position keeps the meaning on datasets whose negatives carry
+  graded labels (RecFlow, :mod:`~cascade_ranking.datasets.full_stage`: position ``p`` has label ``p + 1``).
+* The paper sums over samples within a list and does not say how lists are combined; we average the
+  per-request values over the requests where the term has a sample (distillation: an impression; sorting: a
+  sample of ``D_I u D_C``; Rankmax: an anchor ``y_j > 0`` with a pair). A batch with none gives exactly 0 with
+  zero gradients. Padded candidates contribute nothing and get exactly zero gradient; nothing depends on slot
+  order. With several stages every stage's terms are computed on its own logits and summed.
+* ``SoftSort_tau(y)``, the target of eq. 16, uses the same ``tau`` as the scores (the paper's single symbol);
+  ``target_tau`` sets it apart. ``log SoftSort(z)`` is a log-softmax (no ``eps``).
+* Soft labels ``p`` are used as they are (eq. 14: not renormalised); they must be ``>= 0`` at impressions.
+  Without ``soft_label`` (a dataset without a ranking model's predictions) the hard label plays ``p``, which
+  makes eq. 14 the Softmax loss of the impressions.
 
-**Hyper-parameters and their sources.** The paper's text beyond its abstract (its implementation details,
-the values of ``lambda``, ``T_d``, ``tau``, ``alpha``, ``delta``) could not be reached when these defaults were
-set, and no public implementation exists, so none of them is the paper's. The squared distance of the SoftSort
-(eq. 15) and the sample space of each term are the paper's. The defaults (:data:`DEFAULT_LAMBDAS`,
-:data:`DEFAULT_DISTILL_TEMPERATURE`, :data:`DEFAULT_SORT_TAU`, :data:`DEFAULT_ALPHA`, :data:`DEFAULT_DELTA`)
-were **chosen on validation** (see the README's RankTower section): a sweep of the RankTower model on the
-*validation* weeks of the MovieLens-100K pre-ranking dataset (never the test weeks), one seed per setting,
-then the winner and AM-Rankmax alone on two more seeds (mean validation Recall@20: 0.788 with these defaults,
-0.785 for AM-Rankmax alone, 0.732 for the former ``lambdas = (1, 1, 1)``, ``tau = 1``; table in
-``docs/results/movielens-prerank/validation_sweep.md``). No implementation error was behind the former
-defaults' deficit: the terms had values and logit gradients of the same order; the weighting was wrong:
+**Values the paper does not give** (ours): ``lambda = (0.1, 0.1, 1)`` and SoftSort ``tau = 1``. The lambdas come
+from a validation sweep of our earlier formulation on the MovieLens-100K pre-ranking data
+(``docs/results/movielens-prerank/validation_sweep.md``: distillation and sorting at weight 1 each cost
+validation Recall@20; the sweep found ``tau`` 1 and 10 within noise of each other).
 
-* ``lambdas = (0.1, 0.1, 1)``: distillation and sorting as light regularisers of AM-Rankmax. At weight 1
-  each of them cost recall (Recall@20 0.765 with distillation at 1 vs 0.803 at 0.1; 0.733 with sorting at 1
-  and ``tau = 1``): both read only part of the sample space (distillation orders impressions among
-  themselves, sorting ignores the random samples), so at full weight they take capacity from the
-  impression-vs-negative separation that Recall@K measures;
-* SoftSort ``tau = 10``: with squared distances, rows of ``P̂`` are sharp once score gaps exceed ``sqrt(tau)``,
-  and then a mis-ordered pair costs about ``(s_a - s_j)^2 / tau``: a pull of strength ``1 / tau`` that drives
-  the two scores together (it vanishes at the tie rather than pushing them past each other), and that pulls the
-  tied candidate samples (all label 0) onto one score; the smaller ``tau``, the harder (validation Recall@20
-  with ``lambdas = (0.1, 0.1, 1)``: 0.722 at ``tau = 0.1``, 0.793 at 1, 0.802 at 10, 0.800 at 100; with
-  ``lambdas = (1, 1, 1)``: 0.729 at ``tau = 1``, 0.785 at 10);
-* ``T_d = 1``, ``alpha = 1``, ``delta = 0.1``: our initial choices, kept: ``T_d = 2``, ``alpha`` 0.5 or 2,
-  ``delta = 0.3`` moved validation recall by less than its noise (seed-to-seed spread about 0.015 on the 410
-  validation requests).
-
-When ``soft_label`` is not given (a dataset without a ranking model's predictions) the distillation target is
-the graded label itself, ``softmax_I(y / T_d)``: the impressions' graded feedback plays the ranking model.
+Distillation variants for the paper's Table 4 (``distillation=``): ``"softmax"`` (eq. 14, the paper's),
+``"weighted_logloss"`` and ``"pairwise_logloss"`` (:func:`weighted_logloss_terms`,
+:func:`pairwise_logloss_terms`); "no distillation" is ``lambdas[0] = 0``.
 """
 
 from __future__ import annotations
@@ -90,17 +73,18 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from ..types import LossOutput
 from ._common import StageLoss, zero_masked
-from .base import detached_parts, label_permutation, request_mean
+from .base import detached_parts, request_mean
 
 __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_DELTA",
-    "DEFAULT_DISTILL_TEMPERATURE",
     "DEFAULT_LAMBDAS",
     "DEFAULT_SORT_TAU",
+    "DISTILLATIONS",
     "AMRankmaxLoss",
     "RankTowerDistillLoss",
     "RankTowerLoss",
@@ -110,23 +94,25 @@ __all__ = [
     "adaptive_margin",
     "aggregate_hard_labels",
     "distillation_terms",
+    "pairwise_logloss_terms",
     "rankmax_terms",
     "sample_spaces",
     "soft_sort_log_probs",
     "sorting_terms",
+    "weighted_logloss_terms",
 ]
 
 
-#: ``(lambda_1, lambda_2, lambda_3)`` of the hybrid loss (distillation, sorting, AM-Rankmax), chosen on validation.
+#: ``(lambda_1, lambda_2, lambda_3)`` of the hybrid loss (distillation, sorting, AM-Rankmax); ours (see above).
 DEFAULT_LAMBDAS: tuple[float, float, float] = (0.1, 0.1, 1.0)
-#: Distillation teacher temperature ``T_d`` (eq. 14), our choice (validation: no better value).
-DEFAULT_DISTILL_TEMPERATURE: float = 1.0
-#: SoftSort temperature ``tau`` of the sorting loss (eq. 15), chosen on validation.
-DEFAULT_SORT_TAU: float = 10.0
-#: AM-Rankmax margin of an impression over a non-impression (eq. 19), our choice (validation: no better value).
-DEFAULT_ALPHA: float = 1.0
-#: AM-Rankmax margin per unit of label gap (eq. 19), our choice (validation: no better value).
-DEFAULT_DELTA: float = 0.1
+#: SoftSort temperature ``tau`` of the sorting loss (eq. 15); ours (the paper gives none).
+DEFAULT_SORT_TAU: float = 1.0
+#: AM-Rankmax extra margin ``alpha`` of a positive over a ``y = 0`` sample (eq. 18); the paper searches [2, 5].
+DEFAULT_ALPHA: float = 2.0
+#: AM-Rankmax constant margin ``delta`` (eq. 18); the paper's value.
+DEFAULT_DELTA: float = 1.0
+#: Distillation losses of the paper's Table 4 (``"softmax"`` is eq. 14, the paper's choice).
+DISTILLATIONS = ("softmax", "weighted_logloss", "pairwise_logloss")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -170,36 +156,82 @@ def _masked_log_softmax(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def distillation_terms(
-    scores: torch.Tensor,
-    teacher: torch.Tensor,
-    impression: torch.Tensor,
-    *,
-    temperature: float = DEFAULT_DISTILL_TEMPERATURE,
+    scores: torch.Tensor, teacher: torch.Tensor, impression: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax distillation on impression samples (eq. 14), per request.
 
     Args:
-        scores: ``[B, N]`` float student logits.
-        teacher: ``[B, N]`` float teacher values (soft labels, or graded labels); only impressions are read.
-        impression: ``[B, N]`` bool, the sample space.
-        temperature: ``T_d``, the teacher's softmax temperature.
+        scores: ``[B, N]`` float student logits ``z``.
+        teacher: ``[B, N]`` float soft labels ``p >= 0`` (used as they are); only impressions are read.
+        impression: ``[B, N]`` bool, the sample space ``D_I``.
 
     Returns:
-        ``(loss [B], has [B] bool)``: cross-entropy ``-sum_j t_j log p_j`` with ``t = softmax_I(teacher / T_d)``
-        and ``p = softmax_I(scores)``; 0 and ``False`` for a request without impressions.
+        ``(loss [B], has [B] bool)``: ``-sum_{i in D_I} p_i log softmax_{D_I}(z)_i``; 0 and ``False`` for a
+        request without impressions.
     """
-    s = zero_masked(scores, impression)
-    with torch.no_grad():
-        t = _masked_log_softmax(zero_masked(teacher, impression) / temperature, impression).exp() * impression
-    per = -(t * _masked_log_softmax(s, impression)).sum(-1)
+    p = zero_masked(teacher, impression).detach()
+    per = -(p * _masked_log_softmax(zero_masked(scores, impression), impression)).sum(-1)
     return per, impression.any(-1)
 
 
-def soft_sort_log_probs(scores: torch.Tensor, mask: torch.Tensor, *, tau: float) -> torch.Tensor:
-    """``log P̂`` of the squared-distance SoftSort (eq. 15), ``[B, N, N]``, descending, masked.
+def weighted_logloss_terms(
+    scores: torch.Tensor, teacher: torch.Tensor, impression: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted-logloss distillation (Table 4's pointwise alternative), per request.
 
-    Row ``p < n`` (``n`` = valid count) over valid columns ``j`` is ``log_softmax_j(-(sort(s)_p - s_j)^2 / tau)``;
-    entries of rows ``p >= n`` and of padded columns are 0. ``exp`` of it equals
+    The weighted logistic regression of Covington et al. (RecSys 2016, Sec. 4.3; the paper's ref. [6]) with
+    the teacher's value as the positive weight and unit negative weight, per impression ``i``:
+    ``-(p_i log sigma(z_i) + log(1 - sigma(z_i)))``, minimised at ``e^{z_i} = p_i`` (the odds learn ``p``);
+    averaged over the request's impressions. The paper names the loss only; this weighting is ours.
+
+    Args:
+        scores: ``[B, N]`` float student logits ``z``.
+        teacher: ``[B, N]`` float soft labels ``p >= 0``; only impressions are read.
+        impression: ``[B, N]`` bool.
+
+    Returns:
+        ``(loss [B], has [B] bool)``; 0 and ``False`` for a request without impressions.
+    """
+    z = zero_masked(scores, impression)
+    p = zero_masked(teacher, impression).detach()
+    per_item = -(p * F.logsigmoid(z) + F.logsigmoid(-z))
+    count = impression.sum(-1)
+    per = zero_masked(per_item, impression).sum(-1) / count.clamp_min(1).to(z.dtype)
+    return per, count > 0
+
+
+def pairwise_logloss_terms(
+    scores: torch.Tensor, teacher: torch.Tensor, impression: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise-logloss distillation (Table 4): RankNet (Burges et al., ICML 2005) on the teacher's order.
+
+    For every pair of impressions with ``p_a > p_b`` (ties form no pair): ``log(1 + exp(-(z_a - z_b)))``,
+    averaged over the request's pairs.
+
+    Returns:
+        ``(loss [B], has [B] bool)``; 0 and ``False`` for a request without an ordered pair.
+    """
+    z = zero_masked(scores, impression)
+    p = zero_masked(teacher, impression).detach()
+    pair = impression.unsqueeze(-1) & impression.unsqueeze(-2) & (p.unsqueeze(-1) > p.unsqueeze(-2))
+    diff = z.unsqueeze(-1) - z.unsqueeze(-2)  # [B, a, b] = z_a - z_b
+    cost = torch.where(pair, F.softplus(-diff), torch.zeros_like(diff)).sum((-2, -1))
+    count = pair.sum((-2, -1))
+    return cost / count.clamp_min(1).to(z.dtype), count > 0
+
+
+_DISTILL_TERMS = {
+    "softmax": distillation_terms,
+    "weighted_logloss": weighted_logloss_terms,
+    "pairwise_logloss": pairwise_logloss_terms,
+}
+
+
+def soft_sort_log_probs(scores: torch.Tensor, mask: torch.Tensor, *, tau: float) -> torch.Tensor:
+    """``log SoftSort_tau(s)`` with squared distance (eq. 15), ``[B, N, N]``, descending, masked.
+
+    Row ``r < n`` (``n`` = valid count) over valid columns ``j`` is ``log_softmax_j(-(sort(s)_r - s_j)^2 / tau)``;
+    entries of rows ``r >= n`` and of padded columns are 0. ``exp`` of it equals
     :func:`cascade_ranking.operators.soft_sort` with ``power=2`` on valid entries.
     """
     s = zero_masked(scores, mask)
@@ -207,66 +239,100 @@ def soft_sort_log_probs(scores: torch.Tensor, mask: torch.Tensor, *, tau: float)
     sorted_s = torch.sort(torch.where(mask, s, torch.full_like(s, low)), dim=-1, descending=True)[0]
     row_valid = torch.arange(s.shape[-1], device=s.device) < mask.sum(-1, keepdim=True)  # [B, N]
     sorted_s = torch.where(row_valid, sorted_s, torch.zeros_like(sorted_s))
-    logits = -(sorted_s.unsqueeze(-1) - s.unsqueeze(-2)).square() / tau  # [B, p, j]
+    logits = -(sorted_s.unsqueeze(-1) - s.unsqueeze(-2)).square() / tau  # [B, r, j]
     keep = row_valid.unsqueeze(-1) & mask.unsqueeze(-2)
     return _masked_log_softmax(logits, keep)
 
 
 def sorting_terms(
-    scores: torch.Tensor, label: torch.Tensor, space: torch.Tensor, *, tau: float = DEFAULT_SORT_TAU
+    scores: torch.Tensor,
+    label: torch.Tensor,
+    space: torch.Tensor,
+    *,
+    tau: float = DEFAULT_SORT_TAU,
+    target_tau: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SoftSort sorting loss (eq. 15-16) on the candidates of ``space``, per request.
 
+    Args:
+        scores: ``[B, N]`` float logits ``z``.
+        label: ``[B, N]`` float hard labels ``y`` (tied labels share their rows' mass).
+        space: ``[B, N]`` bool (``D_I u D_C`` in the hybrid).
+        tau: SoftSort temperature of the scores.
+        target_tau: SoftSort temperature of the labels; ``None`` = ``tau`` (the paper's eq. 16).
+
     Returns:
-        ``(loss [B], has [B] bool)``: ``-(1/n) sum_{p, j} Y[p, j] log P̂[p, j]`` over the ``n`` samples of
-        ``space`` (``Y`` = label permutation matrix, ties shared); 0 and ``False`` for an empty space.
+        ``(loss [B], has [B] bool)``: ``-sum_{r, j} SoftSort(y)[r, j] log SoftSort(z)[r, j]`` over ``space``;
+        0 and ``False`` for an empty space.
     """
-    y = label_permutation(zero_masked(label, space), space, scores.dtype)
+    with torch.no_grad():
+        target = soft_sort_log_probs(label.to(scores.dtype), space, tau=tau if target_tau is None else target_tau)
+        keep = (torch.arange(space.shape[-1], device=space.device) < space.sum(-1, keepdim=True)).unsqueeze(-1)
+        target = torch.where(keep & space.unsqueeze(-2), target.exp(), torch.zeros_like(target))
     log_p = soft_sort_log_probs(scores, space, tau=tau)
-    n = space.sum(-1)
-    per = -(y * log_p).sum((-2, -1)) / n.clamp_min(1).to(scores.dtype)
-    return per, n > 0
+    return -(target * log_p).sum((-2, -1)), space.any(-1)
 
 
-def adaptive_margin(label: torch.Tensor, impression: torch.Tensor, *, alpha: float, delta: float) -> torch.Tensor:
-    """AM-Rankmax margins ``m[b, i, j] = alpha 1[i impression, j not] + delta (y_i - y_j)`` (eq. 19), ``[B, N, N]``.
+def adaptive_margin(
+    label: torch.Tensor,
+    impression: torch.Tensor,
+    *,
+    alpha: float,
+    delta: float,
+    beta: float = 0.0,
+    power: float = 1.0,
+) -> torch.Tensor:
+    """AM-Rankmax margins (eq. 18), ``[B, N, N]``: ``m[b, j, i]`` for anchor ``j`` and lower item ``i``.
 
-    Only entries with ``y_j < y_i`` between valid candidates are used by :func:`rankmax_terms`.
+    ``m = alpha 1[i not an impression] + delta + beta |y_j - y_i|^power``. Only entries with ``y_i < y_j``
+    between valid candidates are used by :func:`rankmax_terms`.
     """
-    imp = impression.to(label.dtype)
-    above_unseen = imp.unsqueeze(-1) * (1.0 - imp.unsqueeze(-2))
-    return alpha * above_unseen + delta * (label.unsqueeze(-1) - label.unsqueeze(-2))
+    lower_unseen = (~impression).to(label.dtype).unsqueeze(-2).expand(*label.shape, label.shape[-1])
+    gap = (label.unsqueeze(-1) - label.unsqueeze(-2)).abs()
+    out = alpha * lower_unseen + delta
+    if beta:
+        out = out + beta * gap.pow(power)
+    return out
 
 
 def rankmax_terms(
-    scores: torch.Tensor, label: torch.Tensor, space: torch.Tensor, *, margin: torch.Tensor | None = None
+    scores: torch.Tensor,
+    label: torch.Tensor,
+    space: torch.Tensor,
+    *,
+    margin: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(AM-)Rankmax (eq. 17-18) on the candidates of ``space``, per request.
+    """Rankmax (eq. 17) or, with ``margin``, AM-Rankmax (eq. 19) on the candidates of ``space``, per request.
 
-    For every anchor ``i`` with lower-labelled candidates ``j`` in ``space``:
-    ``log(1 + sum_{j: y_j < y_i} exp(s_j - s_i + m[i, j]))``, averaged over the anchors.
+    Anchors are the samples with ``y_j > 0``. Without ``margin``: ``sum_j log sum_i (z_i - z_j + 1)_+`` over
+    every sample ``i`` of ``space`` (``i = j`` included, contributing 1). With ``margin`` ``[B, N, N]``
+    (:func:`adaptive_margin`): ``sum_j log(1 + sum_{i: y_i < y_j} (z_i - z_j + m[j, i])_+)``.
 
     Args:
         scores: ``[B, N]`` float.
-        label: ``[B, N]`` float graded labels (ties form no pair).
+        label: ``[B, N]`` float hard labels.
         space: ``[B, N]`` bool.
-        margin: optional ``[B, N, N]`` margins ``m[b, i, j]`` (:func:`adaptive_margin`); ``None`` = Rankmax.
+        margin: optional ``[B, N, N]`` margins.
 
     Returns:
-        ``(loss [B], has [B] bool)``; 0 and ``False`` for a request without a labelled pair.
+        ``(loss [B], has [B] bool)``; ``has`` = the request has an anchor with at least one compared sample.
     """
     s = zero_masked(scores, space)
     y = zero_masked(label, space)
-    pair = space.unsqueeze(-1) & space.unsqueeze(-2) & (y.unsqueeze(-2) < y.unsqueeze(-1))  # [B, i, j]
-    z = s.unsqueeze(-2) - s.unsqueeze(-1)  # s_j - s_i
-    if margin is not None:
-        z = z + margin.to(z.dtype)
-    z = torch.where(pair, z, torch.full_like(z, torch.finfo(z.dtype).min))
-    per_anchor = torch.logsumexp(torch.cat([torch.zeros_like(z[..., :1]), z], dim=-1), dim=-1)  # [B, N]
-    anchor = pair.any(-1)
-    count = anchor.sum(-1)
-    per = torch.where(anchor, per_anchor, torch.zeros_like(per_anchor)).sum(-1) / count.clamp_min(1).to(s.dtype)
-    return per, count > 0
+    anchor = space & (y > 0)
+    both = anchor.unsqueeze(-1) & space.unsqueeze(-2)  # [B, j, i]
+    hinge_in = s.unsqueeze(-2) - s.unsqueeze(-1)  # z_i - z_j
+    if margin is None:
+        pair = both & ~torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
+        hinge_in = hinge_in + 1.0
+    else:
+        pair = both & (y.unsqueeze(-2) < y.unsqueeze(-1))
+        hinge_in = hinge_in + margin.to(s.dtype)
+    hinge = torch.where(pair, torch.relu(hinge_in), torch.zeros_like(hinge_in)).sum(-1)  # [B, j]
+    per_anchor = torch.log1p(hinge)
+    used = anchor & pair.any(-1)
+    per = torch.where(used, per_anchor, torch.zeros_like(per_anchor)).sum(-1)
+    return per, used.any(-1)
 
 
 def aggregate_hard_labels(
@@ -367,6 +433,11 @@ class _RankTowerStageLoss(StageLoss):
         """Sum over stages of the terms of ``_terms``, with ``soft_label`` (or the label) as the teacher."""
         spaces = sample_spaces(stage, mask, top_position=self.top_position, random_position=self.random_position)
         label, teacher = zero_masked(label, mask), zero_masked(soft_label, mask)
+        if self._uses_teacher() and bool((teacher < 0).logical_and(spaces.impression).any()):
+            raise ValueError(
+                f"{self.method}: soft_label (or the label, without soft_label) must be >= 0 at impression samples "
+                "(eq. 14 weights)"
+            )
         total = torch.zeros((), dtype=label.dtype, device=mask.device)
         parts: dict[str, torch.Tensor] = {}
         for i, x in enumerate(logits):
@@ -374,6 +445,10 @@ class _RankTowerStageLoss(StageLoss):
             parts.update({f"{name}/{i}": v for name, v in means.items()})
             total = total + self._combine(means)
         return LossOutput(loss=total, parts=detached_parts(**parts))
+
+    def _uses_teacher(self) -> bool:
+        """Whether a term reads the teacher (the soft labels), which must then be ``>= 0`` at impressions."""
+        return False
 
     def _terms(self, scores, label, teacher, spaces: SampleSpaces):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -383,30 +458,36 @@ class _RankTowerStageLoss(StageLoss):
         return value
 
 
+def _check_distillation(method: str, distillation: str) -> str:
+    if distillation not in _DISTILL_TERMS:
+        raise ValueError(f"{method}: distillation must be one of {list(_DISTILL_TERMS)}, got {distillation!r}")
+    return distillation
+
+
 class RankTowerDistillLoss(_RankTowerStageLoss):
-    """``"ranktower_distill"``: softmax distillation on impression samples (eq. 14).
+    """``"ranktower_distill"``: distillation on impression samples alone (eq. 14 by default).
 
     Args:
         keep: candidates each stage keeps, retrieval first (normally ``[k]``: one pre-ranking model).
         gt_num: unused (common interface).
-        temperature: teacher softmax temperature ``T_d`` (default :data:`DEFAULT_DISTILL_TEMPERATURE` = 1).
+        distillation: one of :data:`DISTILLATIONS` (default ``"softmax"``, eq. 14).
         top_position, random_position: sample spaces (see :func:`sample_spaces`).
 
     Called as ``loss_fn(logits, label=, mask=, stage=, soft_label=None)``: the teacher is ``soft_label`` (the
-    ranking model's predictions), or the graded ``label`` when it is ``None``. Parts ``"distill/<i>"``.
+    ranking model's predictions), or the hard ``label`` when it is ``None``. Parts ``"distill/<i>"``.
     """
 
     method = "ranktower_distill"
 
-    def __init__(
-        self, *, keep: Sequence[int], gt_num: int = 10, temperature: float = DEFAULT_DISTILL_TEMPERATURE, **spaces
-    ) -> None:
+    def __init__(self, *, keep: Sequence[int], gt_num: int = 10, distillation: str = "softmax", **spaces) -> None:
         super().__init__(keep=keep, gt_num=gt_num, **spaces)
-        _check_positive(self.method, temperature=temperature)
-        self.temperature = float(temperature)
+        self.distillation = _check_distillation(self.method, distillation)
+
+    def _uses_teacher(self) -> bool:
+        return True
 
     def _terms(self, scores, label, teacher, spaces):
-        yield "distill", distillation_terms(scores, teacher, spaces.impression, temperature=self.temperature)
+        yield "distill", _DISTILL_TERMS[self.distillation](scores, teacher, spaces.impression)
 
 
 class RankTowerSortLoss(_RankTowerStageLoss):
@@ -414,24 +495,37 @@ class RankTowerSortLoss(_RankTowerStageLoss):
 
     Args:
         keep, gt_num, top_position, random_position: as :class:`RankTowerDistillLoss`.
-        tau: SoftSort temperature (default :data:`DEFAULT_SORT_TAU` = 10, chosen on validation).
+        tau: SoftSort temperature (default :data:`DEFAULT_SORT_TAU`).
+        target_tau: SoftSort temperature of the labels (default ``None`` = ``tau``, the paper's eq. 16).
 
     Parts ``"sort/<i>"``.
     """
 
     method = "ranktower_sort"
 
-    def __init__(self, *, keep: Sequence[int], gt_num: int = 10, tau: float = DEFAULT_SORT_TAU, **spaces) -> None:
+    def __init__(
+        self,
+        *,
+        keep: Sequence[int],
+        gt_num: int = 10,
+        tau: float = DEFAULT_SORT_TAU,
+        target_tau: float | None = None,
+        **spaces,
+    ) -> None:
         super().__init__(keep=keep, gt_num=gt_num, **spaces)
         _check_positive(self.method, tau=tau)
+        if target_tau is not None:
+            _check_positive(self.method, target_tau=target_tau)
         self.tau = float(tau)
+        self.target_tau = None if target_tau is None else float(target_tau)
 
     def _terms(self, scores, label, teacher, spaces):
-        yield "sort", sorting_terms(scores, label, spaces.impression | spaces.candidate, tau=self.tau)
+        space = spaces.impression | spaces.candidate
+        yield "sort", sorting_terms(scores, label, space, tau=self.tau, target_tau=self.target_tau)
 
 
 class RankmaxLoss(_RankTowerStageLoss):
-    """``"rankmax"``: Rankmax (eq. 17) on all valid samples, no margin. Parts ``"rankmax/<i>"``.
+    """``"rankmax"``: Rankmax (eq. 17, Kong et al., NeurIPS 2020) on all valid samples. Parts ``"rankmax/<i>"``.
 
     Args: ``keep``, ``gt_num``, ``top_position``, ``random_position`` as :class:`RankTowerDistillLoss`.
     """
@@ -443,13 +537,19 @@ class RankmaxLoss(_RankTowerStageLoss):
         yield "rankmax", rankmax_terms(scores, label, valid)
 
 
+def _check_margin(method: str, alpha: float, delta: float, beta: float, power: float) -> None:
+    _check_non_negative(method, alpha=alpha, delta=delta, beta=beta)
+    _check_positive(method, power=power)
+
+
 class AMRankmaxLoss(_RankTowerStageLoss):
     """``"am_rankmax"``: Rankmax with the adaptive margin (eq. 18-19) on all valid samples.
 
     Args:
         keep, gt_num, top_position, random_position: as :class:`RankTowerDistillLoss`.
-        alpha: extra margin of an impression over a non-impression (default :data:`DEFAULT_ALPHA` = 1).
-        delta: margin per unit of label gap (default :data:`DEFAULT_DELTA` = 0.1).
+        alpha: extra margin over a ``y = 0`` (non-impression) sample (default :data:`DEFAULT_ALPHA` = 2).
+        delta: constant margin (default :data:`DEFAULT_DELTA` = 1, the paper's).
+        beta, power: optional label-gap margin ``beta |y_j - y_i|^power`` (eq. 18's alternative; default off).
 
     Parts ``"am_rankmax/<i>"``.
     """
@@ -463,16 +563,21 @@ class AMRankmaxLoss(_RankTowerStageLoss):
         gt_num: int = 10,
         alpha: float = DEFAULT_ALPHA,
         delta: float = DEFAULT_DELTA,
+        beta: float = 0.0,
+        power: float = 1.0,
         **spaces,
     ) -> None:
         super().__init__(keep=keep, gt_num=gt_num, **spaces)
-        _check_non_negative(self.method, alpha=alpha, delta=delta)
-        self.alpha, self.delta = float(alpha), float(delta)
+        _check_margin(self.method, alpha, delta, beta, power)
+        self.alpha, self.delta, self.beta, self.power = float(alpha), float(delta), float(beta), float(power)
+
+    def margin(self, label: torch.Tensor, impression: torch.Tensor) -> torch.Tensor:
+        """The ``[B, N, N]`` margins of eq. 18 for these labels."""
+        return adaptive_margin(label, impression, alpha=self.alpha, delta=self.delta, beta=self.beta, power=self.power)
 
     def _terms(self, scores, label, teacher, spaces):
         valid = spaces.impression | spaces.candidate | spaces.random
-        margin = adaptive_margin(label, spaces.impression, alpha=self.alpha, delta=self.delta)
-        yield "am_rankmax", rankmax_terms(scores, label, valid, margin=margin)
+        yield "am_rankmax", rankmax_terms(scores, label, valid, margin=self.margin(label, spaces.impression))
 
 
 class RankTowerLoss(_RankTowerStageLoss):
@@ -480,11 +585,11 @@ class RankTowerLoss(_RankTowerStageLoss):
 
     Args:
         keep, gt_num, top_position, random_position: as :class:`RankTowerDistillLoss`.
-        lambdas: ``(lambda_1, lambda_2, lambda_3)``, each ``>= 0``, not all 0 (default ``(0.1, 0.1, 1)``,
-            chosen on validation, see the module docstring); a term with weight 0 is not computed.
-        temperature: distillation teacher temperature (default 1).
-        tau: SoftSort temperature (default 10, chosen on validation).
-        alpha, delta: AM-Rankmax margin (defaults 1 and 0.1).
+        lambdas: ``(lambda_1, lambda_2, lambda_3)``, each ``>= 0``, not all 0 (default ``(0.1, 0.1, 1)``, ours);
+            a term with weight 0 is not computed.
+        distillation: the distillation term, one of :data:`DISTILLATIONS` (default ``"softmax"``, eq. 14).
+        tau, target_tau: SoftSort temperatures (as :class:`RankTowerSortLoss`).
+        alpha, delta, beta, power: AM-Rankmax margin (as :class:`AMRankmaxLoss`).
 
     Called as ``loss_fn(logits, label=, mask=, stage=, soft_label=None)``. Parts ``"distill/<i>"``,
     ``"sort/<i>"``, ``"am_rankmax/<i>"`` (unweighted batch means of the computed terms).
@@ -498,10 +603,13 @@ class RankTowerLoss(_RankTowerStageLoss):
         keep: Sequence[int],
         gt_num: int = 10,
         lambdas: Sequence[float] = DEFAULT_LAMBDAS,
-        temperature: float = DEFAULT_DISTILL_TEMPERATURE,
+        distillation: str = "softmax",
         tau: float = DEFAULT_SORT_TAU,
+        target_tau: float | None = None,
         alpha: float = DEFAULT_ALPHA,
         delta: float = DEFAULT_DELTA,
+        beta: float = 0.0,
+        power: float = 1.0,
         **spaces,
     ) -> None:
         super().__init__(keep=keep, gt_num=gt_num, **spaces)
@@ -511,27 +619,38 @@ class RankTowerLoss(_RankTowerStageLoss):
         _check_non_negative(self.method, **{f"lambdas[{i}]": v for i, v in enumerate(lambdas)})
         if not any(lambdas):
             raise ValueError(f"{self.method}: at least one of lambdas must be positive, got {lambdas}")
-        _check_positive(self.method, temperature=temperature, tau=tau)
-        _check_non_negative(self.method, alpha=alpha, delta=delta)
+        _check_positive(self.method, tau=tau)
+        if target_tau is not None:
+            _check_positive(self.method, target_tau=target_tau)
+        _check_margin(self.method, alpha, delta, beta, power)
         self.lambdas = tuple(float(v) for v in lambdas)
-        self.temperature, self.tau = float(temperature), float(tau)
-        self.alpha, self.delta = float(alpha), float(delta)
+        self.distillation = _check_distillation(self.method, distillation)
+        self.tau = float(tau)
+        self.target_tau = None if target_tau is None else float(target_tau)
+        self.alpha, self.delta, self.beta, self.power = float(alpha), float(delta), float(beta), float(power)
+
+    def _uses_teacher(self) -> bool:
+        return self.lambdas[0] > 0
 
     def extra_repr(self) -> str:
         return (
-            f"keep={list(self.keep)}, lambdas={self.lambdas}, temperature={self.temperature}, tau={self.tau}, "
-            f"alpha={self.alpha}, delta={self.delta}, top_position={self.top_position}"
+            f"keep={list(self.keep)}, lambdas={self.lambdas}, distillation={self.distillation!r}, tau={self.tau}, "
+            f"target_tau={self.target_tau}, alpha={self.alpha}, delta={self.delta}, beta={self.beta}, "
+            f"power={self.power}, top_position={self.top_position}"
         )
 
     def _terms(self, scores, label, teacher, spaces):
         l_distill, l_sort, l_am = self.lambdas
         if l_distill:
-            yield "distill", distillation_terms(scores, teacher, spaces.impression, temperature=self.temperature)
+            yield "distill", _DISTILL_TERMS[self.distillation](scores, teacher, spaces.impression)
         if l_sort:
-            yield "sort", sorting_terms(scores, label, spaces.impression | spaces.candidate, tau=self.tau)
+            space = spaces.impression | spaces.candidate
+            yield "sort", sorting_terms(scores, label, space, tau=self.tau, target_tau=self.target_tau)
         if l_am:
             valid = spaces.impression | spaces.candidate | spaces.random
-            margin = adaptive_margin(label, spaces.impression, alpha=self.alpha, delta=self.delta)
+            margin = adaptive_margin(
+                label, spaces.impression, alpha=self.alpha, delta=self.delta, beta=self.beta, power=self.power
+            )
             yield "am_rankmax", rankmax_terms(scores, label, valid, margin=margin)
 
     def _combine(self, means):

@@ -7,7 +7,12 @@ experiments (Wang et al., ICML 2025):
 * ``"mlp"``: :class:`MLP`, per-candidate MLP over the pooled history — pre-ranking of three stages;
 * ``"ranktower"``: :class:`~.ranktower.RankTower`, gated multi-head towers + cross-attention + max-similarity
   (Yan & Li 2023) — pre-ranking, with the hybrid losses of :mod:`cascade_ranking.losses.ranktower`;
-* ``"din"``: :class:`DIN`, target attention over the history + MLP — pre-ranking (two stages) or ranking.
+* ``"din"``: :class:`DIN`, target attention over the history + MLP — pre-ranking (two stages) or ranking;
+* ``"dat"``: :class:`~.dat.DAT`, dual augmented two-tower (Yu et al. 2021) — pre-ranking baseline of RankTower;
+* ``"inttower"``: :class:`~.inttower.IntTower` (Li et al., CIKM 2022) — pre-ranking baseline of RankTower.
+
+DAT and IntTower train with auxiliary losses of their own, computed in their training forward pass and added
+to the ranking loss by the training loop (:mod:`cascade_ranking.models.auxiliary`).
 
 Every model scores all N candidate slots of every request in one pass (padded slots get a score too;
 losses, :meth:`~cascade_ranking.cascade.Cascade.select` and the metrics mask them). The device and dtype
@@ -25,14 +30,27 @@ from torch import nn
 from ..data.schema import DatasetSchema
 from ..types import RequestBatch
 from .cold import COLD
+from .dat import DAT
 from .din import DIN
 from .dssm import DSSM
 from .embedding import FeatureEncoder, feed_forward
+from .inttower import IntTower
 from .lr import LR
 from .mlp import MLP
 from .ranktower import RankTower
 
-__all__ = ["DIN", "DSSM", "MLP", "FeatureEncoder", "StageModel", "available_models", "build_model", "feed_forward"]
+__all__ = [
+    "DAT",
+    "DIN",
+    "DSSM",
+    "IntTower",
+    "MLP",
+    "FeatureEncoder",
+    "StageModel",
+    "available_models",
+    "build_model",
+    "feed_forward",
+]
 
 
 @runtime_checkable
@@ -49,6 +67,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "ranktower": RankTower,
     "lr": LR,
     "cold": COLD,
+    "dat": DAT,
+    "inttower": IntTower,
 }
 
 
@@ -57,7 +77,7 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_model(name: str, schema: DatasetSchema, *, emb_dim: int = 8, hidden: int = 128, **options) -> nn.Module:
+def build_model(name: str, schema: DatasetSchema, *, emb_dim: int | str = 8, hidden: int = 128, **options) -> nn.Module:
     """Build the stage model ``name`` for ``schema``.
 
     Args:

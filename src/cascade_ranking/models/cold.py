@@ -39,7 +39,7 @@ class COLD(nn.Module):
         ValueError: ``hidden < 4`` or ``emb_dim`` not positive.
     """
 
-    def __init__(self, schema: DatasetSchema, *, emb_dim: int = 8, hidden: int = 128, se: bool = True) -> None:
+    def __init__(self, schema: DatasetSchema, *, emb_dim: int | str = 8, hidden: int = 128, se: bool = True) -> None:
         super().__init__()
         if int(hidden) != hidden or hidden < 4:
             raise ValueError(
@@ -48,7 +48,7 @@ class COLD(nn.Module):
         self.encoder = FeatureEncoder(schema, emb_dim)
         enc = self.encoder
         in_dim = enc.user_context_dim + enc.history_dim + enc.item_dim
-        self.groups = in_dim // enc.emb_dim
+        self.groups = in_dim // enc.require_uniform("COLD")
         self.se = nn.Linear(in_dim, self.groups) if se else None
         self.mlp = feed_forward([in_dim, hidden, hidden // 2, hidden // 4, 1])
 

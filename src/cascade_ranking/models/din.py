@@ -148,7 +148,7 @@ class DIN(nn.Module):
     _key_columns: torch.Tensor  # buffer: the candidate-embedding columns matching the history fields
 
     def __init__(
-        self, schema: DatasetSchema, *, emb_dim: int = 8, hidden: int = 128, attention_hidden: int = 80
+        self, schema: DatasetSchema, *, emb_dim: int | str = 8, hidden: int = 128, attention_hidden: int = 80
     ) -> None:
         super().__init__()
         if int(hidden) != hidden or hidden < 4:
@@ -159,7 +159,7 @@ class DIN(nn.Module):
         enc = self.encoder
         d = enc.history_dim
         # Columns of the candidate embedding that match the history fields (their shared item tables).
-        e = enc.emb_dim
+        e = enc.require_uniform("DIN")
         cols = [enc.item_fields.index(f) * e + j for f in enc.history_item_fields for j in range(e)]
         self.register_buffer("_key_columns", torch.tensor(cols, dtype=torch.long), persistent=False)
         # A contiguous run of columns (the usual layout: history fields in item-field order) is a free slice.

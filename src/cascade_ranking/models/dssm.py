@@ -32,7 +32,7 @@ class DSSM(nn.Module):
         ValueError: ``hidden < 4`` or ``emb_dim`` not positive.
     """
 
-    def __init__(self, schema: DatasetSchema, *, emb_dim: int = 8, hidden: int = 128) -> None:
+    def __init__(self, schema: DatasetSchema, *, emb_dim: int | str = 8, hidden: int = 128) -> None:
         super().__init__()
         if int(hidden) != hidden or hidden < 4:
             raise ValueError(

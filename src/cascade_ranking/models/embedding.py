@@ -12,6 +12,12 @@ never receives a gradient):
 
 Tables are initialised like ``torch.nn.Embedding`` (standard normal), as in the LCRON release.
 
+Embedding sizes: one ``E`` for every field (``emb_dim=8``, the LCRON protocol), or ``emb_dim="log2"``, RankTower's
+rule (Yan & Li 2023, Sec. 5.1.4): field ``f`` gets ``max(floor(log2 V_f), 16)`` dimensions
+(:func:`log2_embedding_dim`, ``V_f`` its vocabulary size). Under that rule every field with fewer than
+``2**17`` ids gets 16, so on MovieLens-100K and KuaiRand-Pure it is a uniform ``E = 16``; models that need
+one width for every field (COLD's SE groups, DIN's attention) raise when the sizes differ.
+
 Speed (same values and gradients as ``torch.nn.Embedding``): :meth:`FeatureEncoder.encode` looks up every
 id a model needs with one lookup per table (a history field and the candidate field sharing its table are
 looked up together), so each table gets one dense gradient per step instead of one per use; on CPU the
@@ -31,7 +37,18 @@ from torch.autograd.function import once_differentiable
 from ..data.schema import DatasetSchema
 from ..types import RequestBatch
 
-__all__ = ["Encoded", "FeatureEncoder", "embedding_lookup", "feed_forward", "mlp_forward"]
+__all__ = ["Encoded", "FeatureEncoder", "embedding_lookup", "feed_forward", "log2_embedding_dim", "mlp_forward"]
+
+
+def log2_embedding_dim(vocab_size: int, minimum: int = 16) -> int:
+    """RankTower's embedding size of a field (Sec. 5.1.4): ``max(floor(log2(vocab_size)), minimum)``.
+
+    Raises:
+        ValueError: ``vocab_size < 1``.
+    """
+    if int(vocab_size) < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size!r}")
+    return max(int(vocab_size).bit_length() - 1, int(minimum))
 
 
 class _EmbeddingLookup(torch.autograd.Function):
@@ -116,34 +133,51 @@ class FeatureEncoder(nn.Module):
 
     Args:
         schema: the dataset schema (fields, roles, vocabulary sizes, history fields).
-        emb_dim: embedding dimension ``E`` (8 in the LCRON experiments).
+        emb_dim: embedding dimension ``E`` of every field (8 in the LCRON experiments), or ``"log2"``: per
+            field :func:`log2_embedding_dim` (RankTower, Sec. 5.1.4).
 
     Attributes:
+        field_dims: embedding size per field name.
+        emb_dim: the size shared by every field; with ``"log2"`` and differing sizes, the largest.
+        uniform: whether every field has the same size.
         user_fields, context_fields, item_fields: field names per role, in schema order.
         history_fields: history field names, in schema order.
         history_item_fields: for each history field, the item field whose table it shares.
         user_context_dim, history_dim, item_dim: output widths ``(U + C) * E``, ``H * E``, ``I * E``.
 
     Raises:
-        ValueError: ``emb_dim`` is not a positive integer.
+        ValueError: ``emb_dim`` is neither a positive integer nor ``"log2"``.
     """
 
-    def __init__(self, schema: DatasetSchema, emb_dim: int = 8) -> None:
+    def __init__(self, schema: DatasetSchema, emb_dim: int | str = 8) -> None:
         super().__init__()
-        if int(emb_dim) != emb_dim or emb_dim <= 0:
-            raise ValueError(f"emb_dim must be a positive integer, got {emb_dim!r}")
-        self.emb_dim = int(emb_dim)
+        if emb_dim == "log2":
+            self.field_dims = {f.name: log2_embedding_dim(f.vocab_size) for f in schema.features}
+        elif isinstance(emb_dim, int) and not isinstance(emb_dim, bool) and emb_dim > 0:
+            self.field_dims = {f.name: int(emb_dim) for f in schema.features}
+        else:
+            raise ValueError(f"emb_dim must be a positive integer or 'log2', got {emb_dim!r}")
+        sizes = set(self.field_dims.values())
+        self.uniform = len(sizes) <= 1
+        self.emb_dim = max(sizes, default=int(emb_dim) if isinstance(emb_dim, int) else 16)
         self.tables = nn.ModuleDict(
-            {f.name: nn.Embedding(f.vocab_size, self.emb_dim, padding_idx=0) for f in schema.features}
+            {f.name: nn.Embedding(f.vocab_size, self.field_dims[f.name], padding_idx=0) for f in schema.features}
         )
         self.user_fields = tuple(f.name for f in schema.fields_with_role("user"))
         self.context_fields = tuple(f.name for f in schema.fields_with_role("context"))
         self.item_fields = tuple(f.name for f in schema.fields_with_role("item"))
         self.history_fields = tuple(h.name for h in schema.history)
         self.history_item_fields = tuple(h.item_field for h in schema.history)
-        self.user_context_dim = (len(self.user_fields) + len(self.context_fields)) * self.emb_dim
-        self.history_dim = len(self.history_fields) * self.emb_dim
-        self.item_dim = len(self.item_fields) * self.emb_dim
+        dims = self.field_dims
+        self.user_context_dim = sum(dims[f] for f in (*self.user_fields, *self.context_fields))
+        self.history_dim = sum(dims[f] for f in self.history_item_fields)
+        self.item_dim = sum(dims[f] for f in self.item_fields)
+
+    def require_uniform(self, model: str) -> int:
+        """The one embedding size of every field; raises ValueError naming ``model`` if sizes differ."""
+        if not self.uniform:
+            raise ValueError(f"{model} needs one embedding size for every field, got {self.field_dims}")
+        return self.emb_dim
 
     def table(self, name: str) -> nn.Embedding:
         """The embedding table ``[V, E]`` of field ``name`` (history fields use their item field's table).

@@ -61,7 +61,9 @@ class LR(nn.Module):
         ValueError: ``max_cross_vocab`` negative.
     """
 
-    def __init__(self, schema: DatasetSchema, *, emb_dim: int = 8, hidden: int = 128, max_cross_vocab: int = 1024):
+    def __init__(
+        self, schema: DatasetSchema, *, emb_dim: int | str = 8, hidden: int = 128, max_cross_vocab: int = 1024
+    ):
         super().__init__()
         if isinstance(max_cross_vocab, bool) or int(max_cross_vocab) != max_cross_vocab or max_cross_vocab < 0:
             raise ValueError(f"max_cross_vocab must be a non-negative integer, got {max_cross_vocab!r}")

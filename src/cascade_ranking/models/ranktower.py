@@ -1,45 +1,44 @@
 r"""RankTower: a two-tower pre-ranking model with multi-head gated towers, cross-attention and max-similarity.
 
-Yan & Li, "RankTower: A Synergistic Framework for Enhancing Two-Tower Pre-Ranking Model", arXiv 2407.12385
-(Sec. 3). Shapes: ``B`` requests, ``N`` candidates, ``H_u`` / ``H_i`` user / item heads, ``k`` head dim.
+Yan & Li, "RankTower: A Synergistic Framework for Enhancing Two-Tower Pre-Ranking Model", arXiv 2407.12385,
+Sec. 3 (the full paper: ``../shared/seeds/004_77323e5ce7e6ee9f.txt``). Shapes: ``B`` requests, ``N``
+candidates, ``H_u`` / ``H_i`` user / item sub-spaces, ``k`` sub-space size.
 
-1. **Embedding layer** (:class:`~cascade_ranking.models.embedding.FeatureEncoder`): the user tower reads the
-   user and context field embeddings plus the masked mean of the history embeddings (as DSSM); the item tower
-   reads every item field.
-2. **Multi-Head Gated Network** (one per tower, :class:`MultiHeadGatedNetwork`): head ``h`` is an MLP
-   ``x -> Linear(in, hidden) -> ReLU -> Linear(hidden, k)`` multiplied element-wise by a gate
-   ``sigmoid(W_2 ReLU(W_1 sg(x)))`` whose input is *detached* (``sg`` = stop-gradient): the gate learns
-   which sub-space features matter but never pushes gradients into the embeddings. The gate is one
-   bottleneck MLP for all heads, ``in -> max(1, H k / r) -> H k`` with reduction ratio ``r``. Output: the
-   user multi-embedding ``E_u [B, H_u, k]`` and item multi-embedding ``E_i [B, N, H_i, k]``.
-3. **Gated Cross-Attention Network** (bi-directional, :class:`GatedCrossAttention`): a Gated Attention Unit
-   (Hua et al., "Transformer Quality in Linear Time", ICML 2022) whose queries come from one tower and keys
-   and values from the other:
+1. **Embedding layer** (Sec. 3.2, :class:`~cascade_ranking.models.embedding.FeatureEncoder`): one embedding per
+   field, concatenated per tower into ``X_U`` and ``X_I`` (eq. 1-2). ``emb_dim="log2"`` gives the paper's size
+   ``max(floor(log2 V), 16)`` per field (Sec. 5.1.4); continuous features are bucketised into equal-frequency
+   bins by the dataset builders (:func:`cascade_ranking.datasets.bucketize.equal_frequency_bins`), so the
+   model sees ids only. Our addition: the user tower also reads the masked mean of the history embeddings
+   (as DSSM), since our datasets carry a behaviour history the paper's feature list does not describe.
+2. **Multi-Head Gated Network** (Sec. 3.3, eq. 3-4, :class:`MultiHeadGatedNetwork`): one MLP of ``layers``
+   linear layers (ReLU between, the paper searches 1-4) maps ``X`` to ``H k`` values, read as ``H`` sub-spaces
+   of size ``k``; it is multiplied element-wise by ``sigmoid(gMLP(sg(X)))``, a two-layer gate MLP with
+   reduction ratio ``r`` (``in -> max(1, in // r) -> H k``) whose input is *detached* (the paper: "the input
+   embedding does not receive gradients from the gating network").
+3. **Gated Cross-Attention Network** (Sec. 3.4, eq. 5-12, :class:`GatedCrossAttention`): a Gated Attention Unit
+   whose queries come from one tower and keys and values from the other:
 
    .. math::
 
-       Q = \phi(X_Q W_q),\ K = \phi(X_{KV} W_k),\ V = \phi(X_{KV} W_v),\ U = \sigma(X_Q W_u) \\
-       \hat X_Q = \mathrm{LayerNorm}\big(X_Q + (U \odot \mathrm{softmax}(Q K^\top / \sqrt d)\, V) W_o\big)
+       Q = \phi(X_Q W_Q),\ K = \phi(X_K W_K),\ V = \phi(X_V W_V),\ U = \sigma(X_Q W_U) \\
+       \mathcal E = \mathrm{LayerNorm}\big(X_Q + (U \odot \mathrm{softmax}(Q K^\top / \sqrt{d_k})\, V) W_o\big)
 
-   with ``phi = SiLU`` (the GAU's activation). User heads attend to the item heads of each candidate
-   (``E_u -> Ê_u [B, N, H_u, k]``) and item heads to the user heads (``E_i -> Ê_i [B, N, H_i, k]``), each
-   direction with its own parameters; ``d = k``.
-4. **Maximum Similarity Layer** (parameter-free but for the temperature):
-   ``s = sum_p max_q cos(Ê_u^p, Ê_i^q) / tau``, ``tau = exp(log_tau)`` learnable and positive.
+   User sub-spaces attend to each candidate's item sub-spaces (eq. 5) and item sub-spaces to the user's (eq. 6),
+   both from the towers' outputs (parallel branches), each direction with its own parameters.
+4. **Maximum Similarity Layer** (Sec. 3.5, eq. 13): ``s = sum_p max_q cos(E_u^p, E_i^q) / tau`` with a
+   learnable temperature ``tau = exp(log_tau)``.
 
-**Serving split** (the paper's decoupling): :meth:`RankTower.user_multi_embedding` (once per request) and
-:meth:`RankTower.item_multi_embedding` / :meth:`RankTower.encode_items` (once per item, cacheable) hold all
-the towers' heavy work; :meth:`RankTower.score_from_cache` then runs only the light cross-attention and the
-max-similarity per (user, item) pair. ``forward`` is exactly ``score_from_cache(user, items)``.
+**Serving split** (Sec. 3, the paper's decoupling): :meth:`RankTower.user_multi_embedding` (once per request)
+and :meth:`RankTower.item_multi_embedding` / :meth:`RankTower.encode_items` (once per item, cacheable) hold the
+towers; :meth:`RankTower.score_from_cache` runs only the cross-attention and the max-similarity per pair.
+``forward`` is exactly ``score_from_cache(user, items)``.
 
-Choices where the summary we implement from (DESIGN.md section 5) leaves details open, all ours: per-head MLP
-of one hidden layer of width ``hidden``; the gate's bottleneck relative to the gated width (SENet style);
-single-head attention of width ``d = k`` per direction, with biases; ``tau`` initialised to 0.2 and clamped
-to ``[1e-2, 1e2]``; cosine with ``eps = 1e-6`` on the norms. The paper's implementation details (embedding
-size, number of heads, sub-space size ``k``, gate reduction ratio ``r``) could not be reached (only its
-abstract was), so the size defaults (``H_u = H_i = 4``, ``k = 16``, ``r = 4``, hidden 128) are ours too and
-were not tuned: on the MovieLens-100K pre-ranking data the seed-to-seed spread of validation Recall@20 (about
-0.015, see the README's RankTower section) is larger than a small sweep of them could resolve.
+**Where the paper is silent (our choices)**: ``phi = SiLU`` (the GAU's activation, Hua et al., ICML 2022);
+``d_k = k``, single-head attention with biases, one cross-attention layer per direction; the gate's reduction
+is relative to its input width (SENet style); the MLP's last layer is linear; ``tau`` starts at 0.2, clamped to
+``[1e-2, 1e2]``; cosine with ``eps = 1e-6``. Sizes: defaults ``H_u = H_i = 4``, ``k = 16``, ``r = 4``,
+``layers = 2``, ``hidden = 128`` sit inside the paper's search ranges (``H`` 2-10, units 32-256, layers 1-4);
+the pre-ranking benchmark's grid searches them on validation.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ from torch import nn
 
 from ..data.schema import DatasetSchema
 from ..types import RequestBatch
-from .embedding import FeatureEncoder
+from .embedding import FeatureEncoder, feed_forward, mlp_forward
 
 __all__ = ["GatedCrossAttention", "MultiHeadGatedNetwork", "RankTower", "max_similarity"]
 
@@ -68,43 +67,41 @@ def _positive_int(name: str, value) -> int:
 
 
 class MultiHeadGatedNetwork(nn.Module):
-    """``H`` gated MLP heads over one input vector: ``[..., in] -> [..., H, k]``.
+    """``H`` gated sub-spaces from one input vector (eq. 3-4): ``[..., in] -> [..., H, k]``.
 
-    Head ``h``: ``MLP_h(x) * sigmoid(gate(sg(x)))_h`` with ``MLP_h = Linear(in, hidden) -> ReLU ->
-    Linear(hidden, k)`` (the ``H`` MLPs are independent, computed as one grouped product) and
-    ``gate = Linear(in, max(1, H k // r)) -> ReLU -> Linear(., H k) -> Sigmoid`` applied to the detached input.
+    ``e^h = MLP(x)^h * sigmoid(gMLP(sg(x)))^h`` with ``MLP = Linear(in, hidden) -> ReLU -> ... -> Linear(., H k)``
+    (``layers`` linear layers; ``layers = 1`` is one linear map), ``^h`` the ``h``-th block of ``k`` values, and
+    ``gMLP = Linear(in, max(1, in // r)) -> ReLU -> Linear(., H k)`` applied to the detached input.
 
     Args:
         in_dim: input width (``> 0``).
         heads: ``H``.
         head_dim: ``k``.
-        hidden: hidden width of every head's MLP.
+        hidden: width of the MLP's hidden layers.
         reduction: gate reduction ratio ``r``.
+        layers: number of linear layers of the MLP (the paper searches 1-4).
 
     Raises:
         ValueError: a non-positive size.
     """
 
-    def __init__(self, in_dim: int, *, heads: int, head_dim: int, hidden: int, reduction: int) -> None:
+    def __init__(self, in_dim: int, *, heads: int, head_dim: int, hidden: int, reduction: int, layers: int = 2) -> None:
         super().__init__()
         in_dim = _positive_int("input width", in_dim)
         self.heads = _positive_int("heads", heads)
         self.head_dim = _positive_int("head_dim", head_dim)
         hidden = _positive_int("hidden", hidden)
         reduction = _positive_int("gate_reduction", reduction)
+        layers = _positive_int("layers", layers)
         out = self.heads * self.head_dim
-        self.hidden = nn.Linear(in_dim, self.heads * hidden)
-        bound = 1.0 / math.sqrt(hidden)  # nn.Linear's default initialisation, per head
-        self.out_weight = nn.Parameter(torch.empty(self.heads, hidden, self.head_dim).uniform_(-bound, bound))
-        self.out_bias = nn.Parameter(torch.empty(self.heads, self.head_dim).uniform_(-bound, bound))
-        squeeze = max(1, out // reduction)
+        self.mlp = feed_forward([in_dim, *([hidden] * (layers - 1)), out])
+        squeeze = max(1, in_dim // reduction)
         self.gate = nn.Sequential(nn.Linear(in_dim, squeeze), nn.ReLU(), nn.Linear(squeeze, out), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., in]`` -> ``[..., H, k]``; the gate sees ``x.detach()``."""
         lead = x.shape[:-1]
-        h = torch.relu(self.hidden(x)).view(*lead, self.heads, -1)  # [..., H, hidden]
-        mlp = torch.einsum("...hc,hck->...hk", h, self.out_weight) + self.out_bias
+        mlp = mlp_forward(self.mlp, x).view(*lead, self.heads, self.head_dim)
         gate = self.gate(x.detach()).view(*lead, self.heads, self.head_dim)
         return mlp * gate
 
@@ -160,12 +157,13 @@ class RankTower(nn.Module):
 
     Args:
         schema: dataset schema (fields, roles, vocabulary sizes, history fields).
-        emb_dim: embedding dimension (8 in the LCRON experiments' protocol).
-        hidden: hidden width of every gated head's MLP (default 128).
+        emb_dim: embedding size per field, or ``"log2"`` (the paper's ``max(floor(log2 V), 16)``).
+        hidden: width of the hidden layers of the gated networks' MLPs (default 128).
         heads_user: ``H_u``, user sub-space embeddings (default 4).
         heads_item: ``H_i``, item sub-space embeddings (default 4).
         head_dim: ``k``, the width of every sub-space embedding (default 16).
         gate_reduction: reduction ratio ``r`` of the gate MLPs (default 4).
+        layers: linear layers of each Multi-Head Gated Network's MLP (default 2; the paper searches 1-4).
         temperature: initial value of the learnable max-similarity temperature ``tau`` (default 0.2).
 
     Raises:
@@ -176,12 +174,13 @@ class RankTower(nn.Module):
         self,
         schema: DatasetSchema,
         *,
-        emb_dim: int = 8,
+        emb_dim: int | str = 8,
         hidden: int = 128,
         heads_user: int = 4,
         heads_item: int = 4,
         head_dim: int = 16,
         gate_reduction: int = 4,
+        layers: int = 2,
         temperature: float = 0.2,
     ) -> None:
         super().__init__()
@@ -192,7 +191,7 @@ class RankTower(nn.Module):
         user_in = enc.user_context_dim + enc.history_dim
         if user_in == 0:
             raise ValueError("RankTower needs at least one user, context or history field for its user tower")
-        common = {"head_dim": head_dim, "hidden": hidden, "reduction": gate_reduction}
+        common = {"head_dim": head_dim, "hidden": hidden, "reduction": gate_reduction, "layers": layers}
         self.user_net = MultiHeadGatedNetwork(user_in, heads=heads_user, **common)
         self.item_net = MultiHeadGatedNetwork(enc.item_dim, heads=heads_item, **common)
         self.user_to_item = GatedCrossAttention(head_dim)

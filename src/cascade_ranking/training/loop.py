@@ -35,7 +35,8 @@ from ..data.atomic import write_text_atomic
 from ..data.loader import iterate_partition
 from ..data.schema import DatasetSchema, Partition
 from ..data.store import open_dataset
-from ..types import RequestBatch
+from ..models.auxiliary import add_auxiliary_losses
+from ..types import LossOutput, RequestBatch
 from .build import Resolved, build_cascade, resolve_config
 from .checkpoint import LossCurve, StreamPosition, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -231,6 +232,7 @@ class _Run:
         out = self.loss_fn(
             self.cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage, soft_label=batch.soft_label
         )
+        out = LossOutput(*add_auxiliary_losses(out.loss, out.parts, self.cascade))  # DAT's AMM/CAL, IntTower's CIR
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         mean_loss = all_reduce_gradients(self.params, out.loss, self.world)
