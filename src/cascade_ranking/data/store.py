@@ -25,6 +25,8 @@ window of row groups.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +43,7 @@ __all__ = [
     "StoreError",
     "check_partition_request_ids",
     "check_unique_request_ids",
+    "dataset_fingerprint",
     "expected_columns",
     "open_dataset",
     "read_partition",
@@ -89,8 +92,8 @@ def _vocab_sizes(schema: DatasetSchema) -> dict[str, int]:
 
 
 def validate_arrays(where: str, schema: DatasetSchema, arrays: dict[str, np.ndarray]) -> None:
-    """Check values against the schema: ids inside their vocabulary, funnel positions known, floats finite,
-    request ids unique. Raises :class:`StoreError` naming ``where`` (file or partition) and the column."""
+    """Check values against the schema: ids inside their vocabulary, funnel positions known, floats finite, labels
+    non-negative at valid candidates (gains, as NDCG needs), request ids unique. Raises :class:`StoreError` naming ``where`` (file or partition) and the column."""
     vocab = _vocab_sizes(schema)
     bounds = {**vocab, "stage": len(schema.funnel_positions)}
     for name, a in arrays.items():
@@ -105,6 +108,14 @@ def validate_arrays(where: str, schema: DatasetSchema, arrays: dict[str, np.ndar
                 raise StoreError(f"{where}, column {name!r}: values in [{lo}, {hi}] outside {what} [0, {bounds[name]})")
         elif a.dtype.kind == "f" and not np.isfinite(a).all():
             raise StoreError(f"{where}, column {name!r}: non-finite values (NaN or inf)")
+    label, mask = arrays.get("label"), arrays.get("mask")
+    if label is not None and label.size:
+        negative = label < 0 if mask is None or mask.shape != label.shape else (label < 0) & mask
+        if negative.any():
+            raise StoreError(
+                f"{where}, column 'label': negative labels at valid candidates (min {label[negative].min()}); "
+                "labels are graded relevance gains, >= 0"
+            )
     ids = arrays.get("request_id")
     if ids is not None:
         check_unique_request_ids(where, ids)
@@ -260,6 +271,7 @@ def read_partition(
             raise StoreError(f"{path}: column {name!r} has null values")
         if dtype.kind in "iub" and not (pa.types.is_integer(values.type) or pa.types.is_boolean(values.type)):
             raise StoreError(f"{path}: column {name!r} holds {values.type}, expected integers")
+        _check_narrowing(path, name, values, dtype)
         try:
             a = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
         except (pa.ArrowException, ValueError, TypeError) as exc:
@@ -275,6 +287,22 @@ def read_partition(
     return out
 
 
+def _check_narrowing(path: Path, name: str, values: pa.Array, dtype: np.dtype) -> None:
+    """Refuse integers that do not fit the column's dtype *before* converting (an int16 funnel position 258 must
+    not become int8 2; an integer mask other than 0/1 must not become ``True``). Raises :class:`StoreError`."""
+    if not pa.types.is_integer(values.type) or len(values) == 0 or values.type == pa.from_numpy_dtype(dtype):
+        return
+    import pyarrow.compute as pc
+
+    lo, hi = (0, 1) if dtype.kind == "b" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+    bounds = pc.min_max(values)
+    vmin, vmax = bounds["min"].as_py(), bounds["max"].as_py()
+    if vmin < lo or vmax > hi:
+        raise StoreError(
+            f"{path}: column {name!r} holds {values.type} values in [{vmin}, {vmax}], outside {dtype} [{lo}, {hi}]"
+        )
+
+
 def open_dataset(directory: str | Path) -> DatasetSchema:
     """Load and check a dataset directory's schema; every listed partition file must exist."""
     schema = DatasetSchema.load(directory)
@@ -282,3 +310,39 @@ def open_dataset(directory: str | Path) -> DatasetSchema:
     if missing:
         raise SchemaError(f"{directory}: partition files listed in {SCHEMA_FILE} are missing: {missing}")
     return schema
+
+
+def _parquet_footer(path: Path) -> bytes:
+    """The Parquet footer of ``path`` (file metadata: row groups, column statistics), read from its last bytes."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < 12:
+            raise StoreError(f"{path}: not a Parquet file ({size} bytes)")
+        f.seek(size - 8)
+        tail = f.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        if tail[4:] != b"PAR1" or length > size - 12:
+            raise StoreError(f"{path}: not a readable Parquet file (no footer)")
+        f.seek(size - 8 - length)
+        return f.read(length)
+
+
+def dataset_fingerprint(directory: str | Path) -> dict[str, str | int]:
+    """The identity of a dataset's contents: name, schema version and a SHA-256 over ``schema.json`` and, per
+    partition file, its size and Parquet footer (row-group sizes, column statistics: min/max of every column).
+
+    Cheap (the footers only, never the data pages) and independent of where the folder lives: a copy of a
+    dataset has the same fingerprint; a re-prepared dataset with other contents (another seed, other days) has
+    another, since its footers' statistics and sizes differ.
+
+    Raises:
+        SchemaError / StoreError: the dataset is missing or a partition file is unreadable (names the file).
+    """
+    directory = Path(directory)
+    schema = open_dataset(directory)
+    digest = hashlib.sha256((directory / SCHEMA_FILE).read_bytes())
+    for p in schema.partitions:
+        path = directory / p.file_name
+        digest.update(f"\0{p.file_name}\0{path.stat().st_size}\0".encode())
+        digest.update(_parquet_footer(path))
+    return {"name": schema.name, "version": schema.version, "content_sha256": digest.hexdigest()}
