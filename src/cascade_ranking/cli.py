@@ -51,11 +51,9 @@ err_console = Console(stderr=True)
 #: Errors that are the user's to fix: printed as one clear line, exit code 2 (never a traceback).
 USER_ERRORS: tuple[type[BaseException], ...] = (SchemaError, StoreError, ValueError, OSError, KeyError)
 
-#: Ranges of numeric options, checked by the option parser (the error names the option): seeds as numpy and torch
-#: take them, thread counts torch can set, synthetic requests that a machine can hold.
-SEED_RANGE: dict = {"min": 0, "max": 2**63 - 1}
-THREADS_RANGE: dict = {"min": 1, "max": 4096}
-MAX_SYNTHETIC_REQUESTS = 10**10
+#: Ranges of the numeric options that no configuration model checks (``train``/``benchmark`` options are checked
+#: by :class:`~.training.config.TrainConfig`): seeds as numpy and torch take them, synthetic sizes a machine holds.
+OPTION_RANGES: dict[str, tuple[int, int]] = {"seed": (0, 2**63 - 1), "requests": (1, 10**10), "days": (1, 100_000)}
 
 MOVIELENS_SRC_ENV = "CASCADE_RANKING_MOVIELENS_SRC"
 MOVIELENS_URL_ENV = "CASCADE_RANKING_MOVIELENS_URL"  # a mirror of the GroupLens zip
@@ -143,6 +141,14 @@ def with_movielens_source(prepare: Callable[[Path | None, str], object]) -> None
         prepare(copies[0], url)
 
 
+def _check_options(**values: int) -> None:
+    """Raise ``ValueError`` naming the option (``--seed=-1: ...``) when a value is outside :data:`OPTION_RANGES`."""
+    for name, value in values.items():
+        lo, hi = OPTION_RANGES[name]
+        if not lo <= value <= hi:
+            raise ValueError(f"--{name}={value}: expected an integer in [{lo}, {hi}]")
+
+
 def _parse_loss_params(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -219,9 +225,7 @@ def train(
     data: Annotated[
         Path | None, typer.Option(help="Dataset folder (default: MovieLens-100K, prepared on first use).")
     ] = None,
-    stages: Annotated[
-        int | None, typer.Option(min=2, max=3, help="Stages of the default MovieLens-100K cascade: 2 or 3.")
-    ] = None,
+    stages: Annotated[int | None, typer.Option(help="Stages of the default MovieLens-100K cascade: 2 or 3.")] = None,
     models: Annotated[str | None, typer.Option(help="Stage models, retrieval first, e.g. dssm,din.")] = None,
     prerank_model: Annotated[
         str | None, typer.Option(help="Model of the pre-ranking (second) stage, e.g. ranktower (default din).")
@@ -229,21 +233,21 @@ def train(
     keep: Annotated[
         str | None, typer.Option(help="Candidates each stage keeps, e.g. 30,20 (default: the dataset's).")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Training batch size (default: the dataset's).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size (default: the dataset's).")] = None,
     passes: Annotated[
-        int | None, typer.Option(min=1, help="Passes over the training partitions (default: the dataset's).")
+        int | None, typer.Option(help="Passes over the training partitions (default: the dataset's).")
     ] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate (default 0.01).")] = None,
-    seed: Annotated[int | None, typer.Option(**SEED_RANGE, help="Random seed (default 0).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
     device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda, cuda:N.")] = None,
     loss_param: Annotated[list[str] | None, typer.Option(help="Loss hyper-parameter KEY=VALUE (repeatable).")] = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Run folder (default: runs/<method>-<stages>stage-seed<seed>-<time>)."),
     ] = None,
-    threads: Annotated[int | None, typer.Option(**THREADS_RANGE, help="Torch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
     checkpoint_every: Annotated[
-        int | None, typer.Option(min=1, help="Also checkpoint every N steps (always at partition boundaries).")
+        int | None, typer.Option(help="Also checkpoint every N steps (always at partition boundaries).")
     ] = None,
     skip_nonfinite: Annotated[
         bool | None, typer.Option("--skip-nonfinite", help="Skip and count NaN/inf steps instead of stopping.")
@@ -366,10 +370,8 @@ def evaluate(
 @app.command()
 def reference(
     data: Annotated[Path | None, typer.Option(help="Dataset folder (default: MovieLens-100K).")] = None,
-    stages: Annotated[
-        int, typer.Option(min=2, max=3, help="Stages of the default MovieLens-100K cascade (2 or 3).")
-    ] = 2,
-    seed: Annotated[int, typer.Option(**SEED_RANGE, help="Random seed.")] = 0,
+    stages: Annotated[int, typer.Option(help="Stages of the default MovieLens-100K cascade (2 or 3).")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Score the test partitions with reference scorers (random; item popularity), no training."""
     from .data.store import open_dataset
@@ -378,6 +380,7 @@ def reference(
     from .types import stage_names
 
     try:
+        _check_options(seed=seed)
         data_dir = resolve_data(data, stages)
         schema = open_dataset(data_dir)
         k = len(schema.keep)
@@ -407,18 +410,16 @@ def benchmark(
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated methods (default: the eight cascade methods).")
     ] = None,
-    stages: Annotated[
-        int | None, typer.Option(min=2, max=3, help="Stages of the default MovieLens-100K cascade: 2 or 3.")
-    ] = None,
-    repeats: Annotated[int | None, typer.Option(min=1, help="Seeds per method (default 3).")] = None,
+    stages: Annotated[int | None, typer.Option(help="Stages of the default MovieLens-100K cascade: 2 or 3.")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Seeds per method (default 3).")] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset folder (default: MovieLens-100K).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: benchmark-<K>stage).")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Training batch size (default: the dataset's).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size (default: the dataset's).")] = None,
     passes: Annotated[
-        int | None, typer.Option(min=1, help="Passes over the training partitions (default: the dataset's).")
+        int | None, typer.Option(help="Passes over the training partitions (default: the dataset's).")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda, cuda:N.")] = None,
-    threads: Annotated[int | None, typer.Option(**THREADS_RANGE, help="Torch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
     task: Annotated[
         str | None, typer.Option(help="cascade (default): cascade methods; prerank: RankTower's Table 1.")
     ] = None,
@@ -576,15 +577,14 @@ def prepare_movielens_cmd(
         typer.Option(help="Local copy: GroupLens (u.data...) or RecBole (.inter...) files, or the zip."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output dataset folder (default: the user cache).")] = None,
-    stages: Annotated[int, typer.Option(min=2, max=3, help="2 (4 groups x 10 candidates) or 3 (5 groups x 10).")] = 2,
-    seed: Annotated[
-        int, typer.Option(**SEED_RANGE, help="Seed of the funnel simulation (the dataset version is fixed by it).")
-    ] = 0,
+    stages: Annotated[int, typer.Option(help="2 (4 groups x 10 candidates) or 3 (5 groups x 10).")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the funnel simulation (the dataset version is fixed by it).")] = 0,
 ) -> None:
     """Build the MovieLens-100K full-stage cascade dataset (downloads the official zip on first use)."""
     from .datasets.movielens import ML100K_URL, prepare_movielens
 
     try:
+        _check_options(seed=seed)
         target = out or default_dataset_dir(stages)
         url = os.environ.get(MOVIELENS_URL_ENV) or ML100K_URL
         schema = prepare_movielens(target, src=src, stages=stages, seed=seed, url=url, progress=True)
@@ -608,14 +608,12 @@ def prepare_recflow_cmd(
         Path, typer.Argument(help="RecFlow folder: all_stage/, request_id_dict/, seq_effective_50_dict/, others/.")
     ],
     out: Annotated[Path, typer.Argument(help="Output dataset folder.")],
-    stages: Annotated[
-        int, typer.Option(min=2, max=3, help="2 (rank_pos, rank_neg, coarse_neg, prerank_neg) or 3 (+ rerank).")
-    ] = 2,
+    stages: Annotated[int, typer.Option(help="2 (rank_pos, rank_neg, coarse_neg, prerank_neg) or 3 (+ rerank).")] = 2,
     days: Annotated[
         str | None, typer.Option(help="Days to convert, e.g. 2024-01-13..2024-02-04 or a,b,c (default: all).")
     ] = None,
-    test_days: Annotated[int, typer.Option(min=1, help="Last days used as the test partition.")] = 1,
-    valid_days: Annotated[int, typer.Option(min=0, help="Days before the test days held out for validation.")] = 0,
+    test_days: Annotated[int, typer.Option(help="Last days used as the test partition.")] = 1,
+    valid_days: Annotated[int, typer.Option(help="Days before the test days held out for validation.")] = 0,
 ) -> None:
     """Convert RecFlow's published files into the request-list store (one partition per day)."""
     from .datasets.recflow import convert_recflow
@@ -632,20 +630,19 @@ def prepare_recflow_cmd(
 @prepare_app.command("synthetic")
 def prepare_synthetic_cmd(
     out: Annotated[Path, typer.Argument(help="Output folder.")],
-    requests: Annotated[int, typer.Option(min=1, max=MAX_SYNTHETIC_REQUESTS, help="Requests in all.")] = 100_000,
-    days: Annotated[
-        int, typer.Option(min=1, max=100_000, help="Days (one partition each; the last is the test day).")
-    ] = 7,
-    stages: Annotated[int, typer.Option(min=2, max=3, help="2 or 3 cascade stages.")] = 2,
+    requests: Annotated[int, typer.Option(help="Requests in all.")] = 100_000,
+    days: Annotated[int, typer.Option(help="Days (one partition each; the last is the test day).")] = 7,
+    stages: Annotated[int, typer.Option(help="2 or 3 cascade stages.")] = 2,
     layout: Annotated[
         str, typer.Option(help="store (our Parquet store) or recflow (RecFlow's published layout).")
     ] = "store",
-    seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed of the simulated world and funnel.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated world and funnel.")] = 0,
 ) -> None:
     """Simulate a production funnel (seeded world, noisy multi-stage cascade) at any scale, day by day."""
     from .datasets.synthetic import simulate
 
     try:
+        _check_options(seed=seed, requests=requests, days=days)
         schema = simulate(out, requests=requests, days=days, stages=stages, layout=layout, seed=seed, progress=True)
     except _user_errors() as exc:
         raise _fail(str(exc)) from None

@@ -61,7 +61,7 @@ def remove_stale_temporaries(folder: str | Path, name: str | None = None) -> lis
     """Delete the temporaries in ``folder`` (of the output ``name`` only, when given) whose writer is no longer
     running (killed mid-write); return their names. Temporaries of running processes are left alone."""
     folder = Path(folder)
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

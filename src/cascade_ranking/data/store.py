@@ -41,6 +41,7 @@ __all__ = [
     "PARQUET_COMPRESSION",
     "ROW_GROUP_REQUESTS",
     "StoreError",
+    "check_labels",
     "check_partition_request_ids",
     "check_unique_request_ids",
     "dataset_fingerprint",
@@ -92,8 +93,8 @@ def _vocab_sizes(schema: DatasetSchema) -> dict[str, int]:
 
 
 def validate_arrays(where: str, schema: DatasetSchema, arrays: dict[str, np.ndarray]) -> None:
-    """Check values against the schema: ids inside their vocabulary, funnel positions known, floats finite, labels
-    non-negative at valid candidates (gains, as NDCG needs), request ids unique. Raises :class:`StoreError` naming ``where`` (file or partition) and the column."""
+    """Check values against the schema: ids inside their vocabulary, funnel positions known, floats finite,
+    request ids unique. Raises :class:`StoreError` naming ``where`` (file or partition) and the column."""
     vocab = _vocab_sizes(schema)
     bounds = {**vocab, "stage": len(schema.funnel_positions)}
     for name, a in arrays.items():
@@ -108,14 +109,6 @@ def validate_arrays(where: str, schema: DatasetSchema, arrays: dict[str, np.ndar
                 raise StoreError(f"{where}, column {name!r}: values in [{lo}, {hi}] outside {what} [0, {bounds[name]})")
         elif a.dtype.kind == "f" and not np.isfinite(a).all():
             raise StoreError(f"{where}, column {name!r}: non-finite values (NaN or inf)")
-    label, mask = arrays.get("label"), arrays.get("mask")
-    if label is not None and label.size:
-        negative = label < 0 if mask is None or mask.shape != label.shape else (label < 0) & mask
-        if negative.any():
-            raise StoreError(
-                f"{where}, column 'label': negative labels at valid candidates (min {label[negative].min()}); "
-                "labels are graded relevance gains, >= 0"
-            )
     ids = arrays.get("request_id")
     if ids is not None:
         check_unique_request_ids(where, ids)
@@ -137,6 +130,48 @@ def check_partition_request_ids(directory: str | Path, partition: Partition) -> 
     except (pa.ArrowException, OSError, KeyError) as exc:
         raise StoreError(f"{path}: cannot read column 'request_id' ({exc})") from exc
     check_unique_request_ids(str(path), ids)
+
+
+def check_labels(directory: str | Path, schema: DatasetSchema) -> None:
+    """Negative labels at valid candidates of the validation and test partitions (the metrics take labels as
+    gains, >= 0), found before training: from the Parquet footers' statistics (the ``label`` column's minimum per
+    row group); only a row group whose minimum is negative is read (``label`` and ``mask``). Training partitions
+    may hold negative labels (RecFlow's default rank index gives -470). Raises :class:`StoreError` naming the file
+    and the column."""
+    for partition in schema.partitions:
+        if partition.role == "train":
+            continue
+        path = Path(directory) / partition.file_name
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except (pa.ArrowException, OSError) as exc:
+            raise StoreError(f"{path}: not a readable Parquet file ({exc})") from exc
+        suspect = []
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                col = group.column(c)
+                if col.path_in_schema.split(".")[0] == "label":
+                    stats = col.statistics
+                    if stats is None or not stats.has_min_max or stats.min < 0:
+                        suspect.append(g)
+        if suspect:
+            _check_label_groups(path, schema.num_candidates, suspect)
+
+
+def _check_label_groups(path: Path, width: int, groups: list[int]) -> None:
+    try:
+        table = pq.ParquetFile(path).read_row_groups(groups, columns=["label", "mask"])
+        label = table.column("label").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+        mask = table.column("mask").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+    except (pa.ArrowException, ValueError, KeyError):
+        return  # a malformed column: reading the partition reports it, naming the problem
+    negative = (label < 0) & mask.astype(bool)
+    if negative.any():
+        raise StoreError(
+            f"{path}, column 'label': {int(negative.sum())} negative labels at valid candidates (min "
+            f"{label[negative].min()}); evaluation takes labels as gains, >= 0"
+        )
 
 
 def _arrow_type(dtype: np.dtype) -> pa.DataType:

@@ -773,7 +773,11 @@ def _gather_history(fd: _FeatherDay, seq_dict: dict, files: DayFiles) -> dict[st
     r, width = len(seqs), len(SEQ_COLUMNS)
     # the day's history length is its most common one, so the odd request out (e.g. an empty history) is blamed,
     # even when it comes first
-    length = int(np.bincount(np.fromiter((len(a) if hasattr(a, "__len__") else 0 for a in seqs), np.int64, r)).argmax()) if seqs else 50
+    length = (
+        int(np.bincount(np.fromiter((len(a) if hasattr(a, "__len__") else 0 for a in seqs), np.int64, r)).argmax())
+        if seqs
+        else 50
+    )
     out = {c: np.empty((r, length), dtype=np.int64) for c in HISTORY_COLUMNS}
     buffer = _Buffer(width)
     for lo in range(0, r, _BLOCK):

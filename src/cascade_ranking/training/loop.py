@@ -34,7 +34,7 @@ from .. import losses
 from ..data.atomic import write_json_atomic
 from ..data.loader import iterate_partition
 from ..data.schema import DatasetSchema, Partition
-from ..data.store import open_dataset
+from ..data.store import check_labels, open_dataset
 from ..types import RequestBatch
 from .build import Resolved, build_cascade, resolve_config
 from .checkpoint import (
@@ -146,6 +146,7 @@ class _Run:
     ) -> None:
         self.data, self.run_dir, self.on_step = data, run_dir, on_step
         self.schema: DatasetSchema = open_dataset(data)
+        check_labels(data, self.schema)  # every partition's labels, from the footers: before training, not after
         self.config = config = resolve_config(config, self.schema, data)
         self.resolved = Resolved.of(config)
         self.fingerprint = run_fingerprint(config, data)
