@@ -279,17 +279,18 @@ def test_resume_rejects_options_it_would_ignore_by_name(finished_run):
     assert_clean_error(result, "--set", "--out")
 
 
-def test_evaluate_from_another_directory(datasets, tmp_path):
+def test_evaluate_from_another_directory(datasets, tmp_path, monkeypatch):
     work = tmp_path / "work"
     shutil.copytree(datasets["a"], work / "data")
-    trained = run_cli("train", "--data", "data", "--device", "cpu", "--out", "run", cwd=work)
-    assert trained.returncode == 0, trained.stdout + trained.stderr
+    monkeypatch.chdir(work)
+    trained = cli("train", "--data", "data", "--device", "cpu", "--out", "run")  # a path relative to the cwd
+    assert trained.exit_code == 0, trained.output
     assert Path(json.loads((work / "run" / "config.json").read_text())["data"]).is_absolute()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    result = run_cli("evaluate", work / "run", cwd=elsewhere)
-    assert result.returncode == 0, result.stderr
-    assert "joint_recall" in result.stdout
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = cli("evaluate", work / "run")
+    assert result.exit_code == 0, result.output
+    assert "joint_recall" in result.output
 
 
 def test_evaluate_on_fewer_candidates_than_keep(finished_run, tmp_path):
@@ -305,14 +306,23 @@ def _ok(args: list, **kw):
     return result
 
 
-@pytest.mark.parametrize("trial", range(3))
-def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(datasets, tmp_path, trial):
-    args = ["--data", datasets["a"], "--device", "cpu", "--passes", 3, "--checkpoint-every", 2, "--threads", 1]
-    _ok(["train", *args, "--out", tmp_path / "whole"])
-    whole = strict_load(tmp_path / "whole" / "metrics.json")
+@pytest.fixture(scope="module")
+def uninterrupted(datasets, tmp_path_factory) -> tuple[list, dict]:
+    args = ["--data", datasets["a"], "--device", "cpu", "--passes", 12, "--checkpoint-every", 2, "--threads", 1]
+    out = tmp_path_factory.mktemp("whole") / "run"
+    _ok(["train", *args, "--out", out])
+    return args, strict_load(out / "metrics.json")
+
+
+@pytest.mark.parametrize("trial", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
+def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path, trial):
+    args, whole = uninterrupted
     out = tmp_path / "killed"
     proc = run_cli("train", *args, "--out", out, wait=False)
-    time.sleep(random.Random(trial).uniform(1.0, 6.0))
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)  # training has started: kill at a random moment of it
+    time.sleep(random.Random(trial).uniform(0.0, 0.6))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     if (out / "metrics.json").exists():
