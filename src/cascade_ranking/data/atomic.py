@@ -22,6 +22,7 @@ from typing import Any
 __all__ = [
     "TEMP_NAME_CHARS",
     "atomic_path",
+    "check_replaceable",
     "pid_alive",
     "remove_stale_temporaries",
     "staged_directory",
@@ -107,6 +108,19 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def check_replaceable(out: str | Path, marker: str, *, what: str = "out") -> None:
+    """Raise ``ValueError`` (naming the option ``what``) unless ``out`` is missing, an empty folder, or a previous
+    output holding ``marker``.
+
+    Builders call it before long work, so that a typo is refused at once rather than after the work.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
+        raise ValueError(
+            f"{what}={str(out)!r} exists and is not a previous output (no {marker}); refusing to replace it"
+        )
+
+
 @contextmanager
 def staged_directory(out: str | Path, *, marker: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out``, on error it is deleted.
@@ -120,11 +134,8 @@ def staged_directory(out: str | Path, *, marker: str | None = None) -> Iterator[
         ValueError: ``out`` exists and is not a previous output (only with ``marker``); nothing is touched.
     """
     out = Path(out)
-    if marker is not None and out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists()):
-            raise ValueError(
-                f"out={str(out)!r} exists and is not a previous output (no {marker}); refusing to replace it"
-            )
+    if marker is not None:
+        check_replaceable(out, marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out.parent, out.name)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
