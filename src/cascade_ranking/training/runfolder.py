@@ -3,10 +3,11 @@
 :func:`claim_run_folder` is the one protocol every writer of a run folder follows (``train``, ``--resume``, the
 benchmarks' runs):
 
-* **a lock** ``<run>/.run.lock``, held with ``flock`` for the whole run and holding the owner's pid. A second
-  process gets :class:`RunFolderError` naming the folder and the owner. The kernel drops the lock when its owner
-  dies (even by ``kill -9``), so a lock left by a dead process is taken over at once, with a warning naming the
-  dead pid; a pid reused by an unrelated process cannot keep a folder locked.
+* **a lock** ``<run>/.run.lock``, held with ``flock`` for the whole run and holding the owner's pid (deleted
+  when the run ends). A second process gets :class:`RunFolderError` naming the folder and the owner. The kernel
+  drops the lock when its owner dies (even by ``kill -9``), so a lock file left by a dead process is taken over
+  at once, with a warning naming the dead pid; a pid reused by an unrelated process cannot keep a folder locked.
+  A run that fails before writing anything leaves no folder it created.
 * **an explicit choice** for a folder that holds a run: a new (not resumed) run there needs ``overwrite``;
   otherwise :class:`RunFolderError` names the folder and the option. With ``overwrite`` the previous run's files
   are deleted before anything new is written, ``metrics.json`` first (:data:`RUN_FILES` order), so the folder
@@ -52,17 +53,24 @@ def _lock(run_dir: Path) -> int:
     """Take the folder's lock (non-blocking); return its descriptor. Raises :class:`RunFolderError` when held."""
     import fcntl
 
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = _read_pid(fd)
+    path = run_dir / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _read_pid(fd)
+            os.close(fd)
+            who = f"process {owner}" if owner else "another process"
+            raise RunFolderError(
+                f"run folder {run_dir} is in use by {who} (lock {path}); wait for it to finish or choose another --out"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # the lock file is still the one at the path (not unlinked by an owner that just finished)
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        who = f"process {owner}" if owner else "another process"
-        raise RunFolderError(
-            f"run folder {run_dir} is in use by {who} (lock {run_dir / LOCK_FILE}); wait for it to finish or "
-            "choose another --out"
-        ) from None
     previous = _read_pid(fd)
     if previous is not None and previous != os.getpid():
         state = "no longer running" if not pid_alive(previous) else "not holding it"
@@ -73,11 +81,13 @@ def _lock(run_dir: Path) -> int:
     return fd
 
 
-def _unlock(fd: int) -> None:
+def _unlock(run_dir: Path, fd: int) -> None:
+    """Release: the lock file is deleted while still held (a finished run leaves only its own files); a killed
+    owner's lock file stays, naming its pid for the warning of the next owner."""
     import fcntl
 
     try:
-        os.ftruncate(fd, 0)  # a released lock names no owner; a killed owner's pid stays for the warning
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
@@ -119,10 +129,13 @@ def claim_run_folder(run_dir: str | Path, *, overwrite: bool = False, resume: bo
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} exists and is not a folder")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = _lock(run_dir)
     try:
         _prepare(run_dir, overwrite=overwrite, resume=resume)
         yield run_dir
     finally:
-        _unlock(fd)
+        _unlock(run_dir, fd)
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before writing anything leaves no folder behind
