@@ -26,6 +26,9 @@ GroupLens missing file / folder, unparsable rating, short   ``test_movielens.py`
 line; RecBole missing column, untyped header, bad           ``test_movielens.py``
 timestamp, several ``.inter``; not ML-100K counts; bad      ``test_movielens.py``
 download, no network, corrupted cache                       ``test_movielens.py``
+run folders (locks, ``--overwrite``, kill -9), benchmark    ``test_faults.py``
+reuse, resume options, value ranges, strict JSON, YAML      ``test_faults.py``
+aliases, leftovers of killed processes                      ``test_faults.py``
 RecFlow missing id_cnt key, missing day file, request       ``test_recflow.py``
 missing from a pickle, wrong flow / history width,          ``test_recflow.py``
 truncated feather, missing feather column, id outside       ``test_recflow.py``
