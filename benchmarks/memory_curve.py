@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
 
     with sampler:
         t = time.perf_counter()
-        result = train(config, data=data, run_dir=Path(args.out) / "run", on_step=on_step)
+        result = train(config, data=data, run_dir=Path(args.out) / "run", on_step=on_step, overwrite=True)
         wall = time.perf_counter() - t
         train_end = step_rss[-1][1] if step_rss else 0.0
 

@@ -51,6 +51,10 @@ err_console = Console(stderr=True)
 #: Errors that are the user's to fix: printed as one clear line, exit code 2 (never a traceback).
 USER_ERRORS: tuple[type[BaseException], ...] = (SchemaError, StoreError, ValueError, OSError, KeyError)
 
+#: Ranges of the numeric options that no configuration model checks (``train``/``benchmark`` options are checked
+#: by :class:`~.training.config.TrainConfig`): seeds as numpy and torch take them, synthetic sizes a machine holds.
+OPTION_RANGES: dict[str, tuple[int, int]] = {"seed": (0, 2**63 - 1), "requests": (1, 10**10), "days": (1, 100_000)}
+
 MOVIELENS_SRC_ENV = "CASCADE_RANKING_MOVIELENS_SRC"
 MOVIELENS_URL_ENV = "CASCADE_RANKING_MOVIELENS_URL"  # a mirror of the GroupLens zip
 
@@ -142,6 +146,14 @@ def with_movielens_source(prepare: Callable[[Path | None, str], object]) -> None
             raise
         logging.getLogger(__name__).warning("download failed; using the local copy %s", copies[0])
         prepare(copies[0], url)
+
+
+def _check_options(**values: int) -> None:
+    """Raise ``ValueError`` naming the option (``--seed=-1: ...``) when a value is outside :data:`OPTION_RANGES`."""
+    for name, value in values.items():
+        lo, hi = OPTION_RANGES[name]
+        if not lo <= value <= hi:
+            raise ValueError(f"--{name}={value}: expected an integer in [{lo}, {hi}]")
 
 
 def _parse_loss_params(items: list[str]) -> dict:
@@ -248,24 +260,36 @@ def train(
         bool | None, typer.Option("--skip-nonfinite", help="Skip and count NaN/inf steps instead of stopping.")
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue an interrupted run from its folder (its saved config is used).")
+        Path | None,
+        typer.Option(
+            help="Continue an interrupted run from its folder with its saved configuration; only --data (the "
+            "dataset moved; same contents), --device and --threads may be given with it."
+        ),
     ] = None,
     tensorboard: TensorBoardOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the run in a non-empty --out folder (else refused).")
+    ] = False,
 ) -> None:
     """Train a cascade end to end on the training partitions and evaluate it on validation and test."""
     from .data.store import open_dataset
     from .training.build import with_prerank_model
-    from .training.checkpoint import load_config
+    from .training.checkpoint import load_config, saved_data_path
     from .training.config import TrainConfig, config_from
     from .training.loop import train as run_training
     from .training.runfiles import default_run_dir
 
     try:
         if resume is not None:
+            _resume_options(
+                config=config_file, set=set_, method=method, stages=stages, models=models, prerank_model=prerank_model,
+                keep=keep, batch_size=batch_size, passes=passes, lr=lr, seed=seed, loss_param=loss_param, out=out,
+                checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite, tensorboard=tensorboard,
+                overwrite=overwrite or None,
+            )  # fmt: skip
             config = load_config(resume)
-            if config.data is None:
-                raise ValueError(f"{resume}/config.json: no dataset path saved; cannot resume")
-            data_dir, run_dir = Path(config.data), resume
+            data_dir, run_dir = data or saved_data_path(resume, config), resume
+            config = config.model_copy(update={k: v for k, v in dict(device=device, threads=threads).items() if v})
         else:
             overrides = dict(
                 method=method, data=data, stages=stages, models=models.split(",") if models else None,
@@ -303,8 +327,9 @@ def train(
                 progress.update(eval_task, advance=n, visible=True, info=rate)
 
             result = run_training(
-                config, data=data_dir, run_dir=run_dir, on_step=on_step, on_eval=on_eval, resume=resume is not None
-            )
+                config, data=data_dir, run_dir=run_dir, on_step=on_step, on_eval=on_eval, resume=resume is not None,
+                overwrite=overwrite,
+            )  # fmt: skip
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     m = result.metrics
@@ -317,6 +342,16 @@ def train(
     )
     if result.config.tensorboard is not None:
         console.print(f"TensorBoard logs: tensorboard --logdir {result.config.tensorboard}", soft_wrap=True)
+
+
+def _resume_options(**given: object) -> None:
+    """Refuse, by name, the ``train`` options that would change a resumed run (its saved config decides them)."""
+    refused = [f"--{k.replace('_', '-')}" for k, v in given.items() if v not in (None, [], False)]
+    if refused:
+        raise ValueError(
+            f"--resume continues the saved configuration; {', '.join(refused)} cannot change it (only --data, "
+            "--device and --threads may be given with --resume); start a new run with --out (or --overwrite)"
+        )
 
 
 @app.command()
@@ -399,6 +434,7 @@ def reference(
     from .types import stage_names
 
     try:
+        _check_options(seed=seed)
         data_dir = resolve_data(data, stages)
         schema = open_dataset(data_dir)
         k = len(schema.keep)
@@ -615,6 +651,7 @@ def prepare_movielens_cmd(
     from .datasets.movielens import ML100K_URL, prepare_movielens
 
     try:
+        _check_options(seed=seed)
         target = out or default_dataset_dir(stages)
         url = os.environ.get(MOVIELENS_URL_ENV) or ML100K_URL
         schema = prepare_movielens(target, src=src, stages=stages, seed=seed, url=url, progress=True)
@@ -743,16 +780,11 @@ def prepare_synthetic_cmd(
     from .datasets.synthetic import simulate
 
     try:
+        _check_options(seed=seed, requests=requests, days=days)
         schema = simulate(
-            out,
-            requests=requests,
-            days=days,
-            stages=stages,
-            layout=layout,
-            seed=seed,
-            progress=True,
+            out, requests=requests, days=days, stages=stages, layout=layout, seed=seed, progress=True,
             candidates=candidates,
-        )
+        )  # fmt: skip
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     if schema is None:

@@ -25,6 +25,8 @@ window of row groups.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,8 +41,10 @@ __all__ = [
     "PARQUET_COMPRESSION",
     "ROW_GROUP_REQUESTS",
     "StoreError",
+    "check_labels",
     "check_partition_request_ids",
     "check_unique_request_ids",
+    "dataset_fingerprint",
     "expected_columns",
     "open_dataset",
     "read_partition",
@@ -127,6 +131,48 @@ def check_partition_request_ids(directory: str | Path, partition: Partition) -> 
     except (pa.ArrowException, OSError, KeyError) as exc:
         raise StoreError(f"{path}: cannot read column 'request_id' ({exc})") from exc
     check_unique_request_ids(str(path), ids)
+
+
+def check_labels(directory: str | Path, schema: DatasetSchema) -> None:
+    """Negative labels at valid candidates of the validation and test partitions (the metrics take labels as
+    gains, >= 0), found before training: from the Parquet footers' statistics (the ``label`` column's minimum per
+    row group); only a row group whose minimum is negative is read (``label`` and ``mask``). Training partitions
+    may hold negative labels (RecFlow's default rank index gives -470). Raises :class:`StoreError` naming the file
+    and the column."""
+    for partition in schema.partitions:
+        if partition.role == "train":
+            continue
+        path = Path(directory) / partition.file_name
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except (pa.ArrowException, OSError) as exc:
+            raise StoreError(f"{path}: not a readable Parquet file ({exc})") from exc
+        suspect = []
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                col = group.column(c)
+                if col.path_in_schema.split(".")[0] == "label":
+                    stats = col.statistics
+                    if stats is None or not stats.has_min_max or stats.min < 0:
+                        suspect.append(g)
+        if suspect:
+            _check_label_groups(path, schema.num_candidates, suspect)
+
+
+def _check_label_groups(path: Path, width: int, groups: list[int]) -> None:
+    try:
+        table = pq.ParquetFile(path).read_row_groups(groups, columns=["label", "mask"])
+        label = table.column("label").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+        mask = table.column("mask").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+    except (pa.ArrowException, ValueError, KeyError):
+        return  # a malformed column: reading the partition reports it, naming the problem
+    negative = (label < 0) & mask.astype(bool)
+    if negative.any():
+        raise StoreError(
+            f"{path}, column 'label': {int(negative.sum())} negative labels at valid candidates (min "
+            f"{label[negative].min()}); evaluation takes labels as gains, >= 0"
+        )
 
 
 def _arrow_type(dtype: np.dtype) -> pa.DataType:
@@ -276,6 +322,7 @@ def read_partition(
             raise StoreError(f"{path}: column {name!r} has null values")
         if dtype.kind in "iub" and not (pa.types.is_integer(values.type) or pa.types.is_boolean(values.type)):
             raise StoreError(f"{path}: column {name!r} holds {values.type}, expected integers")
+        _check_narrowing(path, name, values, dtype)
         try:
             a = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
         except (pa.ArrowException, ValueError, TypeError) as exc:
@@ -291,6 +338,22 @@ def read_partition(
     return out
 
 
+def _check_narrowing(path: Path, name: str, values: pa.Array, dtype: np.dtype) -> None:
+    """Refuse integers that do not fit the column's dtype *before* converting (an int16 funnel position 258 must
+    not become int8 2; an integer mask other than 0/1 must not become ``True``). Raises :class:`StoreError`."""
+    if not pa.types.is_integer(values.type) or len(values) == 0 or values.type == pa.from_numpy_dtype(dtype):
+        return
+    import pyarrow.compute as pc
+
+    lo, hi = (0, 1) if dtype.kind == "b" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+    bounds = pc.min_max(values)
+    vmin, vmax = bounds["min"].as_py(), bounds["max"].as_py()
+    if vmin < lo or vmax > hi:
+        raise StoreError(
+            f"{path}: column {name!r} holds {values.type} values in [{vmin}, {vmax}], outside {dtype} [{lo}, {hi}]"
+        )
+
+
 def open_dataset(directory: str | Path) -> DatasetSchema:
     """Load and check a dataset directory's schema; every listed partition file must exist."""
     schema = DatasetSchema.load(directory)
@@ -298,3 +361,39 @@ def open_dataset(directory: str | Path) -> DatasetSchema:
     if missing:
         raise SchemaError(f"{directory}: partition files listed in {SCHEMA_FILE} are missing: {missing}")
     return schema
+
+
+def _parquet_footer(path: Path) -> bytes:
+    """The Parquet footer of ``path`` (file metadata: row groups, column statistics), read from its last bytes."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < 12:
+            raise StoreError(f"{path}: not a Parquet file ({size} bytes)")
+        f.seek(size - 8)
+        tail = f.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        if tail[4:] != b"PAR1" or length > size - 12:
+            raise StoreError(f"{path}: not a readable Parquet file (no footer)")
+        f.seek(size - 8 - length)
+        return f.read(length)
+
+
+def dataset_fingerprint(directory: str | Path) -> dict[str, str | int]:
+    """The identity of a dataset's contents: name, schema version and a SHA-256 over ``schema.json`` and, per
+    partition file, its size and Parquet footer (row-group sizes, column statistics: min/max of every column).
+
+    Cheap (the footers only, never the data pages) and independent of where the folder lives: a copy of a
+    dataset has the same fingerprint; a re-prepared dataset with other contents (another seed, other days) has
+    another, since its footers' statistics and sizes differ.
+
+    Raises:
+        SchemaError / StoreError: the dataset is missing or a partition file is unreadable (names the file).
+    """
+    directory = Path(directory)
+    schema = open_dataset(directory)
+    digest = hashlib.sha256((directory / SCHEMA_FILE).read_bytes())
+    for p in schema.partitions:
+        path = directory / p.file_name
+        digest.update(f"\0{p.file_name}\0{path.stat().st_size}\0".encode())
+        digest.update(_parquet_footer(path))
+    return {"name": schema.name, "version": schema.version, "content_sha256": digest.hexdigest()}

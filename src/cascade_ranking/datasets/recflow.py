@@ -801,7 +801,13 @@ def _gather_history(fd: _FeatherDay, seq_dict: dict, files: DayFiles) -> dict[st
     rids = fd.request_id.tolist()
     seqs = _lookup_requests(seq_dict, rids, files.history, files.feather)
     r, width = len(seqs), len(SEQ_COLUMNS)
-    length = len(seqs[0]) if seqs else 50
+    # the day's history length is its most common one, so the odd request out (e.g. an empty history) is blamed,
+    # even when it comes first
+    length = (
+        int(np.bincount(np.fromiter((len(a) if hasattr(a, "__len__") else 0 for a in seqs), np.int64, r)).argmax())
+        if seqs
+        else 50
+    )
     out = {c: np.empty((r, length), dtype=np.int64) for c in HISTORY_COLUMNS}
     buffer = _Buffer(width)
     for lo in range(0, r, _BLOCK):
@@ -811,7 +817,7 @@ def _gather_history(fd: _FeatherDay, seq_dict: dict, files: DayFiles) -> dict[st
             bad = lo + next(i for i, a in enumerate(block) if len(a) != length)
             raise RecFlowFormatError(
                 f"{files.history}: request {rids[bad]}: history has shape {np.shape(seqs[bad])}, expected "
-                f"({length}, {width}) like the first request (columns {SEQ_COLUMNS})"
+                f"({length}, {width}) like the day's other requests (columns {SEQ_COLUMNS})"
             )
         rows = flat.reshape(len(block), length, width)
         for c in HISTORY_COLUMNS:

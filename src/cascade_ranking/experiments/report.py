@@ -23,6 +23,7 @@ import html
 import io
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -128,6 +129,37 @@ def _field(data: dict, key: str, path: Path, kind: type | tuple[type, ...] = obj
     return data[key]
 
 
+def _number(value: Any, where: str) -> float:
+    """A stored metric value as a float: a number, or ``null`` (undefined, read as NaN); else the input is bad."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ReportInputError(f"{where}: expected a number or null, got {type(value).__name__} {value!r:.40}")
+    return float(value)
+
+
+def _checked_row(row: ReportRow, path: Path) -> ReportRow:
+    """``row`` with every metric cell and loss-curve point checked as numbers (``null`` -> NaN).
+
+    Raises:
+        ReportInputError: a cell that is not ``{mean, std, values}`` of numbers, or a curve that is not a list of
+            numbers (names the file, the row and the metric).
+    """
+    for metric, cell in row.metrics.items():
+        where = f"{path}: row {row.name!r}, metric {metric!r}"
+        values = cell.get("values", [])
+        if not isinstance(values, list):
+            raise ReportInputError(f"{where}: 'values' must be a list, got {type(values).__name__}")
+        cell["mean"] = _number(cell.get("mean"), f"{where}, 'mean'")
+        cell["std"] = _number(cell.get("std", 0.0), f"{where}, 'std'")
+        cell["values"] = [_number(v, f"{where}, 'values'") for v in values]
+    for curve in row.curves:
+        if not isinstance(curve, list):
+            raise ReportInputError(f"{path}: row {row.name!r}: {LOSS_CURVE_KEY} must be a list of numbers")
+        curve[:] = [_number(v, f"{path}: row {row.name!r}, {LOSS_CURVE_KEY}") for v in curve]
+    return row
+
+
 def _versions(metrics: dict) -> dict[str, str]:
     versions = metrics.get("versions") or {}
     return {f"version: {k}": str(v) for k, v in versions.items()}
@@ -175,9 +207,13 @@ def load_run_folder(path: Path) -> tuple[ReportSource, ReportRow]:
         **_versions(metrics),
     }
     source = ReportSource(label=path.name, path=path, kind="run", provenance=provenance)
+    if not isinstance(curve, list):
+        raise ReportInputError(
+            f"{metrics_path}: field {LOSS_CURVE_KEY!r} has an unexpected type {type(curve).__name__}"
+        )
     row = ReportRow(name=path.name, metrics=summarize([run]).get(path.name, {}), curves=[list(curve)] if curve else [],
                     configs=[config], source=path.name)  # fmt: skip
-    return source, row
+    return source, _checked_row(row, metrics_path)
 
 
 def load_benchmark(path: Path) -> tuple[ReportSource, list[ReportRow]]:
@@ -205,12 +241,12 @@ def load_benchmark(path: Path) -> tuple[ReportSource, list[ReportRow]]:
                 if all((run_dir / f).is_file() for f in RUN_FILES):
                     metrics_json = _read_json(run_dir / RUN_FILES[0])
                     configs.append(_read_json(run_dir / RUN_FILES[1]))
-                    if metrics_json.get(LOSS_CURVE_KEY):
+                    if isinstance(metrics_json.get(LOSS_CURVE_KEY), list):
                         curves.append(list(metrics_json[LOSS_CURVE_KEY]))
                     versions = versions or _versions(metrics_json)
                     break
-        rows.append(ReportRow(name=str(name), metrics=metrics, curves=curves,
-                              configs=configs, source=label))  # fmt: skip
+        rows.append(_checked_row(ReportRow(name=str(name), metrics=metrics, curves=curves,
+                                           configs=configs, source=label), results_path))  # fmt: skip
     provenance = {
         "kind": f"benchmark ({results.get('task', 'cascade')})",
         "methods": ", ".join(map(str, summary)),
@@ -344,7 +380,10 @@ def metrics_table_html(rows: Sequence[ReportRow]) -> str:
 def _draw_primary(ax, rows: Sequence[ReportRow], metric: str = DEFAULT_PRIMARY) -> None:
     """Bars of ``metric`` (mean ± std) for the rows that have it; reference rows in grey."""
     label = metric.replace("_", " ")
-    shown = [r for r in rows if metric in r.metrics]
+    undefined = [r.name for r in rows if metric in r.metrics and not _finite_cell(r.metrics[metric])]
+    if undefined:
+        log.warning("%s undefined (NaN or null) for %s; left out of the chart", label, ", ".join(undefined))
+    shown = [r for r in rows if metric in r.metrics and r.name not in undefined]
     if not shown:
         ax.text(0.5, 0.5, f"no {label} to show", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
@@ -358,6 +397,10 @@ def _draw_primary(ax, rows: Sequence[ReportRow], metric: str = DEFAULT_PRIMARY) 
     lo, hi = min(m - s for m, s in zip(means, stds)), max(m + s for m, s in zip(means, stds))
     ax.set_ylim(max(0.0, lo - 0.05), min(1.0, hi + 0.03) if hi < 1.0 else hi + 0.03)
     ax.set_title(label, fontsize=10)
+
+
+def _finite_cell(cell: dict[str, Any]) -> bool:
+    return math.isfinite(cell["mean"]) and math.isfinite(cell["std"])
 
 
 def _draw_loss_curves(ax, rows: Sequence[ReportRow]) -> None:

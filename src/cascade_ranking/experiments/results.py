@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 import statistics
 from pathlib import Path
 
-from ..data.atomic import atomic_path, write_text_atomic
+from ..data.atomic import atomic_path, strict_json, write_text_atomic
 
 __all__ = [
     "REFERENCE_ROWS",
@@ -100,7 +100,7 @@ def write_results(out_dir: Path, results: dict, *, title: str, markdown: str | N
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     summary, primary = results["summary"], primary_metric(results)
-    write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out_dir / "results.json", strict_json(results, what=str(out_dir / "results.json")))
     cols = metric_columns(summary, primary)
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -112,17 +112,21 @@ def write_results(out_dir: Path, results: dict, *, title: str, markdown: str | N
     plot_primary(out_dir / chart_file(results), summary, title, primary)
 
 
+def _finite(cell: dict) -> bool:
+    return all(isinstance(cell.get(k), (int, float)) and math.isfinite(cell[k]) for k in ("mean", "std"))
+
+
 def plot_primary(path: Path, summary: dict, title: str, metric: str = DEFAULT_PRIMARY) -> None:
     """A bar chart of ``metric`` (mean ± std; reference rows in grey) written atomically as PNG to ``path``.
 
-    Rows without ``metric`` are left out.
+    Rows without ``metric``, or whose mean or std is not finite (a run that produced NaN), are left out.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in summary if metric in summary[r]]
+    rows = [r for r in summary if metric in summary[r] and _finite(summary[r][metric])]
     means = [summary[r][metric]["mean"] for r in rows]
     stds = [summary[r][metric]["std"] for r in rows]
     colors = ["#bbbbbb" if r in REFERENCE_ROWS else "#3b75af" for r in rows]

@@ -5,8 +5,12 @@ Both benchmarks are a list of :class:`BenchmarkRow` and an evaluation function: 
 (:mod:`.cascade`: one row per method, metrics = the run's own test metrics) and the pre-ranking benchmark
 (:mod:`.prerank`: one row per model/loss/sample variant, metrics = Recall@K and NDCG@K of the single stage).
 
-A finished run is reused when its record exists (``metrics.json``, or the task's own record file beside it),
-so an interrupted benchmark resumes where it stopped.
+A finished run is reused only when its record exists (``metrics.json``, and the task's own record file beside
+it) *and* its run fingerprint (:mod:`cascade_ranking.training.fingerprint`: resolved configuration, dataset
+identity and contents, package version) equals the fingerprint of the run asked for; so an interrupted benchmark
+resumes where it stopped, and a benchmark re-run with other options or another dataset never reports an old
+run as a new one. A run folder whose fingerprint differs is trained again in place (a warning says what
+changed): the benchmark's ``runs/`` folder belongs to the benchmark.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from pathlib import Path
 
 import torch
 
-from ..data.atomic import write_text_atomic
+from ..data.atomic import write_json_atomic
 from ..data.schema import DatasetSchema
+from ..data.store import open_dataset
+from ..training.build import resolve_config
 from ..training.config import TrainConfig
 from ..training.evaluate import PopularityScorer, RandomScorer
+from ..training.fingerprint import FINGERPRINT_KEY, fingerprint_differences, run_fingerprint
 from ..training.loop import train
 from ..training.runfiles import METRICS_FILE
 from .report import ReportInputError, write_report
@@ -66,17 +73,41 @@ def run_or_reuse(
 
     Returns:
         ``metrics.json``'s contents, or the record.
+
+    Raises:
+        RunFolderError: ``run_dir`` is in use by another process.
     """
-    done = [run_dir / METRICS_FILE] + ([run_dir / record] if record else [])
-    if all(p.is_file() for p in done):
-        log.info("reusing finished run %s", run_dir)
-        return json.loads(done[-1].read_text())
-    metrics = train(config, data=data, run_dir=run_dir).metrics
+    wanted = run_fingerprint(resolve_config(config, open_dataset(data), data), data)
+    changed = _reuse_blockers(run_dir, record, wanted)
+    if not changed:
+        log.info("reusing finished run %s (same fingerprint)", run_dir)
+        return json.loads((run_dir / (record or METRICS_FILE)).read_text())
+    if (run_dir / METRICS_FILE).is_file():
+        log.warning("%s: not reused, %s changed; training it again", run_dir, ", ".join(changed))
+    if record:
+        (run_dir / record).unlink(missing_ok=True)  # the old record never sits beside a new run's metrics
+    metrics = train(config, data=data, run_dir=run_dir, overwrite=True).metrics
     if evaluate is None or record is None:
         return metrics
     out = evaluate(config, run_dir, metrics)
-    write_text_atomic(run_dir / record, json.dumps(out, indent=2) + "\n")
+    write_json_atomic(run_dir / record, {**out, FINGERPRINT_KEY: metrics[FINGERPRINT_KEY]})
     return out
+
+
+def _reuse_blockers(run_dir: Path, record: str | None, wanted: dict) -> list[str]:
+    """Why the run in ``run_dir`` cannot be reused for fingerprint ``wanted`` (empty: it can)."""
+    files = [run_dir / METRICS_FILE] + ([run_dir / record] if record else [])
+    if not all(p.is_file() for p in files):
+        return ["no finished run"]
+    for path in files:
+        try:
+            saved = json.loads(path.read_text()).get(FINGERPRINT_KEY)
+        except (ValueError, AttributeError, OSError):
+            return [f"unreadable {path.name}"]
+        changed = fingerprint_differences(saved, wanted)
+        if changed:
+            return changed
+    return []
 
 
 def run_rows(

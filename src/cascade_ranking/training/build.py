@@ -34,7 +34,7 @@ def resolve_config(config: TrainConfig, schema: DatasetSchema, data: Path) -> Tr
         raise ValueError(f"models={models}: give one stage model per keep size (keep={keep})")
     return config.model_copy(
         update=dict(
-            data=data,
+            data=Path(data).resolve(),  # absolute: `evaluate` and `--resume` work from any directory
             stages=len(keep) if len(keep) in (2, 3) else config.stages,
             keep=keep,
             gt_num=gt_num,

@@ -4,6 +4,8 @@ loading a finished run folder (:func:`load_run` -> :class:`LoadedRun`)."""
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,19 +16,62 @@ from ..data.atomic import atomic_path
 from ..data.schema import DatasetSchema
 from ..data.store import open_dataset
 from ..errors import validation_problems
-from .build import build_cascade
+from ..types import check_keep
+from .build import Resolved, build_cascade
 from .config import TrainConfig
 from .runfiles import CHECKPOINT_FILE, CONFIG_FILE, LOSS_CURVE_EVERY
 
 __all__ = [
     "LoadedRun",
     "LossCurve",
+    "ModelSizeError",
     "StreamPosition",
+    "checkpoint_mismatch",
     "load_checkpoint",
     "load_config",
     "load_run",
+    "model_memory_errors",
     "save_checkpoint",
+    "saved_data_path",
 ]
+
+
+class ModelSizeError(ValueError):
+    """The configured models cannot be allocated (names ``emb_dim``, ``hidden`` and the largest vocabulary)."""
+
+
+@contextmanager
+def model_memory_errors(config: TrainConfig, schema: DatasetSchema) -> Iterator[None]:
+    """Turn a failed allocation while building models (``MemoryError``, torch's "can't allocate" or an
+    overflowing size) into a :class:`ModelSizeError` naming the sizes that asked for it."""
+    try:
+        yield
+    except (MemoryError, RuntimeError, OverflowError) as exc:
+        text = str(exc)
+        if not isinstance(exc, (MemoryError, OverflowError)) and "alloc" not in text and "memory" not in text:
+            raise
+        largest = max(schema.features, key=lambda f: f.vocab_size)
+        raise ModelSizeError(
+            f"cannot allocate the models: emb_dim={config.emb_dim}, hidden={config.hidden}, largest vocabulary "
+            f"{largest.role}.{largest.name}={largest.vocab_size} need "
+            f"~{largest.vocab_size * config.emb_dim * 4 / 2**30:.1f} GiB for that table alone; lower emb_dim "
+            f"({type(exc).__name__}: {text.splitlines()[0][:120] if text else 'out of memory'})"
+        ) from None
+
+
+@contextmanager
+def checkpoint_mismatch(path: Path) -> Iterator[None]:
+    """Turn a checkpoint whose states do not fit the built run (another method, stage count or model) into a
+    one-line ``ValueError`` naming the file."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        detail = " ".join(line.strip() for line in lines[:3])[:300]
+        raise ValueError(
+            f"{path}: does not fit this run's models, loss or optimizer (a checkpoint of another method, stage "
+            f"count or model?): {detail}"
+        ) from None
 
 
 @dataclass
@@ -83,10 +128,16 @@ def save_checkpoint(
     nonfinite: list[dict],
     loss_curve: LossCurve,
     train_seconds: float,
+    extra: dict | None = None,
 ) -> None:
     """Write ``run_dir/checkpoint.pt`` atomically (temp file + rename): a kill never leaves half a file.
 
     The loss record is the bounded :class:`LossCurve` (every ``LOSS_CURVE_EVERY``-th loss), not every step's.
+    ``extra`` adds entries (the run fingerprint, the last step's loss parts).
+
+    Raises:
+        OSError: the file cannot be written (e.g. the disk is full; names the file); the previous checkpoint
+            stays as it was.
     """
     state = {
         "cascade": cascade.state_dict(),
@@ -97,9 +148,14 @@ def save_checkpoint(
         "nonfinite": nonfinite,
         "loss_record": loss_curve.state(),
         "train_seconds": train_seconds,
+        **(extra or {}),
     }
-    with atomic_path(run_dir / CHECKPOINT_FILE) as tmp:
-        torch.save(state, tmp)
+    path = run_dir / CHECKPOINT_FILE
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except RuntimeError as exc:  # torch reports a failed write (ENOSPC, EIO) as a RuntimeError
+        raise OSError(f"{path}: cannot write the checkpoint ({str(exc).splitlines()[0]})") from None
 
 
 def load_checkpoint(run_dir: Path) -> dict:
@@ -136,6 +192,21 @@ def load_config(run_dir: Path) -> TrainConfig:
         raise ValueError(f"{path}: not a valid run configuration ({validation_problems(exc, 'file')})") from None
 
 
+def saved_data_path(run_dir: Path, config: TrainConfig) -> Path:
+    """The dataset path a run folder's config names: absolute since this release; a relative path (older runs)
+    is tried from the current directory, then from the run folder.
+
+    Raises:
+        ValueError: no dataset path saved.
+    """
+    if config.data is None:
+        raise ValueError(f"{run_dir / CONFIG_FILE}: no dataset path saved; give the dataset folder (--data)")
+    data = Path(config.data)
+    if not data.is_absolute() and not data.exists() and (run_dir / data).exists():
+        return run_dir / data
+    return data
+
+
 @dataclass
 class LoadedRun:
     """A saved run rebuilt by :func:`load_run`.
@@ -165,12 +236,17 @@ def load_run(run_dir: Path, *, data: Path | None = None) -> LoadedRun:
             raise FileNotFoundError(f"{run_dir / name}: missing; is {run_dir} a run folder written by `train`?")
     config = load_config(run_dir)
     if data is None:
-        if config.data is None:
-            raise ValueError(f"{run_dir / CONFIG_FILE}: no dataset path saved; give the dataset folder")
-        data = config.data
+        data = saved_data_path(run_dir, config)
     data = Path(data)
     schema = open_dataset(data)
-    cascade = build_cascade(config, schema)
+    run = Resolved.of(config)
+    check_keep(
+        run.keep,
+        num_candidates=schema.num_candidates,
+        what=f"the run's keep (dataset {data} has N={schema.num_candidates})",
+    )
+    with model_memory_errors(config, schema):
+        cascade = build_cascade(config, schema)
     try:
         cascade.load_state_dict(load_checkpoint(run_dir)["cascade"])
     except RuntimeError as exc:

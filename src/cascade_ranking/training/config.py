@@ -11,11 +11,19 @@ from ..errors import validation_problems
 
 __all__ = [
     "DEFAULT_MODELS",
+    "MAX_CONFIG_BYTES",
+    "MAX_THREADS",
     "TrainConfig",
     "config_from",
     "parse_sets",
     "read_config_file",
+    "safe_yaml",
 ]
+
+#: The most torch threads a run may ask for (torch's own limit is a C ``int``; no machine has more cores).
+MAX_THREADS = 4096
+#: The largest config file read (a config is a few hundred bytes; anything larger is not one).
+MAX_CONFIG_BYTES = 1 << 20
 
 #: Default stage models by number of stages (LCRON experiments: DSSM retrieval, DIN last stage).
 DEFAULT_MODELS = {1: ["dssm"], 2: ["dssm", "din"], 3: ["dssm", "mlp", "din"]}
@@ -66,11 +74,11 @@ class TrainConfig(BaseModel):
     batch_size: int | None = Field(default=None, gt=0)
     passes: int | None = Field(default=None, gt=0)
     lr: float = Field(default=0.01, gt=0, allow_inf_nan=False)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)
     device: str = "auto"
     eval_batch_size: int = Field(default=4096, gt=0)
     loss: dict[str, Any] = {}
-    threads: int | None = Field(default=None, gt=0)
+    threads: int | None = Field(default=None, gt=0, le=MAX_THREADS)
     checkpoint_every: int | None = Field(default=None, gt=0)
     skip_nonfinite: bool = False
     tensorboard: Path | None = None
@@ -84,6 +92,36 @@ class TrainConfig(BaseModel):
         if v not in losses.REGISTRY:
             raise ValueError(f"unknown method {v!r}; known methods: {', '.join(losses.REGISTRY)}")
         return v
+
+
+def _one_line(exc: Exception) -> str:
+    """A parser error in one line: YAML's problem and its line/column (YAML prints the line and a caret)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML from outside with limits: the safe loader (plain data only) that also refuses aliases
+    (``*name``), so a small document cannot expand into billions of nodes ("billion laughs").
+
+    Raises:
+        yaml.YAMLError: unparsable text or an alias (names the line).
+    """
+    import yaml
+
+    class _NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not allowed in a config; write the value out", mark
+                )
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=_NoAliases)  # noqa: S506 - a SafeLoader subclass
 
 
 def read_config_file(path: str | Path, model: type[BaseModel] = TrainConfig) -> dict[str, Any]:
@@ -101,7 +139,13 @@ def read_config_file(path: str | Path, model: type[BaseModel] = TrainConfig) -> 
         raise FileNotFoundError(f"{path}: config file not found")
     import yaml
 
-    text = path.read_text()
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: {size} bytes, too large for a config file (at most {MAX_CONFIG_BYTES})")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
     try:
         if path.suffix == ".toml":
             try:
@@ -110,11 +154,11 @@ def read_config_file(path: str | Path, model: type[BaseModel] = TrainConfig) -> 
                 import tomli as tomllib
             values = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            values = yaml.safe_load(text) or {}
+            values = safe_yaml(text) or {}
         else:
             raise ValueError("expected a .toml, .yaml or .yml file")
     except (ValueError, yaml.YAMLError) as exc:  # tomllib.TOMLDecodeError is a ValueError; both carry the line
-        raise ValueError(f"{path}: not a valid config file ({exc})") from exc
+        raise ValueError(f"{path}: not a valid config file ({_one_line(exc)})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values, got {type(values).__name__}")
     known = list(model.model_fields)
@@ -147,9 +191,9 @@ def parse_sets(items: list[str] | tuple[str, ...], model: type[BaseModel] = Trai
         if not sep or not key:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. emb_dim=16 or loss.tau=50")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = safe_yaml(text) if text.strip() else ""
         except yaml.YAMLError as exc:
-            raise ValueError(f"--set {item!r}: cannot read the value ({exc})") from None
+            raise ValueError(f"--set {item!r}: cannot read the value ({_one_line(exc)})") from None
         top, _, sub = key.partition(".")
         if top not in known:
             close = difflib.get_close_matches(top, known, n=1)

@@ -53,7 +53,13 @@ def evaluate(
         on_batch: called with the number of requests of each finished batch (progress display).
         shard: ``(rank, world_size)``: score rows ``rank::world`` of every batch and sum the metric statistics
             over the ranks of ``torch.distributed`` (every rank gets the metrics of all requests).
+
+    Raises:
+        ValueError: ``partitions`` hold no request (names the folder and the partitions).
     """
+    if not sum(p.num_requests for p in partitions):
+        names = [p.name for p in partitions]
+        raise ValueError(f"{directory}: the partitions {names} hold no request to evaluate (metrics would be NaN)")
     metrics = CascadeMetrics(list(stage_names), list(keep), gt_num)
     rng = np.random.default_rng(seed)
     rank, world = shard

@@ -19,11 +19,11 @@ record (``_Run.metrics_record``).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,18 +31,27 @@ import numpy as np
 import torch
 
 from .. import losses
-from ..data.atomic import write_text_atomic
+from ..data.atomic import write_json_atomic
 from ..data.loader import iterate_partition
 from ..data.schema import DatasetSchema, Partition
-from ..data.store import open_dataset
+from ..data.store import check_labels, open_dataset
 from ..models.auxiliary import add_auxiliary_losses
 from ..types import LossOutput, RequestBatch
 from .build import Resolved, build_cascade, resolve_config
-from .checkpoint import LossCurve, StreamPosition, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    LossCurve,
+    StreamPosition,
+    checkpoint_mismatch,
+    load_checkpoint,
+    model_memory_errors,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .distributed import all_reduce_gradients, init_distributed, local_rows, rank_device, resolve_device
 from .evaluate import evaluate_cascade
-from .runfiles import CONFIG_FILE, LOSS_CURVE_KEY, METRICS_FILE, package_versions
+from .fingerprint import FINGERPRINT_KEY, fingerprint_differences, run_fingerprint
+from .runfiles import CHECKPOINT_FILE, CONFIG_FILE, LOSS_CURVE_KEY, METRICS_FILE, package_versions
+from .runfolder import claim_run_folder
 from .tracking import TensorBoardLogger, metric_scalars, step_scalars
 
 __all__ = ["RunResult", "TrainingError", "train"]
@@ -71,6 +80,7 @@ def train(
     on_step: Callable[[int, int, float], None] | None = None,
     on_eval: Callable[[int], None] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train a cascade with ``config`` on the dataset at ``data``; write the run folder; return the metrics.
 
@@ -88,38 +98,44 @@ def train(
     Args:
         config: the run configuration (``None`` fields are resolved from the dataset).
         data: dataset directory (store format).
-        run_dir: output folder (created; files of a previous run there are replaced atomically).
+        run_dir: output folder (created), owned for the run (:func:`~.runfolder.claim_run_folder`: a lock, no
+            mixing with a previous run, no leftovers of killed writers).
         on_step: progress callback ``(step, total_steps, loss)``.
         on_eval: progress callback with the number of requests of each evaluated batch.
         resume: continue from ``run_dir/checkpoint.pt`` (written by an interrupted run of the same config).
             TensorBoard logging (``config.tensorboard``) appends to the same log directory; events that the
             interrupted run wrote after its checkpoint are purged (``purge_step``), so each step shows once.
+            The checkpoint's run fingerprint (:mod:`.fingerprint`) must match ``config`` and the dataset.
+        overwrite: a new run may replace the finished or unfinished run ``run_dir`` holds.
 
     Raises:
         SchemaError / StoreError: the dataset is missing or malformed.
         ValueError: the configuration does not fit the dataset (keep sizes, models, unknown method).
         FileNotFoundError: ``resume`` without a checkpoint in ``run_dir``.
+        RunFolderError: ``run_dir`` is in use by another process, or holds a run and neither ``overwrite`` nor
+            ``resume`` is set (nothing is written).
+        ModelSizeError: the models do not fit in memory (names ``emb_dim`` and the largest vocabulary).
         TrackingError: ``config.tensorboard`` is set but the ``tensorboard`` package is missing (raised before
             anything is written).
         TrainingError: a non-finite loss or gradient (names the step, method and batch), unless
             ``config.skip_nonfinite``, which skips such steps and records them in the metrics.
     """
     run = _Run(config, Path(data), run_dir, on_step=on_step)
-    if resume:
-        run.restore()
-    run.open_tracker(resume)
-    if not resume and run.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / CONFIG_FILE, json.dumps(run.config.model_dump(mode="json"), indent=2) + "\n")
-    run.log_start()
-    try:
-        run.train_all()
-        evaluation, eval_seconds = run.evaluate(on_eval)
-        metrics = run.metrics_record(evaluation, eval_seconds)
-        if run.rank == 0:
-            write_text_atomic(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-    finally:
-        run.tracker.close()
+    with claim_run_folder(run_dir, overwrite=overwrite, resume=resume) if run.rank == 0 else nullcontext():
+        if resume:
+            run.restore()
+        run.open_tracker(resume)
+        if not resume and run.rank == 0:
+            write_json_atomic(run_dir / CONFIG_FILE, run.config.model_dump(mode="json"))
+        run.log_start()
+        try:
+            run.train_all()
+            evaluation, eval_seconds = run.evaluate(on_eval)
+            metrics = run.metrics_record(evaluation, eval_seconds)
+            if run.rank == 0:
+                write_json_atomic(run_dir / METRICS_FILE, metrics)
+        finally:
+            run.tracker.close()
     return RunResult(run_dir=run_dir, config=run.config, metrics=metrics)
 
 
@@ -131,18 +147,21 @@ class _Run:
     ) -> None:
         self.data, self.run_dir, self.on_step = data, run_dir, on_step
         self.schema: DatasetSchema = open_dataset(data)
+        check_labels(data, self.schema)  # every partition's labels, from the footers: before training, not after
         self.config = config = resolve_config(config, self.schema, data)
         self.resolved = Resolved.of(config)
+        self.fingerprint = run_fingerprint(config, data)
         self.rank, self.world = init_distributed()
         self.device = rank_device(resolve_device(config.device), self.rank, self.world)
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        self.cascade = build_cascade(config, self.schema).to(self.device)
-        self.loss_fn = losses.build(
-            config.method, keep=self.resolved.keep, gt_num=self.resolved.gt_num, **config.loss
-        ).to(self.device)
+        with model_memory_errors(config, self.schema):
+            self.cascade = build_cascade(config, self.schema).to(self.device)
+            self.loss_fn = losses.build(
+                config.method, keep=self.resolved.keep, gt_num=self.resolved.gt_num, **config.loss
+            ).to(self.device)
         trainable = list(self.cascade.parameters()) + list(self.loss_fn.parameters())
         self.params = [p for p in trainable if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
@@ -163,13 +182,22 @@ class _Run:
     def restore(self) -> None:
         """Load the models, loss, optimizer, RNG state and stream position of ``run_dir``'s checkpoint."""
         state = load_checkpoint(self.run_dir)
-        self.cascade.load_state_dict(state["cascade"])
-        self.loss_fn.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        self.position = p = StreamPosition(**state["position"])
-        self.nonfinite, self.train_seconds = state["nonfinite"], state["train_seconds"]
-        self.loss_curve = LossCurve.from_checkpoint(state)
+        changed = fingerprint_differences(state.get(FINGERPRINT_KEY), self.fingerprint)
+        if FINGERPRINT_KEY in state and changed:
+            raise ValueError(
+                f"{self.run_dir / CHECKPOINT_FILE}: written by another run ({', '.join(changed)} differ from "
+                f"{self.run_dir / CONFIG_FILE} and {self.data}); cannot resume it"
+            )
+        with checkpoint_mismatch(self.run_dir / CHECKPOINT_FILE):
+            self.cascade.load_state_dict(state["cascade"])
+            self.loss_fn.load_state_dict(state["loss"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            self.position = p = StreamPosition(**state["position"])
+            self.nonfinite, self.train_seconds = state["nonfinite"], state["train_seconds"]
+            self.loss_curve = LossCurve.from_checkpoint(state)
+            if state.get("last_loss_parts") is not None:
+                self.last_parts = {k: torch.tensor(v) for k, v in state["last_loss_parts"].items()}
         log.info(
             "resuming %s at step %d (pass %d, partition %d, batch %d)",
             self.run_dir, p.step, p.pass_, p.partition, p.batch,
@@ -288,6 +316,7 @@ class _Run:
                 self.run_dir, self.cascade, self.loss_fn, self.optimizer, position,
                 nonfinite=self.nonfinite, loss_curve=self.loss_curve,
                 train_seconds=self.train_seconds + time.perf_counter() - self.t0,
+                extra={FINGERPRINT_KEY: self.fingerprint, "last_loss_parts": _floats(self.last_parts)},
             )  # fmt: skip
             self.tracker.flush()
 
@@ -323,15 +352,20 @@ class _Run:
             "train_requests_per_second": self.requests_seen / max(self.train_seconds, 1e-9),
             "eval_seconds": eval_seconds,
             "final_loss": self.loss_curve.last,
-            "final_loss_parts": {k: float(v) for k, v in parts.items()} if parts is not None else {},
+            "final_loss_parts": _floats(parts) or {},
             LOSS_CURVE_KEY: self.loss_curve.points,
             "nonfinite_steps": self.nonfinite,
             "world_size": self.world,
             "versions": package_versions(),
             "device": str(self.device),
             "threads": torch.get_num_threads(),
+            FINGERPRINT_KEY: self.fingerprint,
             **evaluation,
         }
+
+
+def _floats(parts: dict[str, torch.Tensor] | None) -> dict[str, float] | None:
+    return {k: float(v) for k, v in parts.items()} if parts is not None else None
 
 
 def _nonfinite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> str | None:
