@@ -129,6 +129,22 @@ class Stepper:
         return t5 - t0
 
 
+def auto_threads(step: Stepper, batch) -> dict:
+    """``threads="auto"`` as training does it: time the forward and backward pass of one batch at each
+    candidate thread count (:func:`cascade_ranking.training.threads.choose_threads`) and keep the fastest."""
+    from cascade_ranking.training.threads import auto_candidates, choose_threads
+
+    def probe() -> None:
+        logits = step.cascade(batch)
+        extra = {"soft_label": batch.soft_label} if step.soft else {}
+        step.loss_fn(logits, label=batch.label, mask=batch.mask, stage=batch.stage, **extra).loss.backward()
+        step.optimizer.zero_grad(set_to_none=True)
+
+    t = time.perf_counter()
+    best, medians = choose_threads(probe, auto_candidates())
+    return {"threads": best, "auto_seconds": time.perf_counter() - t, "auto_medians": medians}
+
+
 def run_training(spec: dict) -> dict:
     """Measure one configuration. ``spec``: method, stages, mode, data (stream), steps, warmup, batch_size,
     fused_adam, guard, seed."""
@@ -148,6 +164,8 @@ def run_training(spec: dict) -> dict:
         schema = perf_schema(spec["stages"], Vocab(**spec["vocab"]) if spec.get("vocab") else Vocab())
         batches = random_batches(schema, batch_size, spec["warmup"] + spec["steps"], seed=spec.get("seed", 0))
         step = Stepper(*build(schema, spec["method"], fused_adam=spec.get("fused_adam", False)), guard=spec["guard"])
+        if spec.get("threads") == "auto":
+            result.update(auto_threads(step, batches[0]))
         for b in batches[: spec["warmup"]]:
             step(b, record=False)
         totals = [step(b) for b in batches[spec["warmup"] :]]

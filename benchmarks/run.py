@@ -92,9 +92,18 @@ LOSS_BUDGET = 20480  # B * N of the loss-scaling runs (B = 512 at N = 40, 20 at 
 # workers (fresh processes)
 # ------------------------------------------------------------------------------------------------------
 def worker(kind: str, spec: dict) -> dict:
+    default_policy = spec.get("thread_policy") == "default"
+    if default_policy:  # what the cascade-ranking command does, before torch is imported
+        from cascade_ranking.training.threads import passive_openmp_wait
+
+        passive_openmp_wait()
     import torch
 
-    if spec.get("threads"):
+    if default_policy:
+        from cascade_ranking.training.threads import resolve_threads
+
+        resolve_threads(None)
+    elif spec.get("threads") and spec["threads"] != "auto":
         torch.set_num_threads(int(spec["threads"]))
     if kind == "train":
         from perf_train import run_training
@@ -115,9 +124,9 @@ def worker(kind: str, spec: dict) -> dict:
     raise ValueError(f"unknown worker kind {kind!r}")
 
 
-def spawn(kind: str, spec: dict, src: Path, timeout: float = 1800, env: dict | None = None) -> dict:
+def spawn(kind: str, spec: dict, src: Path, timeout: float = 1800, env: dict[str, str | None] | None = None) -> dict:
     """Run one worker in a fresh interpreter with ``src`` first on the path; return its JSON result."""
-    env = {**os.environ, **(env or {})}
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}  # None: unset the variable
     env["PYTHONPATH"] = os.pathsep.join([str(src), str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, json.dumps(spec)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

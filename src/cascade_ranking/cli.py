@@ -194,6 +194,13 @@ SetOpt = Annotated[
         "see `cascade-ranking config show`).",
     ),
 ]
+ThreadsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Torch CPU threads: a count, or auto (the fastest of 1, half and all usable CPUs, timed on the first "
+        "batch). Default: torch's count capped at the CPUs this process may use.",
+    ),
+]
 TensorBoardOpt = Annotated[
     Path | None,
     typer.Option(
@@ -233,7 +240,7 @@ def train(
         Path | None,
         typer.Option(help="Run folder (default: runs/<method>-<stages>stage-seed<seed>-<time>)."),
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    threads: ThreadsOpt = None,
     checkpoint_every: Annotated[
         int | None, typer.Option(help="Also checkpoint every N steps (always at partition boundaries).")
     ] = None,
@@ -383,7 +390,7 @@ def benchmark(
         int | None, typer.Option(help="Passes over the training partitions (default: the dataset's).")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda, cuda:N.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    threads: ThreadsOpt = None,
     task: Annotated[
         str | None, typer.Option(help="cascade (default): cascade methods; prerank: RankTower's Table 1.")
     ] = None,
@@ -459,8 +466,9 @@ def _prerank_benchmark(bench) -> None:
     if data_dir is None:
         data_dir = cache_dir() / "datasets" / PRERANK_DATASET_NAME
         if not (data_dir / "schema.json").is_file():
+            threads = bench.threads if isinstance(bench.threads, int) else 1  # the sample build: one is fastest
             with_movielens_source(lambda src, url: prepare_prerank_movielens(
-                data_dir, src=src, url=url, progress=True, threads=bench.threads or 1))  # fmt: skip
+                data_dir, src=src, url=url, progress=True, threads=threads))  # fmt: skip
     out_dir = bench.out or Path("benchmark-prerank" if bench.data is None else f"benchmark-{data_dir.name}")
     base = bench.train_config(data=None)
     with _progress() as progress:
@@ -618,7 +626,10 @@ def prepare_synthetic_cmd(
 
 
 def main() -> None:
-    """The ``cascade-ranking`` console entry point."""
+    """The ``cascade-ranking`` console entry point (idle OpenMP workers sleep: set before torch is imported)."""
+    from .training.threads import passive_openmp_wait
+
+    passive_openmp_wait()
     app()
 
 

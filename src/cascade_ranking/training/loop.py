@@ -42,6 +42,7 @@ from .config import TrainConfig
 from .distributed import all_reduce_gradients, init_distributed, local_rows, rank_device, resolve_device
 from .evaluate import evaluate_cascade
 from .runfiles import CONFIG_FILE, LOSS_CURVE_KEY, METRICS_FILE, package_versions
+from .threads import auto_candidates, choose_threads, resolve_threads
 from .tracking import TensorBoardLogger, metric_scalars, step_scalars
 
 __all__ = ["RunResult", "TrainingError", "train"]
@@ -134,8 +135,10 @@ class _Run:
         self.resolved = Resolved.of(config)
         self.rank, self.world = init_distributed()
         self.device = rank_device(resolve_device(config.device), self.rank, self.world)
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        if self.device.type == "cpu":
+            self.threads_pending = resolve_threads(config.threads) is None  # "auto": measured on the first batch
+        else:
+            self.threads_pending = False
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.cascade = build_cascade(config, self.schema).to(self.device)
@@ -228,6 +231,8 @@ class _Run:
     def step(self, batch: RequestBatch, partition: Partition, b: int) -> None:
         """One optimizer step on this rank's share of ``batch`` (skipped and counted when non-finite)."""
         batch = local_rows(batch, self.rank, self.world).to(self.device)
+        if self.threads_pending:
+            self.choose_threads(batch)
         out = self.loss_fn(
             self.cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage, soft_label=batch.soft_label
         )
@@ -248,6 +253,22 @@ class _Run:
             self.track_step(out.parts, loss_value, problem)
         if self.on_step is not None:
             self.on_step(self.step_count, self.total_steps, loss_value)
+
+    def choose_threads(self, batch: RequestBatch) -> None:
+        """``threads="auto"``: time this batch's forward and backward pass at each candidate thread count
+        (no optimizer step; gradients and the torch RNG state are left as they were) and keep the fastest."""
+
+        def probe() -> None:
+            out = self.loss_fn(
+                self.cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage,
+                soft_label=batch.soft_label,
+            )  # fmt: skip
+            out.loss.backward()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        with torch.random.fork_rng(devices=[]):
+            choose_threads(probe, auto_candidates())
+        self.threads_pending = False
 
     def skip_nonfinite(self, problem: str, batch: RequestBatch, partition: Partition, b: int) -> None:
         """Record a non-finite step, or raise :class:`TrainingError` unless ``config.skip_nonfinite``."""
