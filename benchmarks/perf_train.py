@@ -87,7 +87,12 @@ def build(schema, method: str, *, lr: float = 0.01, fused_adam: bool = False):
     )
     loss_fn = losses.build(method, keep=schema.keep, gt_num=schema.gt_num)
     params = list(cascade.parameters()) + list(loss_fn.parameters())
-    optimizer = torch.optim.Adam(params, lr=lr, **({"fused": True} if fused_adam else {}))
+    try:  # the optimizer training builds (fused Adam where supported); older sources: torch's default Adam
+        from cascade_ranking.training.optim import adam
+
+        optimizer = adam(params, lr, fused=True if fused_adam else None)
+    except ImportError:
+        optimizer = torch.optim.Adam(params, lr=lr, **({"fused": True} if fused_adam else {}))
     return cascade, loss_fn, params, optimizer
 
 

@@ -42,6 +42,7 @@ from .config import TrainConfig
 from .distributed import all_reduce_gradients, init_distributed, local_rows, rank_device, resolve_device
 from .evaluate import evaluate_cascade
 from .runfiles import CONFIG_FILE, LOSS_CURVE_KEY, METRICS_FILE, package_versions
+from .optim import adam
 from .threads import auto_candidates, choose_threads, resolve_threads
 from .tracking import TensorBoardLogger, metric_scalars, step_scalars
 
@@ -147,7 +148,7 @@ class _Run:
         ).to(self.device)
         trainable = list(self.cascade.parameters()) + list(self.loss_fn.parameters())
         self.params = [p for p in trainable if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
+        self.optimizer = adam(self.params, config.lr)  # fused where torch has the kernel (same update rule)
         self.train_parts = self.schema.partitions_with_role("train")
         if not self.train_parts:
             raise ValueError(f"{data}: the dataset has no partition with role 'train'")
