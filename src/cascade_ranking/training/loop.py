@@ -41,8 +41,8 @@ from .checkpoint import LossCurve, StreamPosition, load_checkpoint, save_checkpo
 from .config import TrainConfig
 from .distributed import all_reduce_gradients, init_distributed, local_rows, rank_device, resolve_device
 from .evaluate import evaluate_cascade
-from .runfiles import CONFIG_FILE, LOSS_CURVE_KEY, METRICS_FILE, package_versions
 from .optim import adam
+from .runfiles import CONFIG_FILE, LOSS_CURVE_KEY, METRICS_FILE, package_versions
 from .threads import auto_candidates, choose_threads, resolve_threads
 from .tracking import TensorBoardLogger, metric_scalars, step_scalars
 
