@@ -43,6 +43,10 @@ class TrainConfig(BaseModel):
         threads: torch intra-op threads: a count, ``"auto"`` (the fastest of 1, half and all usable CPUs, timed on
             the first batch) or ``None`` (default: torch's count capped at the CPUs this process may use); see
             :mod:`cascade_ranking.training.threads`.
+        prefetch: training batches prepared ahead by a background thread (read, shuffled, split across ranks
+            and, on CUDA, pinned) while the step runs; ``0`` = none; ``None`` (default) = 2 on CUDA, 0 on CPU
+            (where the loader and the step share the cores). The batches and their order are the same either
+            way (:mod:`cascade_ranking.data.prefetch`).
         checkpoint_every: also checkpoint every this many steps (always at partition boundaries).
         skip_nonfinite: skip (and count) a step whose loss or gradient is NaN/inf instead of stopping.
         shuffle_window: requests the loader reads, shuffles and holds at once (whole Parquet row groups, at least
@@ -73,6 +77,7 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = Field(default=4096, gt=0)
     loss: dict[str, Any] = {}
     threads: Annotated[int, Field(gt=0)] | Literal["auto"] | None = None
+    prefetch: int | None = Field(default=None, ge=0)
     checkpoint_every: int | None = Field(default=None, gt=0)
     skip_nonfinite: bool = False
     tensorboard: Path | None = None

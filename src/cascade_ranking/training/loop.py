@@ -33,6 +33,7 @@ import torch
 from .. import losses
 from ..data.atomic import write_text_atomic
 from ..data.loader import iterate_partition
+from ..data.prefetch import pin_batches, prefetch
 from ..data.schema import DatasetSchema, Partition
 from ..data.store import open_dataset
 from ..types import RequestBatch
@@ -140,6 +141,9 @@ class _Run:
             self.threads_pending = resolve_threads(config.threads) is None  # "auto": measured on the first batch
         else:
             self.threads_pending = False
+        cuda = self.device.type == "cuda"
+        self.pinned = cuda  # batches in page-locked memory: asynchronous copies to the GPU
+        self.prefetch_depth = config.prefetch if config.prefetch is not None else 2 if cuda else 0
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.cascade = build_cascade(config, self.schema).to(self.device)
@@ -214,9 +218,12 @@ class _Run:
             self.rng.bit_generator.state = self.position.rng_state  # resuming inside this partition
             skip = self.position.batch
         start_state = dict(self.rng.bit_generator.state)
-        batches = iterate_partition(
-            self.data, self.schema, partition, batch_size=self.resolved.batch_size, shuffle=True, rng=self.rng,
-            window=self.config.shuffle_window,
+        batches = prefetch(
+            (local_rows(x, self.rank, self.world) for x in iterate_partition(
+                self.data, self.schema, partition, batch_size=self.resolved.batch_size, shuffle=True, rng=self.rng,
+                window=self.config.shuffle_window,
+            )),
+            self.prefetch_depth, prepare=pin_batches if self.pinned else None,
         )  # fmt: skip
         every = self.config.checkpoint_every
         for b, batch in enumerate(batches):
@@ -230,8 +237,8 @@ class _Run:
         self.checkpoint(self.position)
 
     def step(self, batch: RequestBatch, partition: Partition, b: int) -> None:
-        """One optimizer step on this rank's share of ``batch`` (skipped and counted when non-finite)."""
-        batch = local_rows(batch, self.rank, self.world).to(self.device)
+        """One optimizer step on ``batch``, this rank's share (skipped and counted when non-finite)."""
+        batch = batch.to(self.device, non_blocking=self.pinned)
         if self.threads_pending:
             self.choose_threads(batch)
         out = self.loss_fn(

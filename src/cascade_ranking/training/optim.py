@@ -23,8 +23,12 @@ _FUSED_DEVICES = ("cpu", "cuda")
 
 
 def fused_supported(params: list[torch.Tensor]) -> bool:
-    """Whether ``torch.optim.Adam(..., fused=True)`` accepts ``params``: floating point, all on one CPU or CUDA
-    device type, not sparse."""
+    """Whether ``torch.optim.Adam(..., fused=True)`` accepts ``params``.
+
+    Args:
+        params: the tensors to optimize; fused needs them floating point (any shape), all on one CPU or CUDA
+            device type, not sparse.
+    """
     if not params:
         return False
     kinds = {p.device.type for p in params}
@@ -37,6 +41,11 @@ def fused_supported(params: list[torch.Tensor]) -> bool:
 
 def adam(params: Iterable[torch.Tensor], lr: float, *, fused: bool | None = None) -> torch.optim.Adam:
     """``torch.optim.Adam(params, lr=lr)``, fused where supported (``fused=None``), or as ``fused`` says.
+
+    Args:
+        params: the parameters (any shapes; floating point for the fused kernel).
+        lr: the learning rate (0.01 in the LCRON protocol).
+        fused: force the fused kernel on (``True``) or off (``False``); ``None`` = wherever supported.
 
     Raises:
         ValueError: an empty parameter list (as ``torch.optim.Adam``), or ``fused=True`` for parameters the
