@@ -210,7 +210,7 @@ def run_all(args: argparse.Namespace) -> dict:
             return [median_run(rs, key) for rs in runs.values()]
 
         train, want = [], set((args.sections or "train,loss,load,eval").split(","))
-        for stages in (2, 3) if "train" in want else ():
+        for stages in (int(k) for k in args.stages.split(",")) if "train" in want else ():
             for method in methods:
                 for mode in ("preloaded", "stream"):
                     spec = {"method": method, "stages": stages, "mode": mode, "data": str(data[f"stream{stages}"]),
@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-guard", action="store_true", help="leave out the non-finite gradient check of train.py")
     p.add_argument("--variants", default=None, help=f"comma-separated training variants of the current code, "
                    f"measured side by side: {', '.join(VARIANTS)}")  # fmt: skip
+    p.add_argument("--stages", default="2,3", help="cascades of the training section: 2, 3 or 2,3 (default)")
     p.add_argument("--sections", default=None, help="comma-separated subset of train,loss,load,eval (default: all)")
     p.add_argument("--rounds", type=int, default=1, help="run each training / loss worker this many times "
                    "(current and baseline alternating) and keep the median run")  # fmt: skip
