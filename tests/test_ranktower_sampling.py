@@ -269,5 +269,5 @@ def test_bad_arguments_are_refused(log, tmp_path):
         FitConfig(lr=0.0)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="refusing to overwrite"):
+    with pytest.raises(ValueError, match="refusing to replace"):
         build(log, tmp_path / "busy")

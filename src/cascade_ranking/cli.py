@@ -598,6 +598,49 @@ def prepare_recflow_cmd(
     console.print(_partition_table(f"{schema.name} -> {out}", schema))
 
 
+@prepare_app.command("table")
+def prepare_table_cmd(
+    src: Annotated[
+        Path | None,
+        typer.Argument(help="Long table: Parquet, CSV or JSON-lines file(s), or a folder (hive folders allowed)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Argument(help="Output dataset folder.")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="YAML mapping of columns (see --example).")] = None,
+    example: Annotated[bool, typer.Option("--example", help="Print a commented example mapping and exit.")] = False,
+    on_error: Annotated[
+        str, typer.Option(help="raise (default): stop at the first bad row; drop: drop bad rows and count them.")
+    ] = "raise",
+    threads: Annotated[int, typer.Option(help="DuckDB threads.")] = 2,
+    memory_limit: Annotated[str, typer.Option(help="DuckDB memory limit; past it DuckDB spills to disk.")] = "1GB",
+) -> None:
+    """Convert your own cascade logs (one row per request x candidate) into the request-list store."""
+    from .datasets.table import convert_table
+    from .datasets.table_mapping import EXAMPLE_MAPPING, load_mapping
+
+    if example:
+        typer.echo(EXAMPLE_MAPPING, nl=False)
+        return
+    if src is None or out is None or mapping is None:
+        raise _fail("prepare table needs SRC, OUT and --mapping FILE (or --example to print a mapping)")
+    if on_error not in ("raise", "drop"):
+        raise _fail(f"--on-error {on_error!r}: expected raise or drop")
+    try:
+        report = convert_table(
+            src,
+            out,
+            load_mapping(mapping),
+            on_error="drop" if on_error == "drop" else "raise",
+            threads=threads,
+            memory_limit=memory_limit,
+        )
+    except (*_user_errors(), ModuleNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(_partition_table(f"{report.schema.name} -> {out}", report.schema))
+    console.print(f"{report.rows:,} rows -> {report.requests:,} requests in {report.seconds:.1f} s")
+    for reason, count in report.dropped.items():
+        console.print(f"dropped {count:,} row(s): {reason}")
+
+
 @prepare_app.command("synthetic")
 def prepare_synthetic_cmd(
     out: Annotated[Path, typer.Argument(help="Output folder.")],

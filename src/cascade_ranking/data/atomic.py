@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "staged_directory", "write_text_atomic"]
+__all__ = ["atomic_path", "check_replaceable", "staged_directory", "write_text_atomic"]
 
 
 @contextmanager
@@ -37,6 +37,19 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def check_replaceable(out: str | Path, marker: str, *, what: str = "out") -> None:
+    """Raise ``ValueError`` (naming the option ``what``) unless ``out`` is missing, an empty folder, or a previous
+    output holding ``marker``.
+
+    Builders call it before long work, so that a typo is refused at once rather than after the work.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
+        raise ValueError(
+            f"{what}={str(out)!r} exists and is not a previous output (no {marker}); refusing to replace it"
+        )
+
+
 @contextmanager
 def staged_directory(out: str | Path, *, marker: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out``, on error it is deleted.
@@ -50,11 +63,8 @@ def staged_directory(out: str | Path, *, marker: str | None = None) -> Iterator[
         ValueError: ``out`` exists and is not a previous output (only with ``marker``); nothing is touched.
     """
     out = Path(out)
-    if marker is not None and out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists()):
-            raise ValueError(
-                f"out={str(out)!r} exists and is not a previous output (no {marker}); refusing to replace it"
-            )
+    if marker is not None:
+        check_replaceable(out, marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

@@ -26,25 +26,18 @@ import torch
 
 from ..types import RequestBatch
 from .schema import DatasetSchema, Partition
-from .store import check_partition_request_ids, read_partition, row_group_sizes
+from .store import (
+    _is_candidate_column,
+    check_partition_request_ids,
+    read_partition,
+    row_group_sizes,
+    shuffle_candidates,
+)
 
 __all__ = ["DEFAULT_WINDOW", "iterate_partition", "iterate_partitions", "shuffle_candidates", "to_batch"]
 
 #: Requests read, shuffled and held in memory at once (rounded to whole row groups, at least one).
 DEFAULT_WINDOW = 32_768
-
-
-def shuffle_candidates(arrays: dict[str, np.ndarray], num_candidates: int, rng: np.random.Generator) -> None:
-    """Permute the candidate slots of every request independently, in place (all ``[B, N]`` columns)."""
-    num_rows = len(arrays["request_id"])
-    order = np.argsort(rng.random((num_rows, num_candidates)), axis=1)
-    for name, a in arrays.items():
-        if _is_candidate_column(name, a, num_candidates):
-            arrays[name] = np.take_along_axis(a, order, axis=1)
-
-
-def _is_candidate_column(name: str, a: np.ndarray, num_candidates: int) -> bool:
-    return a.ndim == 2 and a.shape[1] == num_candidates and (name.startswith("item.") or "." not in name)
 
 
 def to_batch(arrays: dict[str, np.ndarray], schema: DatasetSchema) -> RequestBatch:

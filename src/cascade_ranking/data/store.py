@@ -45,6 +45,7 @@ __all__ = [
     "open_dataset",
     "read_partition",
     "row_group_sizes",
+    "shuffle_candidates",
     "validate_arrays",
     "write_partition",
     "write_schema",
@@ -133,6 +134,21 @@ def _arrow_type(dtype: np.dtype) -> pa.DataType:
         if np.dtype(np_t) == dtype:
             return pa_t
     return pa.from_numpy_dtype(dtype)
+
+
+def shuffle_candidates(arrays: dict[str, np.ndarray], num_candidates: int, rng: np.random.Generator) -> None:
+    """Permute the candidate slots of every request independently, in place (all ``[B, N]`` columns: ``item.*``,
+    ``mask``, ``stage``, ``label``, ``soft_label``), with ``rng``: how builders write candidates in a seeded random
+    order and how the loader shuffles them again (re-exported by :mod:`.loader`)."""
+    num_rows = len(arrays["request_id"])
+    order = np.argsort(rng.random((num_rows, num_candidates)), axis=1)
+    for name, a in arrays.items():
+        if _is_candidate_column(name, a, num_candidates):
+            arrays[name] = np.take_along_axis(a, order, axis=1)
+
+
+def _is_candidate_column(name: str, a: np.ndarray, num_candidates: int) -> bool:
+    return a.ndim == 2 and a.shape[1] == num_candidates and (name.startswith("item.") or "." not in name)
 
 
 def write_partition(

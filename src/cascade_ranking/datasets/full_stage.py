@@ -71,8 +71,9 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from ..data.atomic import staged_directory
+from ..data.atomic import check_replaceable, staged_directory
 from ..data.schema import (
+    SCHEMA_FILE,
     CategoricalField,
     DatasetSchema,
     HistoryField,
@@ -603,10 +604,7 @@ def build_full_stage(
             f"(item attributes: {sorted(log.item_features)})"
         )
     out_dir = Path(out_dir)
-    if out_dir.exists() and (
-        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "schema.json").is_file())
-    ):
-        raise ValueError(f"out_dir={str(out_dir)!r} exists and is not a dataset folder; refusing to overwrite it")
+    check_replaceable(out_dir, SCHEMA_FILE, what="out_dir")
 
     req = make_requests(log, group_size=config.group_size, history_length=config.history_length)
     if req.num_requests == 0:

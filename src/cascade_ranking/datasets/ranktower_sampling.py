@@ -69,9 +69,17 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from ..data.atomic import staged_directory
+from ..data.atomic import check_replaceable, staged_directory
 from ..data.loader import to_batch
-from ..data.schema import DatasetSchema, HistoryField, Partition, PartitionRole, TrainDefaults, roles_in_time_order
+from ..data.schema import (
+    SCHEMA_FILE,
+    DatasetSchema,
+    HistoryField,
+    Partition,
+    PartitionRole,
+    TrainDefaults,
+    roles_in_time_order,
+)
 from ..data.store import write_partition, write_schema
 from ..losses.ranktower import aggregate_hard_labels
 from ..models import DIN, DSSM
@@ -468,6 +476,7 @@ def _build(
     train_defaults: TrainDefaults | None,
     provenance: dict | None,
 ) -> RankTowerSamples:
+    """Requests, the fitted retriever and ranker, then the weekly partitions (see :func:`build_ranktower_samples`)."""
     t0 = time.perf_counter()
     unknown = [f for f in config.history_fields[1:] if f not in log.item_features]
     if unknown:
@@ -475,13 +484,8 @@ def _build(
             f"history_fields={config.history_fields}: {unknown} are not item attributes of {log.source} "
             f"(item attributes: {sorted(log.item_features)})"
         )
-    if out_dir.exists() and (
-        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "schema.json").is_file())
-    ):
-        raise ValueError(f"out_dir={str(out_dir)!r} exists and is not a dataset folder; refusing to overwrite it")
-
-    s, c, r = config.group_size, config.candidate_samples, config.random_samples
-    n = config.num_candidates
+    check_replaceable(out_dir, SCHEMA_FILE, what="out_dir")
+    s = config.group_size
     req = make_requests(log, group_size=s, history_length=config.history_length)
     if req.num_requests == 0:
         raise ValueError(f"{log.source}: no user has {s} ratings, so there is no request")
@@ -494,13 +498,12 @@ def _build(
         raise ValueError(
             f"{log.source}: the training period (before {np.datetime64(train_cutoff, 's')}) holds no request"
         )
-
     schema = DatasetSchema(
         name=name,
         features=_schema_features(log),
         history=[HistoryField(name=f, item_field=f) for f in config.history_fields],
         history_length=config.history_length,
-        num_candidates=n,
+        num_candidates=config.num_candidates,
         funnel_positions=list(FUNNEL_POSITIONS),
         keep=[config.keep],
         gt_num=s,
@@ -513,63 +516,58 @@ def _build(
         log, fit_req, _rated_before(log, train_cutoff), schema, config.retriever, history_fields=hist, seed=seed
     )
     ranker, ranker_loss = fit_ranker(
-        log,
-        fit_req,
-        schema,
-        config.ranker,
-        history_fields=hist,
-        impression_label=config.impression_label,
-        rating_weight=config.rating_weight,
-        seed=seed,
-    )
-    t_fit = time.perf_counter() - t0
+        log, fit_req, schema, config.ranker, history_fields=hist, impression_label=config.impression_label,
+        rating_weight=config.rating_weight, seed=seed,
+    )  # fmt: skip
     logger.info(
         "%s: fitted the retriever (loss %.4f) and the ranker (loss %.4f) on %d training-period requests in %.1fs",
-        name,
-        retriever_loss,
-        ranker_loss,
-        fit_req.num_requests,
-        t_fit,
-    )
-    schema = schema.model_copy(
-        update={
-            "provenance": {
-                "construction": CONSTRUCTION,
-                "seed": int(seed),
-                "config": asdict(config),
-                "funnel_positions": "random (uniform), candidate (two-tower top items), impression (rated)",
-                "weeks": "Monday 00:00 UTC to Sunday 24:00 UTC; a request's time is its first rating's timestamp",
-                "train_cutoff": str(np.datetime64(train_cutoff, "s")),
-                "valid_cutoff": str(np.datetime64(valid_cutoff, "s")),
-                "models_fit": "DSSM retriever and DIN ranker fitted once, on requests cut from the interactions "
-                "before train_cutoff",
-                "exclusion": "no negative is an item the user rated before its period's cutoff (train: "
-                "train_cutoff, valid: valid_cutoff, test: ever) nor one of its impressions",
-                "labels": "impression: impression_label + rating_weight * rating grade; others 0",
-                "soft_label": "the DIN ranker's prediction (regression on impression hard labels)",
-                "fit_requests": fit_req.num_requests,
-                "retriever_final_loss": retriever_loss,
-                "ranker_final_loss": ranker_loss,
-                "requests": req.num_requests,
-                "ratings_dropped_in_partial_chunks": req.dropped,
-                **(provenance or {}),
-            }
-        }
-    )
-
-    item_table = _item_table(log)
+        name, retriever_loss, ranker_loss, fit_req.num_requests, time.perf_counter() - t0,
+    )  # fmt: skip
+    facts = {
+        "construction": CONSTRUCTION,
+        "seed": int(seed),
+        "config": asdict(config),
+        "funnel_positions": "random (uniform), candidate (two-tower top items), impression (rated)",
+        "weeks": "Monday 00:00 UTC to Sunday 24:00 UTC; a request's time is its first rating's timestamp",
+        "train_cutoff": str(np.datetime64(train_cutoff, "s")),
+        "valid_cutoff": str(np.datetime64(valid_cutoff, "s")),
+        "models_fit": "DSSM retriever and DIN ranker fitted once, on requests cut from the interactions "
+        "before train_cutoff",
+        "exclusion": "no negative is an item the user rated before its period's cutoff (train: "
+        "train_cutoff, valid: valid_cutoff, test: ever) nor one of its impressions",
+        "labels": "impression: impression_label + rating_weight * rating grade; others 0",
+        "soft_label": "the DIN ranker's prediction (regression on impression hard labels)",
+        "fit_requests": fit_req.num_requests,
+        "retriever_final_loss": retriever_loss,
+        "ranker_final_loss": ranker_loss,
+        "requests": req.num_requests,
+        "ratings_dropped_in_partial_chunks": req.dropped,
+        **(provenance or {}),
+    }
+    schema = schema.model_copy(update={"provenance": facts})
     rated = {
         "train": _rated_before(log, train_cutoff),
         "valid": _rated_before(log, valid_cutoff),
         "test": _rated_before(log, None),
     }
+    schema = _write_weeks(log, req, out_dir, schema, weeks, roles, rated, (retriever, ranker), config, seed)
+    logger.info(
+        "%s: wrote %d requests x %d candidates in %d weekly partitions to %s in %.1fs",
+        name, req.num_requests, config.num_candidates, len(schema.partitions), out_dir, time.perf_counter() - t0,
+    )  # fmt: skip
+    return RankTowerSamples(schema=schema, retriever=retriever, ranker=ranker)
+
+
+def _write_weeks(log, req, out_dir, schema, weeks, roles, rated, fitted, config, seed) -> DatasetSchema:
+    """Write one partition per week into a staged folder that replaces ``out_dir``; the schema with them."""
+    s, c, r, n = config.group_size, config.candidate_samples, config.random_samples, config.num_candidates
+    models = (*fitted, _item_table(log))
     slot_stage = np.repeat(np.array([_IMPRESSION, _CANDIDATE, _RANDOM], dtype=np.int64), [s, c, r])
     partitions: list[Partition] = []
     with staged_directory(out_dir) as tmp:
         for week, role in zip(weeks, roles):
             rows = np.flatnonzero(req.week == week)
             rng = _week_rng(seed, week, 0)
-            models = (retriever, ranker, item_table)
             blocks = [
                 _block_arrays(log, req, blk, rated[role], schema, models, config, slot_stage, rng)
                 for blk in np.array_split(rows, max(1, -(-len(rows) // _BLOCK_ROWS)))
@@ -591,16 +589,7 @@ def _build(
             partitions.append(part)
         schema = schema.model_copy(update={"partitions": partitions})
         write_schema(tmp, schema)
-    logger.info(
-        "%s: wrote %d requests x %d candidates in %d weekly partitions to %s in %.1fs",
-        name,
-        req.num_requests,
-        n,
-        len(partitions),
-        out_dir,
-        time.perf_counter() - t0,
-    )
-    return RankTowerSamples(schema=schema, retriever=retriever, ranker=ranker)
+    return schema
 
 
 @torch.no_grad()
