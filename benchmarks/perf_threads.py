@@ -29,7 +29,6 @@ the same state.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -40,7 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import REPO, spawn  # noqa: E402
+from run import REPO, spawn, write_json  # noqa: E402
 
 #: label -> (worker environment changes (None = unset), spec additions)
 POLICIES: dict[str, tuple[dict[str, str | None], dict]] = {
@@ -142,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     res = measure(args)
     print_table(res)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_json(args.out, res)
     return 0
 
 

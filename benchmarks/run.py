@@ -424,11 +424,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     res = run_all(args)
     print_tables(res)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_json(args.out, res)
     return 0
+
+
+def write_json(out: Path | None, res: dict) -> None:
+    """Every figure as JSON at ``out`` (nothing when ``None``)."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
