@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+#: side of the square matmul timed after every step (the FLOP/s reference measured under the same load)
+MM_SIZE = 2048
 STAGE_MODELS = {2: ["dssm", "din"], 3: ["dssm", "mlp", "din"]}
 STAGE_NAMES = {2: ["retrieval", "prerank"], 3: ["retrieval", "prerank", "rank"]}
 
@@ -173,7 +175,16 @@ def run_training(spec: dict) -> dict:
             result.update(auto_threads(step, batches[0]))
         for b in batches[: spec["warmup"]]:
             step(b, record=False)
-        totals = [step(b) for b in batches[spec["warmup"] :]]
+        totals, mm_seconds = [], []
+        a = torch.randn(MM_SIZE, MM_SIZE)
+        for b in batches[spec["warmup"] :]:
+            totals.append(step(b))
+            if spec.get("interleaved_matmul", True):  # the machine's matmul rate under the same load
+                t = time.perf_counter()
+                torch.mm(a, a)
+                mm_seconds.append(time.perf_counter() - t)
+        if mm_seconds:
+            result["interleaved_matmul_gflops"] = 2 * MM_SIZE**3 / statistics.median(mm_seconds) / 1e9
         med = statistics.median(totals)
         cpu = statistics.median(step.cpu)
         result.update(

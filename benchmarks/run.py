@@ -299,6 +299,13 @@ def roofline(results: dict) -> list[dict]:
                 "achieved_gflops": flops["total"] / r["step_seconds"] / 1e9,
                 "achieved_matmul_gflops_fwd_bwd": flops["matmul"] / compute / 1e9,
                 "fraction_of_matmul_peak": flops["total"] / r["step_seconds"] / 1e9 / peak,
+                # the same against torch.mm timed after every step in the same worker (same load, interleaved)
+                "interleaved_matmul_gflops": r.get("interleaved_matmul_gflops"),
+                "fraction_of_interleaved_matmul": (
+                    flops["total"] / r["step_seconds"] / 1e9 / r["interleaved_matmul_gflops"]
+                    if r.get("interleaved_matmul_gflops")
+                    else None
+                ),
                 "dominant_part": max(parts, key=parts.get),
                 "parts_share": {k: v / sum(parts.values()) for k, v in parts.items()},
             }
@@ -315,6 +322,10 @@ def _mb(x) -> str:
 
 def _ratio(x) -> str:
     return f"{x:.2f}" if isinstance(x, (int, float)) else "-"
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.0f}%" if isinstance(x, (int, float)) else "-"
 
 
 def _rate(x) -> str:
@@ -390,14 +401,16 @@ def print_tables(res: dict) -> None:
 
     print("\n## Roofline (pre-loaded steps)\n")
     print("| method | stages | label | GFLOP/step (matmul / attention / loss / adam) | achieved GFLOP/s | "
-          "% of matmul peak | dominant part |")  # fmt: skip
-    print("|---|---:|---|---|---:|---:|---|")
+          "% of matmul peak | matmul GFLOP/s between steps | % of it | dominant part |")  # fmt: skip
+    print("|---|---:|---|---|---:|---:|---:|---:|---|")
     for r in res["roofline"]:
         g = r["gflop_per_step"]
         share = r["parts_share"][r["dominant_part"]]
         print(f"| {r['method']} | {r['stages']} | {r['label']} | {g['matmul']:.1f} / {g['attention']:.1f} / "
               f"{g['loss']:.2f} / {g['optimizer']:.2f} | {r['achieved_gflops']:.1f} | "
-              f"{100 * r['fraction_of_matmul_peak']:.0f}% | {r['dominant_part']} ({100 * share:.0f}%) |")  # fmt: skip
+              f"{100 * r['fraction_of_matmul_peak']:.0f}% | {_rate(r.get('interleaved_matmul_gflops'))} | "
+              f"{_pct(r.get('fraction_of_interleaved_matmul'))} | "
+              f"{r['dominant_part']} ({100 * share:.0f}%) |")  # fmt: skip
     print(f"\nTotal {res['seconds']:.0f} s.")
 
 
