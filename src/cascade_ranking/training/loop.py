@@ -137,10 +137,8 @@ class _Run:
         self.resolved = Resolved.of(config)
         self.rank, self.world = init_distributed()
         self.device = rank_device(resolve_device(config.device), self.rank, self.world)
-        if self.device.type == "cpu":
-            self.threads_pending = resolve_threads(config.threads) is None  # "auto": measured on the first batch
-        else:
-            self.threads_pending = False
+        # "auto": measured on the first batch (on CPU; a GPU run keeps torch's count for its host-side work)
+        self.threads_pending = resolve_threads(config.threads) is None and self.device.type == "cpu"
         cuda = self.device.type == "cuda"
         self.pinned = cuda  # batches in page-locked memory: asynchronous copies to the GPU
         self.prefetch_depth = config.prefetch if config.prefetch is not None else 2 if cuda else 0
