@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+#: side of the square matmul timed after every step (the FLOP/s reference measured under the same load)
+MM_SIZE = 2048
 STAGE_MODELS = {2: ["dssm", "din"], 3: ["dssm", "mlp", "din"]}
 STAGE_NAMES = {2: ["retrieval", "prerank"], 3: ["retrieval", "prerank", "rank"]}
 
@@ -87,7 +89,12 @@ def build(schema, method: str, *, lr: float = 0.01, fused_adam: bool = False, hy
     )
     loss_fn = losses.build(method, keep=schema.keep, gt_num=schema.gt_num, **(hyper or {}))
     params = list(cascade.parameters()) + list(loss_fn.parameters())
-    optimizer = torch.optim.Adam(params, lr=lr, **({"fused": True} if fused_adam else {}))
+    try:  # the optimizer training builds (fused Adam where supported); older sources: torch's default Adam
+        from cascade_ranking.training.optim import adam
+
+        optimizer = adam(params, lr, fused=True if fused_adam else None)
+    except ImportError:
+        optimizer = torch.optim.Adam(params, lr=lr, **({"fused": True} if fused_adam else {}))
     return cascade, loss_fn, params, optimizer
 
 
@@ -129,6 +136,22 @@ class Stepper:
         return t5 - t0
 
 
+def auto_threads(step: Stepper, batch) -> dict:
+    """``threads="auto"`` as training does it: time the forward and backward pass of one batch at each
+    candidate thread count (:func:`cascade_ranking.training.threads.choose_threads`) and keep the fastest."""
+    from cascade_ranking.training.threads import auto_candidates, choose_threads
+
+    def probe() -> None:
+        logits = step.cascade(batch)
+        extra = {"soft_label": batch.soft_label} if step.soft else {}
+        step.loss_fn(logits, label=batch.label, mask=batch.mask, stage=batch.stage, **extra).loss.backward()
+        step.optimizer.zero_grad(set_to_none=True)
+
+    t = time.perf_counter()
+    best, medians = choose_threads(probe, auto_candidates())
+    return {"threads": best, "auto_seconds": time.perf_counter() - t, "auto_medians": medians}
+
+
 def run_training(spec: dict) -> dict:
     """Measure one configuration. ``spec``: method, stages, mode, data (stream), steps, warmup, batch_size,
     fused_adam, guard, seed."""
@@ -150,9 +173,20 @@ def run_training(spec: dict) -> dict:
         batches = random_batches(schema, batch_size, spec["warmup"] + spec["steps"], seed=spec.get("seed", 0))
         built = build(schema, spec["method"], fused_adam=spec.get("fused_adam", False), hyper=spec.get("hyper"))
         step = Stepper(*built, guard=spec["guard"])
+        if spec.get("threads") == "auto":
+            result.update(auto_threads(step, batches[0]))
         for b in batches[: spec["warmup"]]:
             step(b, record=False)
-        totals = [step(b) for b in batches[spec["warmup"] :]]
+        totals, mm_seconds = [], []
+        a = torch.randn(MM_SIZE, MM_SIZE)
+        for b in batches[spec["warmup"] :]:
+            totals.append(step(b))
+            if spec.get("interleaved_matmul", True):  # the machine's matmul rate under the same load
+                t = time.perf_counter()
+                torch.mm(a, a)
+                mm_seconds.append(time.perf_counter() - t)
+        if mm_seconds:
+            result["interleaved_matmul_gflops"] = 2 * MM_SIZE**3 / statistics.median(mm_seconds) / 1e9
         med = statistics.median(totals)
         cpu = statistics.median(step.cpu)
         result.update(

@@ -92,9 +92,18 @@ LOSS_BUDGET = 20480  # B * N of the loss-scaling runs (B = 512 at N = 40, 20 at 
 # workers (fresh processes)
 # ------------------------------------------------------------------------------------------------------
 def worker(kind: str, spec: dict) -> dict:
+    default_policy = spec.get("thread_policy") == "default"
+    if default_policy:  # what the cascade-ranking command does, before torch is imported
+        from cascade_ranking.training.threads import passive_openmp_wait
+
+        passive_openmp_wait()
     import torch
 
-    if spec.get("threads"):
+    if default_policy:
+        from cascade_ranking.training.threads import resolve_threads
+
+        resolve_threads(None)
+    elif spec.get("threads") and spec["threads"] != "auto":
         torch.set_num_threads(int(spec["threads"]))
     if kind == "train":
         from perf_train import run_training
@@ -119,9 +128,9 @@ def worker(kind: str, spec: dict) -> dict:
     raise ValueError(f"unknown worker kind {kind!r}")
 
 
-def spawn(kind: str, spec: dict, src: Path, timeout: float = 1800, env: dict | None = None) -> dict:
+def spawn(kind: str, spec: dict, src: Path, timeout: float = 1800, env: dict[str, str | None] | None = None) -> dict:
     """Run one worker in a fresh interpreter with ``src`` first on the path; return its JSON result."""
-    env = {**os.environ, **(env or {})}
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}  # None: unset the variable
     env["PYTHONPATH"] = os.pathsep.join([str(src), str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, json.dumps(spec)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -205,7 +214,7 @@ def run_all(args: argparse.Namespace) -> dict:
             return [median_run(rs, key) for rs in runs.values()]
 
         train, want = [], set((args.sections or "train,loss,load,eval").split(","))
-        for stages in (2, 3) if "train" in want else ():
+        for stages in (int(k) for k in args.stages.split(",")) if "train" in want else ():
             for method in methods:
                 for mode in ("preloaded", "stream"):
                     spec = {"method": method, "stages": stages, "mode": mode, "data": str(data[f"stream{stages}"]),
@@ -294,6 +303,13 @@ def roofline(results: dict) -> list[dict]:
                 "achieved_gflops": flops["total"] / r["step_seconds"] / 1e9,
                 "achieved_matmul_gflops_fwd_bwd": flops["matmul"] / compute / 1e9,
                 "fraction_of_matmul_peak": flops["total"] / r["step_seconds"] / 1e9 / peak,
+                # the same against torch.mm timed after every step in the same worker (same load, interleaved)
+                "interleaved_matmul_gflops": r.get("interleaved_matmul_gflops"),
+                "fraction_of_interleaved_matmul": (
+                    flops["total"] / r["step_seconds"] / 1e9 / r["interleaved_matmul_gflops"]
+                    if r.get("interleaved_matmul_gflops")
+                    else None
+                ),
                 "dominant_part": max(parts, key=parts.get),
                 "parts_share": {k: v / sum(parts.values()) for k, v in parts.items()},
             }
@@ -310,6 +326,10 @@ def _mb(x) -> str:
 
 def _ratio(x) -> str:
     return f"{x:.2f}" if isinstance(x, (int, float)) else "-"
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.0f}%" if isinstance(x, (int, float)) else "-"
 
 
 def _rate(x) -> str:
@@ -385,14 +405,16 @@ def print_tables(res: dict) -> None:
 
     print("\n## Roofline (pre-loaded steps)\n")
     print("| method | stages | label | GFLOP/step (matmul / attention / loss / adam) | achieved GFLOP/s | "
-          "% of matmul peak | dominant part |")  # fmt: skip
-    print("|---|---:|---|---|---:|---:|---|")
+          "% of matmul peak | matmul GFLOP/s between steps | % of it | dominant part |")  # fmt: skip
+    print("|---|---:|---|---|---:|---:|---:|---:|---|")
     for r in res["roofline"]:
         g = r["gflop_per_step"]
         share = r["parts_share"][r["dominant_part"]]
         print(f"| {r['method']} | {r['stages']} | {r['label']} | {g['matmul']:.1f} / {g['attention']:.1f} / "
               f"{g['loss']:.2f} / {g['optimizer']:.2f} | {r['achieved_gflops']:.1f} | "
-              f"{100 * r['fraction_of_matmul_peak']:.0f}% | {r['dominant_part']} ({100 * share:.0f}%) |")  # fmt: skip
+              f"{100 * r['fraction_of_matmul_peak']:.0f}% | {_rate(r.get('interleaved_matmul_gflops'))} | "
+              f"{_pct(r.get('fraction_of_interleaved_matmul'))} | "
+              f"{r['dominant_part']} ({100 * share:.0f}%) |")  # fmt: skip
     print(f"\nTotal {res['seconds']:.0f} s.")
 
 
@@ -408,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-guard", action="store_true", help="leave out the non-finite gradient check of train.py")
     p.add_argument("--variants", default=None, help=f"comma-separated training variants of the current code, "
                    f"measured side by side: {', '.join(VARIANTS)}")  # fmt: skip
+    p.add_argument("--stages", default="2,3", help="cascades of the training section: 2, 3 or 2,3 (default)")
     p.add_argument("--sections", default=None, help="comma-separated subset of train,loss,load,eval (default: all)")
     p.add_argument("--rounds", type=int, default=1, help="run each training / loss worker this many times "
                    "(current and baseline alternating) and keep the median run")  # fmt: skip
@@ -418,11 +441,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     res = run_all(args)
     print_tables(res)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_json(args.out, res)
     return 0
+
+
+def write_json(out: Path | None, res: dict) -> None:
+    """Every figure as JSON at ``out`` (nothing when ``None``)."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ KeepOpt = Annotated[
     typer.Option(help="Serving keep sizes, one per stage, e.g. 500,100 (default: 500,100 / 1000,300,100)."),
 ]
 IndexOpt = Annotated[str, typer.Option(help="Retrieval index: exact (default), ivf or hnsw.")]
-ThreadsOpt = Annotated[int | None, typer.Option(help="Torch and FAISS CPU threads.")]
+ServeThreadsOpt = Annotated[int | None, typer.Option(help="Torch and FAISS CPU threads.")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -213,6 +213,13 @@ SetOpt = Annotated[
         "see `cascade-ranking config show`).",
     ),
 ]
+ThreadsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Torch CPU threads: a count, or auto (the fastest of 1, half and all usable CPUs, timed on the first "
+        "batch). Default: torch's count capped at the CPUs this process may use.",
+    ),
+]
 TensorBoardOpt = Annotated[
     Path | None,
     typer.Option(
@@ -252,7 +259,7 @@ def train(
         Path | None,
         typer.Option(help="Run folder (default: runs/<method>-<stages>stage-seed<seed>-<time>)."),
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    threads: ThreadsOpt = None,
     checkpoint_every: Annotated[
         int | None, typer.Option(help="Also checkpoint every N steps (always at partition boundaries).")
     ] = None,
@@ -473,7 +480,7 @@ def benchmark(
         int | None, typer.Option(help="Passes over the training partitions (default: the dataset's).")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda, cuda:N.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads.")] = None,
+    threads: ThreadsOpt = None,
     task: Annotated[
         str | None, typer.Option(help="cascade (default): cascade methods; prerank: RankTower's Table 1.")
     ] = None,
@@ -561,7 +568,8 @@ def _prerank_benchmark(bench) -> None:
     if data_dir is None:
         data_dir = cache_dir() / "datasets" / PROTOCOLS[bench.protocol][0]
         if not (data_dir / "schema.json").is_file():
-            options = {"progress": True, "threads": bench.threads or 1, "protocol": bench.protocol}
+            threads = bench.threads if isinstance(bench.threads, int) else 1  # the sample build: one is fastest
+            options = {"progress": True, "threads": threads, "protocol": bench.protocol}
             with_movielens_source(lambda src, url: prepare_prerank_movielens(data_dir, src=src, url=url, **options))
     default_out = "benchmark-prerank" if bench.protocol == "paper" else "benchmark-prerank-time"
     out_dir = bench.out or Path(default_out if bench.data is None else f"benchmark-{data_dir.name}")
@@ -827,7 +835,7 @@ def recommend(
         bool, typer.Option("--exclude-history/--keep-history", help="Never recommend an item of the history.")
     ] = True,
     data: Annotated[Path | None, typer.Option(help="Dataset folder of a run (default: the run's).")] = None,
-    threads: ThreadsOpt = None,
+    threads: ServeThreadsOpt = None,
 ) -> None:
     """Recommend the top k catalogue items for every request of a Parquet file (batch)."""
     import pyarrow.parquet as pq
@@ -860,7 +868,7 @@ def serve(
     keep: KeepOpt = None,
     index: IndexOpt = "exact",
     data: Annotated[Path | None, typer.Option(help="Dataset folder of a run (default: the run's).")] = None,
-    threads: ThreadsOpt = None,
+    threads: ServeThreadsOpt = None,
 ) -> None:
     """Serve the cascade over HTTP: POST /recommend, GET /health, GET /metadata (see README, Serving)."""
     from .serving.app import serve as run_server
@@ -897,7 +905,10 @@ def export(
 
 
 def main() -> None:
-    """The ``cascade-ranking`` console entry point."""
+    """The ``cascade-ranking`` console entry point (idle OpenMP workers sleep: set before torch is imported)."""
+    from .training.threads import passive_openmp_wait
+
+    passive_openmp_wait()
     app()
 
 

@@ -144,28 +144,33 @@ class RequestBatch:
         return self.mask.device
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> RequestBatch:
-        """Return a copy with every tensor on ``device``."""
+        """Return a copy with every tensor on ``device`` (``non_blocking`` copies from pinned memory overlap)."""
+        return self._map(lambda x: x.to(device, non_blocking=non_blocking))
 
-        def move(x):
+    def pin_memory(self) -> RequestBatch:
+        """Return a copy with every tensor in page-locked (pinned) host memory, so that a later
+        ``to("cuda", non_blocking=True)`` is an asynchronous copy.
+
+        Raises:
+            RuntimeError: no CUDA (or other accelerator) runtime to pin memory with.
+        """
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, fn) -> RequestBatch:
+        """A copy with ``fn`` applied to every tensor (those in field dictionaries too)."""
+
+        def apply(x):
             if x is None:
                 return None
             if isinstance(x, dict):
-                return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
-            return x.to(device, non_blocking=non_blocking)
+                return {k: fn(v) for k, v in x.items()}
+            return fn(x)
 
-        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
+        return replace(self, **{f.name: apply(getattr(self, f.name)) for f in fields(self)})
 
     def select(self, rows: torch.Tensor | slice) -> RequestBatch:
         """Return the sub-batch of the given request rows (an index tensor, bool mask or slice)."""
-
-        def take(x):
-            if x is None:
-                return None
-            if isinstance(x, dict):
-                return {k: v[rows] for k, v in x.items()}
-            return x[rows]
-
-        return replace(self, **{f.name: take(getattr(self, f.name)) for f in fields(self)})
+        return self._map(lambda x: x[rows])
 
 
 @dataclass

@@ -35,7 +35,8 @@ from .embedding import FeatureEncoder, feed_forward, mlp_forward
 
 __all__ = ["DIN", "pairwise_relu_projection"]
 
-#: Elements of one ``[b, N, L, A]`` chunk in :func:`pairwise_relu_projection` (CPU: cache-sized chunks).
+#: Elements of one ``[b, N, L, A]`` chunk in :func:`pairwise_relu_projection`, per CPU thread (CPU: cache-sized
+#: chunks; on a 2-core EPYC with 32 MiB L3, 1M per thread beat both smaller and larger chunks).
 _CPU_CHUNK_ELEMENTS = 1 << 20
 _GPU_CHUNK_ELEMENTS = 1 << 27
 
@@ -114,7 +115,8 @@ def pairwise_relu_projection(
         cc: ``[B, N, A]`` per-candidate pre-activations (``W_c c + b``).
         w: ``[A]`` output weights.
         chunk: requests per chunk; default sized so a ``[chunk, N, L, A]`` block stays cache-sized on CPU
-            (a few MiB) and large on GPU.
+            (4 MiB per torch thread) and large on GPU. Chunks split the requests only: no sum runs across
+            a chunk boundary, so the chunk size does not change the values (bitwise equal in our checks).
 
     Returns:
         ``[B, N, L]`` of ``hh.dtype``. Differentiable in ``hh``, ``cc`` and ``w`` (ReLU'(0) = 0, as PyTorch).
@@ -127,7 +129,8 @@ def pairwise_relu_projection(
     if torch.compiler.is_compiling():  # torch.export / torch.compile trace plain ops (no fused kernel, no chunk loop)
         return torch.matmul(torch.relu(hh[:, None] + cc[:, :, None]), w)
     if chunk is None:
-        budget = _CPU_CHUNK_ELEMENTS if hh.device.type == "cpu" else _GPU_CHUNK_ELEMENTS
+        cpu = hh.device.type == "cpu"
+        budget = _CPU_CHUNK_ELEMENTS * torch.get_num_threads() if cpu else _GPU_CHUNK_ELEMENTS
         chunk = max(1, budget // max(1, cc.shape[1] * hh.shape[1] * hh.shape[2]))
     return _PairwiseReluProjection.apply(hh, cc, w, int(chunk))
 

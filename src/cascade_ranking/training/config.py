@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,7 +48,13 @@ class TrainConfig(BaseModel):
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         eval_batch_size: requests per evaluation batch (evaluation never drops a request).
         loss: method hyper-parameters passed to ``losses.build`` (e.g. ``{"tau": 50}``).
-        threads: torch intra-op threads (``None`` = torch's default).
+        threads: torch intra-op threads: a count, ``"auto"`` (the fastest of 1, half and all usable CPUs, timed on
+            the first batch) or ``None`` (default: torch's count capped at the CPUs this process may use); see
+            :mod:`cascade_ranking.training.threads`.
+        prefetch: training batches prepared ahead by a background thread (read, shuffled, split across ranks
+            and, on CUDA, pinned) while the step runs; ``0`` = none; ``None`` (default) = 2 on CUDA, 0 on CPU
+            (where the loader and the step share the cores). The batches and their order are the same either
+            way (:mod:`cascade_ranking.data.prefetch`).
         checkpoint_every: also checkpoint every this many steps (always at partition boundaries).
         skip_nonfinite: skip (and count) a step whose loss or gradient is NaN/inf instead of stopping.
         shuffle_window: requests the loader reads, shuffles and holds at once (whole Parquet row groups, at least
@@ -78,7 +84,8 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     eval_batch_size: int = Field(default=4096, gt=0)
     loss: dict[str, Any] = {}
-    threads: int | None = Field(default=None, gt=0, le=MAX_THREADS)
+    threads: Annotated[int, Field(gt=0, le=MAX_THREADS)] | Literal["auto"] | None = None
+    prefetch: int | None = Field(default=None, ge=0)
     checkpoint_every: int | None = Field(default=None, gt=0)
     skip_nonfinite: bool = False
     tensorboard: Path | None = None

@@ -33,6 +33,7 @@ import torch
 from .. import losses
 from ..data.atomic import write_json_atomic
 from ..data.loader import iterate_partition
+from ..data.prefetch import pin_batches, prefetch
 from ..data.schema import DatasetSchema, Partition
 from ..data.store import check_labels, open_dataset
 from ..models.auxiliary import add_auxiliary_losses
@@ -50,8 +51,10 @@ from .config import TrainConfig
 from .distributed import all_reduce_gradients, init_distributed, local_rows, rank_device, resolve_device
 from .evaluate import evaluate_cascade
 from .fingerprint import FINGERPRINT_KEY, fingerprint_differences, run_fingerprint
+from .optim import adam
 from .runfiles import CHECKPOINT_FILE, CONFIG_FILE, LOSS_CURVE_KEY, METRICS_FILE, package_versions
 from .runfolder import claim_run_folder
+from .threads import auto_candidates, choose_threads, resolve_threads
 from .tracking import TensorBoardLogger, metric_scalars, step_scalars
 
 __all__ = ["RunResult", "TrainingError", "train"]
@@ -153,8 +156,11 @@ class _Run:
         self.fingerprint = run_fingerprint(config, data)
         self.rank, self.world = init_distributed()
         self.device = rank_device(resolve_device(config.device), self.rank, self.world)
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        # "auto": measured on the first batch (on CPU; a GPU run keeps torch's count for its host-side work)
+        self.threads_pending = resolve_threads(config.threads) is None and self.device.type == "cpu"
+        cuda = self.device.type == "cuda"
+        self.pinned = cuda  # batches in page-locked memory: asynchronous copies to the GPU
+        self.prefetch_depth = config.prefetch if config.prefetch is not None else 2 if cuda else 0
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         with model_memory_errors(config, self.schema):
@@ -164,7 +170,7 @@ class _Run:
             ).to(self.device)
         trainable = list(self.cascade.parameters()) + list(self.loss_fn.parameters())
         self.params = [p for p in trainable if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
+        self.optimizer = adam(self.params, config.lr)  # fused where torch has the kernel (same update rule)
         self.train_parts = self.schema.partitions_with_role("train")
         if not self.train_parts:
             raise ValueError(f"{data}: the dataset has no partition with role 'train'")
@@ -239,9 +245,12 @@ class _Run:
             self.rng.bit_generator.state = self.position.rng_state  # resuming inside this partition
             skip = self.position.batch
         start_state = dict(self.rng.bit_generator.state)
-        batches = iterate_partition(
-            self.data, self.schema, partition, batch_size=self.resolved.batch_size, shuffle=True, rng=self.rng,
-            window=self.config.shuffle_window,
+        batches = prefetch(
+            (local_rows(x, self.rank, self.world) for x in iterate_partition(
+                self.data, self.schema, partition, batch_size=self.resolved.batch_size, shuffle=True, rng=self.rng,
+                window=self.config.shuffle_window,
+            )),
+            self.prefetch_depth, prepare=pin_batches if self.pinned else None,
         )  # fmt: skip
         every = self.config.checkpoint_every
         for b, batch in enumerate(batches):
@@ -255,8 +264,10 @@ class _Run:
         self.checkpoint(self.position)
 
     def step(self, batch: RequestBatch, partition: Partition, b: int) -> None:
-        """One optimizer step on this rank's share of ``batch`` (skipped and counted when non-finite)."""
-        batch = local_rows(batch, self.rank, self.world).to(self.device)
+        """One optimizer step on ``batch``, this rank's share (skipped and counted when non-finite)."""
+        batch = batch.to(self.device, non_blocking=self.pinned)
+        if self.threads_pending:
+            self.choose_threads(batch)
         out = self.loss_fn(
             self.cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage, soft_label=batch.soft_label
         )
@@ -278,6 +289,22 @@ class _Run:
             self.track_step(out.parts, loss_value, problem)
         if self.on_step is not None:
             self.on_step(self.step_count, self.total_steps, loss_value)
+
+    def choose_threads(self, batch: RequestBatch) -> None:
+        """``threads="auto"``: time this batch's forward and backward pass at each candidate thread count
+        (no optimizer step; gradients and the torch RNG state are left as they were) and keep the fastest."""
+
+        def probe() -> None:
+            out = self.loss_fn(
+                self.cascade(batch), label=batch.label, mask=batch.mask, stage=batch.stage,
+                soft_label=batch.soft_label,
+            )  # fmt: skip
+            out.loss.backward()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        with torch.random.fork_rng(devices=[]):
+            choose_threads(probe, auto_candidates())
+        self.threads_pending = False
 
     def skip_nonfinite(self, problem: str, batch: RequestBatch, partition: Partition, b: int) -> None:
         """Record a non-finite step, or raise :class:`TrainingError` unless ``config.skip_nonfinite``."""
