@@ -34,6 +34,15 @@ def _digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The recorded digests were computed with one intra-op thread (float32 reductions depend on the split)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _run(method: str, stages: int, dtype: torch.dtype, **hyper):
     logits, label, mask, stage = _inputs(stages, dtype)
     fn = losses.build(method, keep=[8, 6, 4][:stages], gt_num=3, **hyper).to(dtype)
@@ -45,15 +54,6 @@ def _run(method: str, stages: int, dtype: torch.dtype, **hyper):
 
 @pytest.mark.parametrize("method", ["lcron", "arf", "arf_v2"])
 @pytest.mark.parametrize("stages", [2, 3])
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The recorded digests were computed with one intra-op thread (float32 reductions depend on the split)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_default_operator_gives_bitwise_the_losses_of_before(method, stages, dtype):
     ref = json.loads(BEFORE.read_text())
