@@ -39,7 +39,7 @@ def _train_steps(fused: bool, dtype: torch.dtype, steps: int = 4) -> list[torch.
     return [p.detach().clone() for p in params]
 
 
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-4)])
 def test_fused_adam_trains_like_the_default_adam(dtype, tol):
     """Four LCRON steps of a DSSM + DIN cascade: the fused kernel and the multi-tensor Adam end at the same
     weights (embedding tables, MLPs and the loss's learnable weights) up to rounding."""
