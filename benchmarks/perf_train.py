@@ -106,7 +106,6 @@ class Stepper:
     def __init__(self, cascade, loss_fn, params, optimizer, *, guard: bool = True) -> None:
         self.cascade, self.loss_fn, self.params, self.optimizer = cascade, loss_fn, params, optimizer
         self.guard = guard
-        self.soft = getattr(loss_fn, "needs_soft_label", False)
         self.times: dict[str, list[float]] = {p: [] for p in self.PARTS}
         self.cpu: list[float] = []
 
@@ -115,8 +114,7 @@ class Stepper:
         t0 = time.perf_counter()
         logits = self.cascade(batch)
         t1 = time.perf_counter()
-        extra = {"soft_label": batch.soft_label} if self.soft else {}
-        out = self.loss_fn(logits, label=batch.label, mask=batch.mask, stage=batch.stage, **extra)
+        out = self.loss_fn(logits, label=batch.label, mask=batch.mask, stage=batch.stage, soft_label=batch.soft_label)
         t2 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -143,8 +141,9 @@ def auto_threads(step: Stepper, batch) -> dict:
 
     def probe() -> None:
         logits = step.cascade(batch)
-        extra = {"soft_label": batch.soft_label} if step.soft else {}
-        step.loss_fn(logits, label=batch.label, mask=batch.mask, stage=batch.stage, **extra).loss.backward()
+        step.loss_fn(
+            logits, label=batch.label, mask=batch.mask, stage=batch.stage, soft_label=batch.soft_label
+        ).loss.backward()
         step.optimizer.zero_grad(set_to_none=True)
 
     t = time.perf_counter()

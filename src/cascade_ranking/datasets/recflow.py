@@ -135,7 +135,7 @@ __all__ = [
     "to_store_arrays",
     "utc_time_fields",
 ]
-# Other names without an underscore (DayFiles, staged_output, day_progress, ...) are shared with
+# Other names without an underscore (DayFiles, day_progress, ...) are shared with
 # ``synthetic.py`` and the benchmarks: package plumbing, not public API.
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Stage models: every model maps a :class:`~cascade_ranking.data.schema.RequestBatch` to ``[B, N]`` logits.
+"""Stage models: every model maps a :class:`~cascade_ranking.types.RequestBatch` to ``[B, N]`` logits.
 
 Registry (explicit; add a model by adding a line to ``_REGISTRY``), with each model's role in the LCRON
 experiments (Wang et al., ICML 2025):
@@ -22,13 +22,11 @@ follow the model's parameters (``model.to(device)``, ``model.double()``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 
-import torch
 from torch import nn
 
 from ..data.schema import DatasetSchema
-from ..types import RequestBatch
+from ..types import StageModel
 from .cold import COLD
 from .dat import DAT
 from .din import DIN
@@ -51,13 +49,6 @@ __all__ = [
     "build_model",
     "feed_forward",
 ]
-
-
-@runtime_checkable
-class StageModel(Protocol):
-    """What a cascade stage needs: ``model(batch) -> [B, N]`` float logits (higher = better)."""
-
-    def __call__(self, batch: RequestBatch) -> torch.Tensor: ...
 
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
