@@ -18,7 +18,7 @@ from ..data.store import open_dataset
 from ..training.config import TrainConfig
 from ..training.evaluate import evaluate
 from ..types import stage_names
-from .results import run_slug
+from .results import run_name
 from .runner import BenchmarkRow, finish, reference_scorers, run_rows
 
 __all__ = ["run_benchmark"]
@@ -62,7 +62,7 @@ def run_benchmark(
     rows = [BenchmarkRow(method, {"method": method}) for method in methods]
     runs = []
     for row, seed, metrics in run_rows(rows, base=base, data=data, out_dir=out_dir, repeats=repeats, on_run=on_run):
-        extra = run_columns(out_dir / "runs" / f"{run_slug(row.key)}-seed{seed}") if run_columns else {}
+        extra = run_columns(out_dir / "runs" / run_name(row.key, seed)) if run_columns else {}
         runs.append(
             {"row": row.key, "seed": seed, **metrics["test"], "train_seconds": metrics["train_seconds"], **extra}
         )

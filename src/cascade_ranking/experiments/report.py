@@ -33,7 +33,7 @@ from typing import Any
 
 from ..data.atomic import atomic_path, write_text_atomic
 from ..training.runfiles import CONFIG_FILE, LOSS_CURVE_EVERY, LOSS_CURVE_KEY, METRICS_FILE
-from .results import DEFAULT_PRIMARY, REFERENCE_ROWS, metric_columns, primary_metric, run_slug, summarize
+from .results import DEFAULT_PRIMARY, REFERENCE_ROWS, metric_columns, primary_metric, run_name, summarize
 
 __all__ = [
     "ReportData",
@@ -237,7 +237,7 @@ def load_benchmark(path: Path) -> tuple[ReportSource, list[ReportRow]]:
         curves: list[list[float]] = []
         configs: list[dict] = []
         for seed in seeds:
-            for run_dir in (folder / "runs" / f"{name}-seed{seed}", folder / "runs" / f"{run_slug(name)}-seed{seed}"):
+            for run_dir in (folder / "runs" / f"{name}-seed{seed}", folder / "runs" / run_name(name, seed)):
                 if all((run_dir / f).is_file() for f in RUN_FILES):
                     metrics_json = _read_json(run_dir / RUN_FILES[0])
                     configs.append(_read_json(run_dir / RUN_FILES[1]))

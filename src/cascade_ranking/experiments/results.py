@@ -18,6 +18,7 @@ __all__ = [
     "metric_columns",
     "plot_primary",
     "primary_metric",
+    "run_name",
     "run_slug",
     "summarize",
     "write_results",
@@ -32,6 +33,11 @@ DEFAULT_PRIMARY = "joint_recall"
 def run_slug(key: str) -> str:
     """A row's name as a file-name part (run folders ``runs/<slug>-seed<s>``): non-alphanumerics become ``_``."""
     return "".join(ch if ch.isalnum() else "_" for ch in key).strip("_")
+
+
+def run_name(key: str, seed: object) -> str:
+    """A benchmark run's folder name under ``OUT/runs/`` (and its TensorBoard sub-directory): ``<slug>-seed<s>``."""
+    return f"{run_slug(key)}-seed{seed}"
 
 
 def primary_metric(results: dict) -> str:

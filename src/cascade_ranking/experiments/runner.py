@@ -33,7 +33,7 @@ from ..training.fingerprint import FINGERPRINT_KEY, fingerprint_differences, run
 from ..training.loop import train
 from ..training.runfiles import METRICS_FILE
 from .report import ReportInputError, write_report
-from .results import REFERENCE_ROWS, run_slug, summarize, write_results
+from .results import REFERENCE_ROWS, run_name, summarize, write_results
 
 __all__ = ["BenchmarkRow", "RunEvaluator", "finish", "reference_scorers", "run_or_reuse", "run_rows"]
 
@@ -133,7 +133,7 @@ def run_rows(
     for row in rows:
         row_data = row.data or data
         for seed in range(repeats):
-            name = f"{run_slug(row.key)}-seed{seed}"
+            name = run_name(row.key, seed)
             update = {**row.updates, "seed": seed, "data": row_data}
             if base.tensorboard is not None:
                 update["tensorboard"] = Path(base.tensorboard) / name
