@@ -491,6 +491,14 @@ def benchmark(
         str | None,
         typer.Option(help="With --task prerank: paper (default; RankTower Sec. 5.1) or time (weekly split)."),
     ] = None,
+    tune: Annotated[
+        bool | None,
+        typer.Option(
+            "--tune/--no-tune",
+            help="With --task prerank: first search each Table 1 row's grid on validation, the same budget "
+            "for every row (default: on with --protocol paper).",
+        ),
+    ] = None,
     tensorboard: Annotated[
         Path | None,
         typer.Option(
@@ -523,7 +531,7 @@ def benchmark(
         overrides = dict(
             methods=methods.split(",") if methods else None, stages=stages, repeats=repeats, data=data, out=out,
             batch_size=batch_size, passes=passes, device=device, threads=threads, task=task, ablations=ablations,
-            protocol=protocol, tensorboard=tensorboard,
+            protocol=protocol, tensorboard=tensorboard, tune=tune,
         )  # fmt: skip
         bench = config_from(BenchmarkConfig, config_file, overrides, set_)
         if bench.task == "prerank":
@@ -583,7 +591,7 @@ def _prerank_benchmark(bench) -> None:
             progress.update(task, advance=1, info=info)
 
         run_prerank_benchmark(data=data_dir, out_dir=out_dir, repeats=bench.repeats, models=bench.methods,
-                              ablations=bench.ablations, base=base, on_run=on_run)  # fmt: skip
+                              ablations=bench.ablations, base=base, on_run=on_run, tune=bench.tune)  # fmt: skip
     console.print((out_dir / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     _print_outputs(out_dir, bench.tensorboard)
 

@@ -27,6 +27,8 @@ class BenchmarkConfig(TrainConfig):
         protocol: with ``task="prerank"`` and the default data: ``"paper"`` (RankTower's protocol, Sec. 5.1:
             negative impressions, user filter, a random 70/10/20 split per user, K = 100 per user's list, Adam lr
             0.001, batch 64) or ``"time"`` (every rating a positive impression, weekly time split).
+        tune: with ``task="prerank"``: search every Table 1 row's grid on validation first, the same budget for
+            each (:mod:`.prerank_tuning`); ``None`` (default) = on under the paper protocol.
     """
 
     task: Literal["cascade", "prerank"] = "cascade"
@@ -35,6 +37,7 @@ class BenchmarkConfig(TrainConfig):
     out: Path | None = None
     ablations: bool = False
     protocol: Literal["paper", "time"] = "paper"
+    tune: bool | None = None
 
     def train_config(self, **updates: Any) -> TrainConfig:
         """The :class:`TrainConfig` shared by the benchmark's runs (its own fields dropped), with ``updates``."""

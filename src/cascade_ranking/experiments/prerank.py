@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,9 +59,10 @@ from ..datasets.prerank import derive_variant
 from ..losses.ranktower import DEFAULT_LAMBDAS
 from ..metrics import ndcg_at_k, stage_recall
 from ..training.checkpoint import load_run
-from ..training.config import TrainConfig
+from ..training.config import EarlyStopping, TrainConfig
 from ..training.distributed import resolve_device
 from ..types import RequestBatch
+from .prerank_tuning import TUNING_GRID, GridPoint, choose_points, tuned_rows, tuning_rows
 from .results import markdown_table
 from .runner import BenchmarkRow, finish, reference_scorers, run_rows
 
@@ -327,21 +328,51 @@ def _metrics_fn(schema: DatasetSchema, ks: Sequence[int]):
 
 
 def _evaluator(data: Path, schema: DatasetSchema, ks: Sequence[int], device: torch.device):
-    """The runner's evaluation of a trained row: its model's Recall@K / NDCG@K on ``data``'s test partitions."""
-    test = schema.partitions_with_role("test")
+    """The runner's evaluation of a trained row: its model's Recall@K / NDCG@K on ``data``'s validation and test
+    partitions (the validation metrics choose a tuning grid's point)."""
     metrics_fn = _metrics_fn(schema, ks)
 
     def evaluate(config: TrainConfig, run_dir: Path, train_metrics: dict) -> dict:
         model = load_run(run_dir, data=data).cascade.to(device).eval().stages[0].model
-        metrics = metrics_fn(model, data, test, seed=config.seed, batch_size=config.eval_batch_size, device=device)
-        row_config = {"method": config.method, "model": config.models[0] if config.models else None}
+        out = {}
+        for role in ("valid", "test"):
+            parts = schema.partitions_with_role(role)
+            if parts:
+                out[role] = metrics_fn(model, data, parts, seed=config.seed, batch_size=config.eval_batch_size,
+                                       device=device)  # fmt: skip
+        row_config = {"method": config.method, "model": config.models[0] if config.models else None,
+                      "hidden": config.hidden, "lr": config.lr, "model_options": config.model_options}  # fmt: skip
+        stopping = train_metrics.get("early_stopping") or {}
         return {
             "row_config": {**row_config, "loss": config.loss},
             "train_seconds": train_metrics["train_seconds"],
-            "test": metrics,
+            "steps": train_metrics["steps"],
+            "best_step": stopping.get("best_step"),
+            **out,
         }
 
     return evaluate
+
+
+def _validation(data: Path, schema: DatasetSchema, ks: Sequence[int], metric: str, device: torch.device):
+    """Early stopping's metric: the protocol's ``metric`` on the validation partitions, of the cascade's stage."""
+    valid = schema.partitions_with_role("valid")
+    metrics_fn = _metrics_fn(schema, ks)
+    return lambda cascade: metrics_fn(cascade.stages[0].model, data, valid, seed=0, device=device)[metric]
+
+
+def _with_early_stopping(base: TrainConfig, schema: DatasetSchema, metric: str) -> TrainConfig:
+    """``base`` with early stopping on ``metric`` checked twice a pass, patience 3 (unless ``base`` sets its own).
+
+    RankTower's Sec. 5.1.4 stops early on validation without saying how often it checks; twice a pass over the
+    training partitions (40 steps on the MovieLens variant at batch 64) is ours.
+    """
+    if base.early_stopping is not None:
+        return base
+    batch = base.batch_size or schema.train_defaults.batch_size
+    steps = sum(math.ceil(p.num_requests / batch) for p in schema.partitions_with_role("train"))
+    return base.model_copy(update={"early_stopping": EarlyStopping(every=max(1, steps // 2), patience=3,
+                                                                    metric=metric)})  # fmt: skip
 
 
 #: RankTower's training protocol (Sec. 5.1.4) where the base configuration keeps the library's defaults:
@@ -367,6 +398,8 @@ def run_prerank_benchmark(
     on_run: Callable[[str, int, dict], None] | None = None,
     base: TrainConfig | None = None,
     ks: Sequence[int] | None = None,
+    tune: bool | None = None,
+    grid: Mapping[str, Sequence[GridPoint]] | None = None,
 ) -> dict:
     """Train and evaluate the pre-ranking rows ``repeats`` times (seeds 0..R-1); write and return the results.
 
@@ -384,14 +417,19 @@ def run_prerank_benchmark(
         base: configuration shared by every run (``method``, ``models``, ``keep``, ``loss``, ``seed`` and
             ``data`` are set per row); default :class:`~cascade_ranking.training.config.TrainConfig()`.
         ks: cutoffs (default ``(gt_num, keep)``).
+        tune: search each Table 1 row's grid on validation first (:mod:`.prerank_tuning`; the ablation rows take
+            RankTower's chosen point); ``None`` = on under the paper protocol. Under the paper protocol every
+            run also stops early on validation (:func:`_with_early_stopping`) unless ``base`` sets its own.
+        grid: the grid per Table 1 row (default :data:`~.prerank_tuning.TUNING_GRID`).
 
     Returns:
         ``{"task", "dataset", "data", "stages", "keep", "gt_num", "num_candidates", "ks", "repeats",
-        "primary_metric", "metrics", "runs", "tables", "summary"}``.
+        "primary_metric", "metrics", "runs", "tables", "summary"}``, and ``"tuning"`` (one entry per grid point:
+        row, point, validation and test metrics, ``chosen``) when tuned.
 
     Raises:
-        ValueError: ``repeats`` not positive, unknown rows, or a dataset that is not a one-stage pre-ranking
-            dataset.
+        ValueError: ``repeats`` not positive, unknown rows, a dataset that is not a one-stage pre-ranking
+            dataset, or ``tune`` on a dataset without a validation partition.
     """
     if isinstance(repeats, bool) or int(repeats) != repeats or repeats <= 0:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
@@ -407,20 +445,31 @@ def run_prerank_benchmark(
     protocol = dataset_protocol(schema)
     paper_k = 100  # Sec. 5.1.2: K = 100 for every metric
     ks = sorted({int(k) for k in (ks or ((keep, paper_k) if protocol == "paper" else (schema.gt_num, keep)))} | {keep})
+    primary = f"recall@{paper_k}" if protocol == "paper" else f"recall@{keep}"
     base = _protocol_base(base or TrainConfig(), protocol)
+    has_valid = bool(schema.partitions_with_role("valid"))
+    tune = protocol == "paper" and has_valid if tune is None else tune
+    if tune and not has_valid:
+        raise ValueError(f"{data}: tuning needs a partition with role 'valid'; the dataset has none")
+    if protocol == "paper" and has_valid:
+        base = _with_early_stopping(base, schema, primary)
     device = resolve_device(base.device)
+    validation = None  # the time protocol's early stopping (set in base) uses train's validation metrics
+    if base.early_stopping is not None and protocol == "paper":
+        validation = _validation(data, schema, ks, base.early_stopping.metric, device)
     rows = _benchmark_rows(selected, data, out_dir, keep)
+    common = dict(base=base, data=data, out_dir=out_dir, on_run=on_run, validation=validation,
+                  evaluate=_evaluator(data, schema, ks, device), record=PRERANK_METRICS_FILE)  # fmt: skip
+    tuning: list[dict] = []
+    if tune:
+        rows, tuning = _tune(rows, grid or TUNING_GRID, primary, common, keep)
     last_table1 = max((i for i, r in enumerate(rows) if r.table == "table1"), default=-1)
     runs: list[dict] = []
-    for row, seed, record in run_rows(
-        rows, base=base, data=data, out_dir=out_dir, repeats=repeats, on_run=on_run,
-        evaluate=_evaluator(data, schema, ks, device), record=PRERANK_METRICS_FILE,
-    ):  # fmt: skip
+    for row, seed, record in run_rows(rows, repeats=repeats, **common):
         runs.append({"row": row.key, "table": row.table, "seed": seed, **record["test"]})
         runs[-1]["train_seconds"] = record["train_seconds"]
         if last_table1 >= 0 and row is rows[last_table1] and seed == repeats - 1:  # the reference rows close Table 1
             runs += _reference_runs(data, schema, ks, repeats, device)
-    primary = f"recall@{paper_k}" if protocol == "paper" else f"recall@{keep}"
     results = {
         "task": "prerank",
         "dataset": schema.name,
@@ -437,9 +486,36 @@ def run_prerank_benchmark(
         "paper": {"dataset": "KuaiRand", "recall@100, ndcg@100": PAPER_KUAIRAND},
         "runs": runs,
         "tables": _tables(runs),
+        **({"tuning": tuning} if tune else {}),
+        "early_stopping": base.early_stopping.model_dump(mode="json") if base.early_stopping else None,
     }
     title = f"{schema.name}: pre-ranking, keep {keep} of {schema.num_candidates}, {repeats} seed(s)"
     return finish(out_dir, results, title=title, markdown=results_markdown)
+
+
+def _tune(
+    rows: list[BenchmarkRow], grid: Mapping[str, Sequence[GridPoint]], primary: str, common: dict, keep: int
+) -> tuple[list[BenchmarkRow], list[dict]]:
+    """Run every Table 1 row's grid once (seed 0), choose each row's point by validation ``primary``; return the
+    tuned rows and one record per grid point. The ablations take RankTower's point, so its grid runs whenever
+    an ablation row is asked for."""
+    table1 = [r for r in rows if r.table == "table1"]
+    if any(r.table != "table1" for r in rows) and all(r.key != "ranktower" for r in table1):
+        ranktower = [r for r in TABLE1 if r.key == "ranktower"]
+        table1 += _benchmark_rows(ranktower, common["data"], common["out_dir"], keep)
+    valid, tuning = {}, []
+    points = {f"tune {r.key}: {p.label}": (r.key, p) for r in table1 if r.key in grid for p in grid[r.key]}
+    for row, _seed, record in run_rows(tuning_rows(table1, grid), repeats=1, **common):
+        valid[row.key] = record["valid"][primary]
+        key, point = points[row.key]
+        tuning.append({"row": key, "point": point.label, "valid": record["valid"], "test": record["test"],
+                       "steps": record.get("steps"), "best_step": record.get("best_step"),
+                       "train_seconds": record["train_seconds"]})  # fmt: skip
+    best = choose_points(table1, grid, valid)
+    for entry in tuning:
+        entry["chosen"] = best[entry["row"]].label == entry["point"]
+    log.info("tuned points: %s", {k: p.label for k, p in best.items()})
+    return tuned_rows(rows, best, shared="ranktower"), tuning
 
 
 def _tables(runs: list[dict]) -> dict[str, list[str]]:
@@ -501,7 +577,28 @@ def results_markdown(results: dict) -> str:
             rows = [base, *rows]
         lines += ["", f"## {TABLE_TITLES.get(table, table)}", ""]
         lines.append(_table_with_paper({r: results["summary"][r] for r in rows}, primary).rstrip("\n"))
+    if results.get("tuning"):
+        lines += ["", *_tuning_markdown(results["tuning"], primary, results.get("early_stopping"))]
     return "\n".join(lines) + "\n"
+
+
+def _tuning_markdown(tuning: list[dict], primary: str, stopping: dict | None) -> list[str]:
+    """The grid search: every point's validation and test ``primary`` (seed 0), the chosen one in bold."""
+    lines = [
+        "## Tuning: the same grid budget for every row, chosen on validation (seed 0)",
+        "",
+        (f"Early stopping on validation {stopping['metric']}, checked every {stopping['every']} steps, patience "
+         f"{stopping['patience']}; the best check's weights are kept." if stopping else "No early stopping."),
+        "",
+        f"| row | point | valid {primary} | test {primary} | best step / steps | train_seconds |",
+        "|---|---|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for t in tuning:
+        mark = "**" if t["chosen"] else ""
+        best = f"{t.get('best_step')} / {t.get('steps')}"
+        lines.append(f"| {t['row']} | {mark}{t['point']}{mark} | {mark}{t['valid'][primary]:.4f}{mark} | "
+                     f"{t['test'][primary]:.4f} | {best} | {t['train_seconds']:.1f} |")  # fmt: skip
+    return lines
 
 
 def _table_with_paper(summary: dict, primary: str) -> str:

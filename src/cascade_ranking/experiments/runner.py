@@ -53,16 +53,25 @@ class BenchmarkRow:
             keep, loss, ...), on top of the benchmark's base configuration.
         data: the dataset the row trains on (an ablation may train on a variant of the benchmark's dataset).
         table: the table the row belongs to (``None``: the benchmark has one table).
+        folder: the run folders' name (``runs/<slug(folder)>-seed<s>``) when it is not ``key``: a tuned row names
+            the folder of its chosen grid point, whose seed-0 run it reuses.
     """
 
     key: str
     updates: dict = field(default_factory=dict)
     data: Path | None = None
     table: str | None = None
+    folder: str | None = None
 
 
 def run_or_reuse(
-    config: TrainConfig, data: Path, run_dir: Path, *, evaluate: RunEvaluator | None = None, record: str | None = None
+    config: TrainConfig,
+    data: Path,
+    run_dir: Path,
+    *,
+    evaluate: RunEvaluator | None = None,
+    record: str | None = None,
+    validation: Callable[[torch.nn.Module], float] | None = None,
 ) -> dict:
     """Train ``config`` on ``data`` into ``run_dir``, or reuse the finished run there.
 
@@ -70,6 +79,7 @@ def run_or_reuse(
         evaluate: turns the trained run into the record to keep (``None``: ``metrics.json`` itself).
         record: file name of that record beside ``metrics.json`` (required with ``evaluate``); a run whose
             ``metrics.json`` and record both exist is reused.
+        validation: early stopping's validation metric (``train``'s ``validation``).
 
     Returns:
         ``metrics.json``'s contents, or the record.
@@ -86,7 +96,7 @@ def run_or_reuse(
         log.warning("%s: not reused, %s changed; training it again", run_dir, ", ".join(changed))
     if record:
         (run_dir / record).unlink(missing_ok=True)  # the old record never sits beside a new run's metrics
-    metrics = train(config, data=data, run_dir=run_dir, overwrite=True).metrics
+    metrics = train(config, data=data, run_dir=run_dir, overwrite=True, validation=validation).metrics
     if evaluate is None or record is None:
         return metrics
     out = evaluate(config, run_dir, metrics)
@@ -120,10 +130,12 @@ def run_rows(
     evaluate: RunEvaluator | None = None,
     record: str | None = None,
     on_run: Callable[[str, int, dict], None] | None = None,
+    validation: Callable[[torch.nn.Module], float] | None = None,
 ) -> Iterator[tuple[BenchmarkRow, int, dict]]:
     """Run (or reuse) every row ``repeats`` times, seeds 0..R-1; yield ``(row, seed, record)`` as each finishes.
 
-    Each run's TensorBoard directory is ``<base.tensorboard>/<slug>-seed<s>`` when ``base.tensorboard`` is set.
+    ``validation`` is early stopping's metric for every run (``train``'s ``validation``). Each run's TensorBoard
+    directory is ``<base.tensorboard>/<slug>-seed<s>`` when ``base.tensorboard`` is set.
 
     Raises:
         ValueError: ``repeats`` not a positive integer, or a row's configuration is invalid (unknown method).
@@ -133,13 +145,14 @@ def run_rows(
     for row in rows:
         row_data = row.data or data
         for seed in range(repeats):
-            name = run_name(row.key, seed)
+            name = run_name(row.folder or row.key, seed)
             update = {**row.updates, "seed": seed, "data": row_data}
             if base.tensorboard is not None:
                 update["tensorboard"] = Path(base.tensorboard) / name
             config = base.model_copy(update=update)
             TrainConfig.model_validate(config.model_dump())  # re-validates the method name
-            result = run_or_reuse(config, row_data, out_dir / "runs" / name, evaluate=evaluate, record=record)
+            result = run_or_reuse(config, row_data, out_dir / "runs" / name, evaluate=evaluate, record=record,
+                                  validation=validation)  # fmt: skip
             if on_run is not None:
                 on_run(row.key, seed, result)
             yield row, seed, result

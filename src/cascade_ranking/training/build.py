@@ -89,12 +89,25 @@ def with_prerank_model(config: TrainConfig, schema: DatasetSchema, model: str) -
 
 def build_cascade(config: TrainConfig, schema: DatasetSchema) -> Cascade:
     """The cascade of ``config.models`` with ``config.keep`` (a resolved config), built from the dataset's
-    feature spec."""
+    feature spec.
+
+    Raises:
+        ValueError: bad model sizes, a ``config.model_options`` entry for a model the cascade does not have,
+            or an option its model does not take.
+    """
     run = Resolved.of(config)
     names = stage_names(len(run.keep))
-    return Cascade(
-        [
-            Stage(name, build_model(model, schema, emb_dim=config.emb_dim, hidden=config.hidden), keep)
-            for name, model, keep in zip(names, run.models, run.keep)
-        ]
-    )
+    stray = sorted(set(config.model_options) - set(run.models))
+    if stray:
+        raise ValueError(f"model_options names {stray}, not stage models of this run (models {run.models})")
+    return Cascade([Stage(name, _stage_model(config, schema, model), keep)
+                    for name, model, keep in zip(names, run.models, run.keep)])  # fmt: skip
+
+
+def _stage_model(config: TrainConfig, schema: DatasetSchema, model: str):
+    """``build_model`` with the config's sizes and the model's entry of ``model_options``."""
+    options = config.model_options.get(model, {})
+    try:
+        return build_model(model, schema, emb_dim=config.emb_dim, hidden=config.hidden, **options)
+    except TypeError as exc:
+        raise ValueError(f"model_options[{model!r}] = {options}: the model does not take them ({exc})") from exc

@@ -11,6 +11,7 @@ from ..errors import validation_problems
 
 __all__ = [
     "DEFAULT_MODELS",
+    "EarlyStopping",
     "MAX_CONFIG_BYTES",
     "MAX_THREADS",
     "TrainConfig",
@@ -29,6 +30,31 @@ MAX_CONFIG_BYTES = 1 << 20
 DEFAULT_MODELS = {1: ["dssm"], 2: ["dssm", "din"], 3: ["dssm", "mlp", "din"]}
 
 
+class EarlyStopping(BaseModel):
+    """Early stopping on the validation partitions, checked every ``every`` optimizer steps.
+
+    At every check the validation metric is computed; a check that does not beat the best by more than
+    ``min_delta`` counts against ``patience``. Training stops after ``patience`` such checks in a row, or at the
+    end of its passes, and the run keeps the weights of the best check (RankTower, Sec. 5.1.4: "early
+    stopping ... on the validation set"; the check interval is ours). A run whose last step falls between
+    checks is checked once more at its end.
+
+    Attributes:
+        every: optimizer steps between checks (> 0).
+        patience: checks without improvement before stopping (> 0).
+        metric: the validation metric to maximise, a key of the validation metrics (``joint_recall``,
+            ``recall@retrieval``, ...; the pre-ranking benchmark uses its own, e.g. ``recall@100``).
+        min_delta: the least gain that counts as an improvement (>= 0).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    every: int = Field(gt=0)
+    patience: int = Field(default=3, gt=0)
+    metric: str = "joint_recall"
+    min_delta: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+
 class TrainConfig(BaseModel):
     """Everything that defines a training run. ``None`` means "take the dataset's default".
 
@@ -41,6 +67,8 @@ class TrainConfig(BaseModel):
         keep: candidates each stage keeps (default: the dataset's).
         gt_num: ground-truth size (default: the dataset's).
         emb_dim, hidden: embedding dimension and hidden units (LCRON experiments: 8 and 128).
+        model_options: further keyword arguments per stage model name (e.g. ``{"ranktower": {"heads_user": 2}}``);
+            a model the cascade lacks, or an option its model does not take, is refused when the run starts.
         batch_size, passes: training batch size and passes over the training partitions (default: the
             dataset's own; RecFlow: 1024 and 1).
         lr: Adam learning rate over the models and the loss's learnable weights (0.01, as in the paper).
@@ -60,6 +88,8 @@ class TrainConfig(BaseModel):
         shuffle_window: requests the loader reads, shuffles and holds at once (whole Parquet row groups, at least
             one; ``None`` = a partition whole): the training's memory bound on data of any size. A partition
             that fits is shuffled as a whole; see :mod:`cascade_ranking.data.loader`.
+        early_stopping: :class:`EarlyStopping` on the validation partitions (``None``, the default: train every
+            pass and keep the last weights).
         tensorboard: a TensorBoard log directory: per step the loss, its parts, the loss's learnable parameters,
             the learning rate and requests/s, and the validation/test metrics after evaluation (needs the
             ``tensorboard`` package; see :mod:`cascade_ranking.training.tracking`). ``None`` (default) = no logging. A
@@ -77,6 +107,7 @@ class TrainConfig(BaseModel):
     gt_num: int | None = Field(default=None, gt=0)
     emb_dim: int = Field(default=8, gt=0)
     hidden: int = Field(default=128, gt=0)
+    model_options: dict[str, dict[str, Any]] = {}
     batch_size: int | None = Field(default=None, gt=0)
     passes: int | None = Field(default=None, gt=0)
     lr: float = Field(default=0.01, gt=0, allow_inf_nan=False)
@@ -88,6 +119,7 @@ class TrainConfig(BaseModel):
     prefetch: int | None = Field(default=None, ge=0)
     checkpoint_every: int | None = Field(default=None, gt=0)
     skip_nonfinite: bool = False
+    early_stopping: EarlyStopping | None = None
     tensorboard: Path | None = None
     shuffle_window: int | None = Field(default=32_768, gt=0)
 

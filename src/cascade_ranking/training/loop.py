@@ -49,6 +49,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import all_reduce_gradients, init_distributed, local_rows, rank_device, resolve_device
+from .early_stopping import EarlyStopper
 from .evaluate import evaluate_cascade
 from .fingerprint import FINGERPRINT_KEY, fingerprint_differences, run_fingerprint
 from .optim import adam
@@ -84,6 +85,7 @@ def train(
     on_eval: Callable[[int], None] | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    validation: Callable[[torch.nn.Module], float] | None = None,
 ) -> RunResult:
     """Train a cascade with ``config`` on the dataset at ``data``; write the run folder; return the metrics.
 
@@ -110,10 +112,15 @@ def train(
             interrupted run wrote after its checkpoint are purged (``purge_step``), so each step shows once.
             The checkpoint's run fingerprint (:mod:`.fingerprint`) must match ``config`` and the dataset.
         overwrite: a new run may replace the finished or unfinished run ``run_dir`` holds.
+        validation: with ``config.early_stopping``, the validation metric to maximise, computed from the cascade
+            (in eval mode, without gradients); ``None`` = ``config.early_stopping.metric`` of the validation
+            metrics (:func:`~.evaluate.evaluate_cascade` on the ``valid`` partitions). The pre-ranking benchmark
+            passes RankTower's per-user Recall@100 here.
 
     Raises:
         SchemaError / StoreError: the dataset is missing or malformed.
-        ValueError: the configuration does not fit the dataset (keep sizes, models, unknown method).
+        ValueError: the configuration does not fit the dataset (keep sizes, models, unknown method), or
+            ``config.early_stopping`` without a ``valid`` partition or with an unknown metric.
         FileNotFoundError: ``resume`` without a checkpoint in ``run_dir``.
         RunFolderError: ``run_dir`` is in use by another process, or holds a run and neither ``overwrite`` nor
             ``resume`` is set (nothing is written).
@@ -123,7 +130,7 @@ def train(
         TrainingError: a non-finite loss or gradient (names the step, method and batch), unless
             ``config.skip_nonfinite``, which skips such steps and records them in the metrics.
     """
-    run = _Run(config, Path(data), run_dir, on_step=on_step)
+    run = _Run(config, Path(data), run_dir, on_step=on_step, validation=validation)
     with claim_run_folder(run_dir, overwrite=overwrite, resume=resume) if run.rank == 0 else nullcontext():
         if resume:
             run.restore()
@@ -146,9 +153,15 @@ class _Run:
     """The state of one training run and its steps (see the module docstring); used by :func:`train` only."""
 
     def __init__(
-        self, config: TrainConfig, data: Path, run_dir: Path, *, on_step: Callable[[int, int, float], None] | None
+        self,
+        config: TrainConfig,
+        data: Path,
+        run_dir: Path,
+        *,
+        on_step: Callable[[int, int, float], None] | None,
+        validation: Callable[[torch.nn.Module], float] | None = None,
     ) -> None:
-        self.data, self.run_dir, self.on_step = data, run_dir, on_step
+        self.data, self.run_dir, self.on_step, self.validation = data, run_dir, on_step, validation
         self.schema: DatasetSchema = open_dataset(data)
         check_labels(data, self.schema)  # every partition's labels, from the footers: before training, not after
         self.config = config = resolve_config(config, self.schema, data)
@@ -183,6 +196,9 @@ class _Run:
         self.step_count = self.requests_seen = self.start_requests = 0
         self.t0 = time.perf_counter()
         self.last_parts: dict[str, torch.Tensor] | None = None
+        self.stopper = EarlyStopper(config.early_stopping) if config.early_stopping else None
+        if self.stopper and not self.schema.partitions_with_role("valid"):
+            raise ValueError(f"{data}: early_stopping needs a partition with role 'valid'; the dataset has none")
 
     # -- set-up -------------------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -202,6 +218,8 @@ class _Run:
             self.position = p = StreamPosition(**state["position"])
             self.nonfinite, self.train_seconds = state["nonfinite"], state["train_seconds"]
             self.loss_curve = LossCurve.from_checkpoint(state)
+            if self.stopper is not None:
+                self.stopper = EarlyStopper.from_state(self.stopper.settings, state.get("early_stopping"))
             if state.get("last_loss_parts") is not None:
                 self.last_parts = {k: torch.tensor(v) for k, v in state["last_loss_parts"].items()}
         log.info(
@@ -234,9 +252,51 @@ class _Run:
         for pass_ in range(start.pass_, self.resolved.passes):
             for index, partition in enumerate(self.train_parts):
                 here = (pass_, index)
-                if here >= (start.pass_, start.partition):
+                if here >= (start.pass_, start.partition) and not self.stopping:
                     self.train_partition(pass_, index, partition, resuming=here == (start.pass_, start.partition))
         self.train_seconds += time.perf_counter() - self.t0
+        if self.stopper is not None:
+            self.finish_early_stopping()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether early stopping has ended training."""
+        return self.stopper is not None and self.stopper.stopped_at is not None
+
+    def finish_early_stopping(self) -> None:
+        """A last check when the last step fell between checks; the best check's weights back; a final
+        checkpoint that a resume reads as finished."""
+        stopper = self.stopper
+        assert stopper is not None
+        if not self.stopping and not stopper.checked(self.step_count):
+            stopper.update(self.step_count, self.validate(), self.cascade)
+        weights = stopper.best_weights()
+        if weights is not None:
+            self.cascade.load_state_dict(weights)
+            log.info("kept the weights of step %d (validation %s %.6g)", stopper.best_step,
+                     stopper.settings.metric, stopper.best_value)  # fmt: skip
+        self.position = StreamPosition(self.resolved.passes, 0, 0, self.step_count, self.requests_seen, None)
+        self.checkpoint(self.position)
+
+    def validate(self) -> float:
+        """The early-stopping metric on the validation partitions (model in eval mode; the RNG state kept)."""
+        assert self.stopper is not None
+        metric = self.stopper.settings.metric
+        self.cascade.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            if self.validation is not None:
+                value = float(self.validation(self.cascade))
+            else:
+                metrics = evaluate_cascade(self.cascade, self.config, self.data, self.schema, "valid",
+                                           device=self.device, shard=(self.rank, self.world))  # fmt: skip
+                if metric not in metrics:
+                    raise ValueError(f"early_stopping.metric {metric!r}: not a validation metric; known: "
+                                     f"{', '.join(sorted(metrics))}")  # fmt: skip
+                value = float(metrics[metric])
+        self.cascade.train()
+        self.tracker.scalars(self.step_count, {f"valid/{metric}": value})
+        return value
 
     def train_partition(self, pass_: int, index: int, partition: Partition, *, resuming: bool) -> None:
         """One partition, shuffled; a checkpoint at its end (and every ``checkpoint_every`` steps)."""
@@ -257,6 +317,10 @@ class _Run:
             if b < skip:
                 continue
             self.step(batch, partition, b)
+            if self.stopper is not None and self.stopper.due(self.step_count):
+                self.stopper.update(self.step_count, self.validate(), self.cascade)
+            if self.stopping:
+                return  # finish_early_stopping writes the final checkpoint
             if every and self.step_count % every == 0:
                 self.checkpoint(StreamPosition(pass_, index, b + 1, self.step_count, self.requests_seen, start_state))
         nxt = (pass_, index + 1) if index + 1 < len(self.train_parts) else (pass_ + 1, 0)
@@ -343,7 +407,8 @@ class _Run:
                 self.run_dir, self.cascade, self.loss_fn, self.optimizer, position,
                 nonfinite=self.nonfinite, loss_curve=self.loss_curve,
                 train_seconds=self.train_seconds + time.perf_counter() - self.t0,
-                extra={FINGERPRINT_KEY: self.fingerprint, "last_loss_parts": _floats(self.last_parts)},
+                extra={FINGERPRINT_KEY: self.fingerprint, "last_loss_parts": _floats(self.last_parts),
+                       **({"early_stopping": self.stopper.state()} if self.stopper else {})},
             )  # fmt: skip
             self.tracker.flush()
 
@@ -387,6 +452,7 @@ class _Run:
             "device": str(self.device),
             "threads": torch.get_num_threads(),
             FINGERPRINT_KEY: self.fingerprint,
+            **({"early_stopping": self.stopper.record()} if self.stopper else {}),
             **evaluation,
         }
 
