@@ -95,7 +95,7 @@ def test_paper_protocol_tunes_on_validation_and_stops_early(paper_data, tmp_path
     results = run_prerank_benchmark(data=paper_data, out_dir=out, models=["lr"], ablations=True, repeats=2,
                                     base=FAST, grid=GRID)  # fmt: skip
     schema = open_dataset(paper_data)
-    assert results["protocol"] == "paper" and results["early_stopping"]["metric"] == "recall@100"
+    assert results["protocol"] == "paper" and results["early_stopping"]["metric"] == "recall@12"
     train_steps = sum(-(-p.num_requests // 64) for p in schema.partitions_with_role("train"))
     assert results["early_stopping"]["every"] == max(1, train_steps // 2)
     tuning = results["tuning"]
@@ -109,7 +109,7 @@ def test_paper_protocol_tunes_on_validation_and_stops_early(paper_data, tmp_path
         entries = [t for t in tuning if t["row"] == row]
         chosen = [t for t in entries if t["chosen"]]
         assert len(chosen) == 1
-        assert chosen[0]["valid"]["recall@100"] == max(t["valid"]["recall@100"] for t in entries)
+        assert chosen[0]["valid"]["recall@12"] == max(t["valid"]["recall@12"] for t in entries)
     lr_point = next(t["point"] for t in tuning if t["row"] == "lr" and t["chosen"])
     slug = "tune_lr__lr_" + lr_point.split()[1].replace(".", "_")
     runs = out / "runs"
@@ -118,7 +118,7 @@ def test_paper_protocol_tunes_on_validation_and_stops_early(paper_data, tmp_path
     tuned = next(t for t in tuning if t["row"] == "lr" and t["chosen"])
     assert seed0["recall@100"] == tuned["test"]["recall@100"]
     metrics = json.loads((runs / f"{slug}-seed1" / "metrics.json").read_text())
-    assert metrics["early_stopping"]["metric"] == "recall@100" and metrics["early_stopping"]["checks"]
+    assert metrics["early_stopping"]["metric"] == "recall@12" and metrics["early_stopping"]["checks"]
     rt_point = next(t for t in tuning if t["row"] == "ranktower" and t["chosen"])
     softmax = json.loads((runs / "softmax-seed0" / "config.json").read_text())
     heads = 2 if rt_point["point"].startswith("heads 2") else 3

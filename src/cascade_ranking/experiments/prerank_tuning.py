@@ -5,8 +5,10 @@ the validation set (DNN layers 1-4 and units 64-512; RankTower's H_u, H_i in 2-1
 AM-Rankmax's alpha in [2, 5]) and trained with early stopping. The paper does not give its grid's points or
 size. Ours is scaled to what 2 CPU cores run in an hour and gives **every row the same budget**:
 :data:`GRID_BUDGET` = 4 grid points, each trained once (seed 0) with early stopping
-(:class:`~cascade_ranking.training.config.EarlyStopping`) and scored by the benchmark's primary metric on the
-validation partitions; the best point is then run with every seed (its seed-0 run reused). The points
+(:class:`~cascade_ranking.training.config.EarlyStopping`) and scored by Recall@keep on the validation
+partitions (not Recall@100: most users' validation lists are too short for it; see
+:func:`~.prerank._with_early_stopping`); the best point is then run with every seed (its seed-0 run reused). The
+points
 (:data:`TUNING_GRID`):
 
 * the DNN rows (two-tower, DAT, COLD, IntTower, DIN, ARF's two-tower): hidden units 64, 128, 256, 512 (the
