@@ -131,3 +131,17 @@ def test_model_options_reach_every_stage_model_and_bad_ones_are_named(tiny_datas
     with pytest.raises(ValueError, match=r"model_options names \['ranktower'\], not stage models"):
         bad = TrainConfig(models=["dssm", "din"], model_options={"ranktower": {"heads_user": 2}})
         build_cascade(resolve_config(bad, schema, tiny_dataset), schema)
+
+
+def test_fingerprint_of_a_run_without_the_new_fields_is_unchanged(tiny_dataset):
+    import hashlib
+
+    from cascade_ranking.training.fingerprint import NOT_FINGERPRINTED, run_fingerprint
+
+    config = resolve_config(FAST, open_dataset(tiny_dataset), tiny_dataset)
+    before = config.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED) | {"model_options", "early_stopping"})
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert run_fingerprint(config, tiny_dataset)["config"] == digest  # what a release without the fields saved
+    stopping = config.model_copy(update={"early_stopping": EarlyStopping(every=3)})
+    options = config.model_copy(update={"model_options": {"din": {"attention_hidden": 8}}})
+    assert len({run_fingerprint(c, tiny_dataset)["config"] for c in (config, stopping, options)}) == 3

@@ -6,7 +6,8 @@ A run's fingerprint has three components, each hashed separately so a mismatch c
 * ``config``: the resolved :class:`~cascade_ranking.training.config.TrainConfig` less the fields that only say
   where the run reads, logs or runs, or how fast (:data:`NOT_FINGERPRINTED`: the dataset path — the dataset is
   identified by its contents instead —, the TensorBoard folder, the checkpoint interval, the thread count and the
-  device; a run continued or reused on another device may differ in the last floating-point digits);
+  device; a run continued or reused on another device may differ in the last floating-point digits), and the
+  fields added later (:data:`ADDED_FIELDS`) while they hold their "unset" value;
 * ``dataset``: :func:`~cascade_ranking.data.store.dataset_fingerprint` (name, schema version, a content hash of
   ``schema.json`` and every partition file's size and Parquet footer);
 * ``package``: this package's version (a release may change what a configuration computes).
@@ -30,6 +31,9 @@ FINGERPRINT_KEY = "fingerprint"
 #: Config fields that do not define a run's results: where it reads the data (identified by content), logs and
 #: runs, how often it checkpoints, how many CPU threads it uses.
 NOT_FINGERPRINTED = frozenset({"data", "tensorboard", "checkpoint_every", "threads", "device"})
+#: Config fields added after the first release, with the value that means "as before they existed": left out of
+#: the fingerprint at that value, so a run saved before a field existed keeps its fingerprint.
+ADDED_FIELDS = {"model_options": {}, "early_stopping": None}
 
 
 def _sha256(value: object) -> str:
@@ -49,6 +53,9 @@ def run_fingerprint(config: TrainConfig, data: str | Path) -> dict:
     from .. import __version__
 
     settings = config.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED))
+    for name, unset in ADDED_FIELDS.items():
+        if settings.get(name) == unset:
+            del settings[name]
     parts = {"config": _sha256(settings), "dataset": dataset_fingerprint(data), "package": __version__}
     return {**parts, "digest": _sha256(parts)}
 
