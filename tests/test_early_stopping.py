@@ -145,3 +145,25 @@ def test_fingerprint_of_a_run_without_the_new_fields_is_unchanged(tiny_dataset):
     stopping = config.model_copy(update={"early_stopping": EarlyStopping(every=3)})
     options = config.model_copy(update={"model_options": {"din": {"attention_hidden": 8}}})
     assert len({run_fingerprint(c, tiny_dataset)["config"] for c in (config, stopping, options)}) == 3
+
+
+def test_set_reaches_nested_options_and_the_train_command_stops_early(tiny_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from cascade_ranking.cli import app
+    from cascade_ranking.training.config import config_from, parse_sets
+
+    config = config_from(TrainConfig, None, {}, ["early_stopping.every=2", "model_options.din.attention_hidden=8"])
+    assert config.early_stopping == EarlyStopping(every=2) and config.model_options == {"din": {"attention_hidden": 8}}
+    with pytest.raises(ValueError, match="'loss' was set to a value, not a mapping"):
+        parse_sets(["loss=3", "loss.tau.x=2"])
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_dataset), "--out", str(out), "--device", "cpu", "--threads", "1",
+            "--batch-size", "8", "--passes", "3", "--set", "early_stopping.every=3",
+            "--set", "early_stopping.patience=1", "--set", "early_stopping.min_delta=0.5"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    stopping = json.loads((out / "metrics.json").read_text())["early_stopping"]
+    # no gain of 0.5 in joint recall after the first check: patience 1 stops at the second
+    assert [c[0] for c in stopping["checks"]] == [3, 6] and stopping["stopped_at_step"] == 6
+    assert stopping["best_step"] == 3

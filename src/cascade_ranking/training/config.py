@@ -210,7 +210,8 @@ def read_config_file(path: str | Path, model: type[BaseModel] = TrainConfig) -> 
 
 
 def parse_sets(items: list[str] | tuple[str, ...], model: type[BaseModel] = TrainConfig) -> dict[str, Any]:
-    """``--set KEY=VALUE`` overrides as a dict of ``model``'s fields; ``a.b=v`` sets key ``b`` of mapping ``a``.
+    """``--set KEY=VALUE`` overrides as a dict of ``model``'s fields; ``a.b=v`` sets key ``b`` of mapping ``a``
+    (``a.b.c=v``: key ``c`` of mapping ``b`` of ``a``, e.g. ``model_options.din.attention_hidden=16``).
 
     Values are read as YAML scalars or flow collections (``50``, ``0.01``, ``true``, ``null``, ``[30, 20]``,
     ``dssm``), so ``--set keep=[30,20] --set loss.tau=50 --set emb_dim=16`` work as in a config file.
@@ -233,18 +234,18 @@ def parse_sets(items: list[str] | tuple[str, ...], model: type[BaseModel] = Trai
             value = safe_yaml(text) if text.strip() else ""
         except yaml.YAMLError as exc:
             raise ValueError(f"--set {item!r}: cannot read the value ({_one_line(exc)})") from None
-        top, _, sub = key.partition(".")
+        top, *path = key.split(".")
         if top not in known:
             close = difflib.get_close_matches(top, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
             raise ValueError(f"--set {item!r}: unknown key {top!r}{hint}")
-        if sub:
-            target = out.setdefault(top, {})
+        target, name = out, top
+        for part in path:  # a.b.c=v: key c of mapping b of mapping a
+            target = target.setdefault(name, {})
             if not isinstance(target, dict):
-                raise ValueError(f"--set {item!r}: {top!r} was set to a value, not a mapping")
-            target[sub] = value
-        else:
-            out[top] = value
+                raise ValueError(f"--set {item!r}: {name!r} was set to a value, not a mapping")
+            name = part
+        target[name] = value
     return out
 
 
