@@ -180,14 +180,18 @@ def test_cold_se_gating():
 # ------------------------------------------------------------------------------------------------------
 # the benchmark on a small MovieLens subset
 # ------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def prerank_data(ml100k_src, tmp_path_factory) -> Path:
+def tiny_samples(src: Path, out: Path, name: str, config: RankTowerSamplingConfig = TINY) -> Path:
+    """Full-stage samples of MovieLens-100K's first 60 users (``config``: :data:`TINY` or a variant)."""
     from cascade_ranking.datasets.movielens import movielens_log, read_movielens
 
-    log = movielens_log(read_movielens(ml100k_src))
-    out = tmp_path_factory.mktemp("prerank") / "data"
-    build_ranktower_samples(log.select(log.user <= 60), out, name="ml-tiny-prerank", config=TINY, threads=1)
+    log = movielens_log(read_movielens(src))
+    build_ranktower_samples(log.select(log.user <= 60), out, name=name, config=config, threads=1)
     return out
+
+
+@pytest.fixture(scope="module")
+def prerank_data(ml100k_src, tmp_path_factory) -> Path:
+    return tiny_samples(ml100k_src, tmp_path_factory.mktemp("prerank") / "data", "ml-tiny-prerank")
 
 
 def test_metrics_against_brute_force_and_sklearn(prerank_data):

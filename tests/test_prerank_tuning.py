@@ -4,12 +4,12 @@ paper protocol, on a small MovieLens subset split at random per user."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cascade_ranking.data.store import open_dataset
-from cascade_ranking.datasets.ranktower_sampling import FitConfig, RankTowerSamplingConfig, build_ranktower_samples
 from cascade_ranking.experiments import prerank
 from cascade_ranking.experiments.prerank import run_prerank_benchmark
 from cascade_ranking.experiments.prerank_tuning import (
@@ -23,12 +23,9 @@ from cascade_ranking.experiments.prerank_tuning import (
 )
 from cascade_ranking.experiments.runner import BenchmarkRow
 from cascade_ranking.training.config import TrainConfig
+from test_prerank import TINY, tiny_samples
 
-TINY_FIT = FitConfig(epochs=1, batch_size=128, emb_dim=4, hidden=8, negatives=4)
-PAPER_TINY = RankTowerSamplingConfig(
-    candidate_samples=8, random_samples=6, keep=12, history_length=10, retriever=TINY_FIT, ranker=TINY_FIT,
-    split="random", positive_rating=4.0,
-)  # fmt: skip
+PAPER_TINY = replace(TINY, split="random", positive_rating=4.0)  # the paper protocol's split and labels
 FAST = TrainConfig(emb_dim=4, hidden=16, batch_size=64, passes=2, threads=1, device="cpu")
 GRID = {
     "lr": (GridPoint("lr 0.001", {"lr": 1e-3}), GridPoint("lr 0.01", {"lr": 1e-2})),
@@ -43,12 +40,7 @@ GRID = {
 
 @pytest.fixture(scope="module")
 def paper_data(ml100k_src, tmp_path_factory) -> Path:
-    from cascade_ranking.datasets.movielens import movielens_log, read_movielens
-
-    log = movielens_log(read_movielens(ml100k_src))
-    out = tmp_path_factory.mktemp("paper") / "data"
-    build_ranktower_samples(log.select(log.user <= 60), out, name="ml-tiny-paper", config=PAPER_TINY, threads=1)
-    return out
+    return tiny_samples(ml100k_src, tmp_path_factory.mktemp("paper") / "data", "ml-tiny-paper", PAPER_TINY)
 
 
 def test_the_grid_gives_every_table1_row_the_same_budget():
