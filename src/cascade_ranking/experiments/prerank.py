@@ -32,13 +32,18 @@ dataset built by :func:`~cascade_ranking.datasets.ranktower_sampling.build_rankt
   as gain, K = ``gt_num`` and ``keep``; the base configuration (Adam lr 0.01, embedding 8) and the dataset's
   training defaults.
 
-Loss hyper-parameters are the methods' defaults (:mod:`cascade_ranking.losses.ranktower`: ``lambdas =
-(0.1, 0.1, 1)``, SoftSort ``tau = 1``, AM-Rankmax ``alpha = 2``, ``delta = 1``). Results print beside the
-paper's KuaiRand numbers (:data:`PAPER_KUAIRAND`).
+**Tuning** (``tune``, on by default under the paper protocol): every Table 1 row first runs the same number of
+grid points (:mod:`.prerank_tuning`: hidden units for the DNN rows, the learning rate for LR, heads and alpha
+for RankTower), seed 0, each with early stopping on validation; the point with the best validation Recall@keep
+is then run with every seed, and the ablation rows take RankTower's point. Other loss hyper-parameters are the
+methods' defaults (:mod:`cascade_ranking.losses.ranktower`: ``lambdas = (0.1, 0.1, 1)``, SoftSort ``tau = 1``,
+AM-Rankmax ``delta = 1``). Results print beside the paper's KuaiRand numbers (:data:`PAPER_KUAIRAND`).
 
 Outputs in ``out_dir``: ``runs/<row>-seed<s>/`` (train run folders, reused when finished, plus
 ``prerank.json`` with the test metrics), ``data/<variant>/`` (the ablation datasets), ``results.json``,
-``results.csv``, ``results.md`` (one section per table), the chart ``recall_at_<keep>.png`` and ``report.html``.
+``results.csv``, ``results.md`` (one section per table, and the tuning grid's results), the chart
+``recall_at_<keep>.png`` and ``report.html``. The grid's runs are ``runs/tune_<row>__<point>-seed0``; a tuned
+Table 1 row's other seeds sit beside its chosen point's folder.
 """
 
 from __future__ import annotations
