@@ -33,7 +33,7 @@ FINGERPRINT_KEY = "fingerprint"
 NOT_FINGERPRINTED = frozenset({"data", "tensorboard", "checkpoint_every", "threads", "device"})
 #: Config fields added after the first release, with the value that means "as before they existed": left out of
 #: the fingerprint at that value, so a run saved before a field existed keeps its fingerprint.
-ADDED_FIELDS = {"model_options": {}, "early_stopping": None}
+ADDED_FIELDS: dict[str, object] = {"model_options": {}, "early_stopping": None}
 
 
 def _sha256(value: object) -> str:
