@@ -76,6 +76,10 @@ def test_choice_is_the_best_validation_value_and_rows_reuse_its_folder():
     tuned = {r.key: r for r in tuned_rows(rows, best, shared="ranktower")}
     assert tuned["lr"].folder == "tune lr: lr 0.001" and tuned["lr"].updates["lr"] == 1e-3
     assert tuned["softmax"].folder is None and tuned["softmax"].updates["model_options"]["ranktower"]["heads_user"] == 3
+    swapped = BenchmarkRow("two_tower model + hybrid loss", {"method": "ranktower", "loss": {}}, None, "x")
+    (row,) = tuned_rows([swapped], {"lr": GRID["lr"][1], "ranktower": GRID["ranktower"][0]}, "ranktower",
+                        point_of={swapped.key: "lr"})  # fmt: skip
+    assert row.updates["lr"] == 1e-2 and "model_options" not in row.updates  # the named row's point, not RankTower's
     with pytest.raises(ValueError, match="same number of points"):
         tuning_rows(rows, {**GRID, "lr": GRID["lr"][:1]})
 

@@ -20,6 +20,9 @@ dataset built by :func:`~cascade_ranking.datasets.ranktower_sampling.build_rankt
   (``ranktower_sort``), AM-Rankmax, Rankmax, Softmax, ApproxNDCG, RankNet; "hybrid" is the ``ranktower`` row.
 * Table 4 (distillation): the hybrid loss with weighted-logloss or pairwise-logloss distillation, or without
   distillation (``lambda_1 = 0``); softmax distillation (eq. 14) is the ``ranktower`` row.
+* Model or loss? (ours, not in the paper): the RankTower model trained with BCE, and the two-tower model (DSSM)
+  trained with the hybrid loss (on the two-tower row's tuned point, :data:`POINT_OF`): together with the
+  ``two_tower`` and ``ranktower`` rows, a 2 x 2 of model x loss that says which of the two carries a difference.
 
 **Protocols** (:func:`dataset_protocol`, read from the dataset's provenance):
 
@@ -92,6 +95,7 @@ TABLE_TITLES = {
     "table2": "Table 2: sampling strategies (RankTower, samples masked out of the training partitions)",
     "table3": "Table 3: ranking losses (RankTower model, one loss each; hybrid = the ranktower row)",
     "table4": "Table 4: distillation losses (RankTower hybrid loss; softmax = the ranktower row)",
+    "model_vs_loss": "Model or loss? (not in the paper: each model with the other's loss)",
 }
 
 #: The paper's KuaiRand numbers (Recall@100, NDCG@100) per row: Table 1-4 of Yan & Li (2023).
@@ -164,9 +168,13 @@ ABLATIONS = (
     PrerankRow("distill pairwise logloss", "ranktower", "ranktower", "table4",
                loss={"distillation": "pairwise_logloss"}),
     PrerankRow("no distillation", "ranktower", "ranktower", "table4", loss={"lambdas": [0.0, *DEFAULT_LAMBDAS[1:]]}),
+    PrerankRow("ranktower model + bce", "ranktower", "bce", "model_vs_loss"),
+    PrerankRow("two_tower model + hybrid loss", "dssm", "ranktower", "model_vs_loss"),
 )  # fmt: skip
+#: Which Table 1 row's tuned grid point an ablation row takes (default: RankTower's).
+POINT_OF = {"two_tower model + hybrid loss": "two_tower"}
 #: The row each ablation table compares against (its first line in the paper), run once in Table 1.
-TABLE_BASE_ROW = {"table2": "ranktower", "table3": "ranktower", "table4": "ranktower"}
+TABLE_BASE_ROW = {"table2": "ranktower", "table3": "ranktower", "table4": "ranktower", "model_vs_loss": "ranktower"}
 
 
 @torch.no_grad()
@@ -520,12 +528,12 @@ def _tune(
     rows: list[BenchmarkRow], grid: Mapping[str, Sequence[GridPoint]], selection: str, common: dict, keep: int
 ) -> tuple[list[BenchmarkRow], list[dict]]:
     """Run every Table 1 row's grid once (seed 0), choose each row's point by validation ``selection``; return the
-    tuned rows and one record per grid point. The ablations take RankTower's point, so its grid runs whenever
-    an ablation row is asked for."""
+    tuned rows and one record per grid point. An ablation takes RankTower's point (:data:`POINT_OF`: or another
+    row's), so that row's grid runs whenever the ablation is asked for."""
     table1 = [r for r in rows if r.table == "table1"]
-    if any(r.table != "table1" for r in rows) and all(r.key != "ranktower" for r in table1):
-        ranktower = [r for r in TABLE1 if r.key == "ranktower"]
-        table1 += _benchmark_rows(ranktower, common["data"], common["out_dir"], keep)
+    sources = {POINT_OF.get(r.key, "ranktower") for r in rows if r.table != "table1"}  # the ablations' points
+    missing = [r for r in TABLE1 if r.key in sources and all(t.key != r.key for t in table1)]
+    table1 += _benchmark_rows(missing, common["data"], common["out_dir"], keep)
     valid, tuning = {}, []
     points = {f"tune {r.key}: {p.label}": (r.key, p) for r in table1 if r.key in grid for p in grid[r.key]}
     for row, _seed, record in run_rows(tuning_rows(table1, grid), repeats=1, **common):
@@ -538,7 +546,7 @@ def _tune(
     for entry in tuning:
         entry["chosen"] = best[entry["row"]].label == entry["point"]
     log.info("tuned points: %s", {k: p.label for k, p in best.items()})
-    return tuned_rows(rows, best, shared="ranktower"), tuning
+    return tuned_rows(rows, best, shared="ranktower", point_of=POINT_OF), tuning
 
 
 def _tables(runs: list[dict]) -> dict[str, list[str]]:

@@ -109,16 +109,20 @@ def choose_points(
     return best
 
 
-def tuned_rows(rows: Sequence[BenchmarkRow], best: Mapping[str, GridPoint], shared: str) -> list[BenchmarkRow]:
+def tuned_rows(
+    rows: Sequence[BenchmarkRow], best: Mapping[str, GridPoint], shared: str, point_of: Mapping[str, str] | None = None
+) -> list[BenchmarkRow]:
     """The rows with their chosen points: a Table 1 row reuses its point's run folders (seed 0 already ran in
-    the tuning); an ablation row (no grid of its own) takes row ``shared``'s point (RankTower's)."""
+    the tuning); an ablation row (no grid of its own) takes the point of row ``point_of[key]``, by default of
+    row ``shared`` (RankTower's)."""
     out = []
     for r in rows:
+        source = (point_of or {}).get(r.key, shared)
         if r.key in best:
             p = best[r.key]
             out.append(BenchmarkRow(r.key, with_point(r.updates, p), r.data, r.table, folder=_tuning_key(r.key, p)))
-        elif shared in best:
-            out.append(BenchmarkRow(r.key, with_point(r.updates, best[shared]), r.data, r.table))
+        elif source in best:
+            out.append(BenchmarkRow(r.key, with_point(r.updates, best[source]), r.data, r.table))
         else:
             out.append(r)
     return out
