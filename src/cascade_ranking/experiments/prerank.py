@@ -36,8 +36,8 @@ dataset built by :func:`~cascade_ranking.datasets.ranktower_sampling.build_rankt
   training defaults.
 
 **Tuning** (``tune``, on by default under the paper protocol): every Table 1 row first runs the same number of
-grid points (:mod:`.prerank_tuning`: hidden units for the DNN rows, the learning rate for LR, heads and alpha
-for RankTower), seed 0, each with early stopping on validation; the point with the best validation Recall@keep
+grid points (:mod:`.prerank_tuning`: hidden units for the DNN rows, the learning rate for LR, hidden units and
+alpha for RankTower), seed 0, each with early stopping on validation; the point with the best validation Recall@keep
 is then run with every seed, and the ablation rows take RankTower's point. Other loss hyper-parameters are the
 methods' defaults (:mod:`cascade_ranking.losses.ranktower`: ``lambdas = (0.1, 0.1, 1)``, SoftSort ``tau = 1``,
 AM-Rankmax ``delta = 1``). Results print beside the paper's KuaiRand numbers (:data:`PAPER_KUAIRAND`).
@@ -70,7 +70,7 @@ from ..training.checkpoint import load_run
 from ..training.config import EarlyStopping, TrainConfig
 from ..training.distributed import resolve_device
 from ..types import RequestBatch
-from .prerank_tuning import TUNING_GRID, GridPoint, choose_points, tuned_rows, tuning_rows
+from .prerank_tuning import TUNING_GRID, GridPoint, choose_points, tuned_rows, tuning_key, tuning_rows
 from .results import markdown_table
 from .runner import BenchmarkRow, finish, reference_scorers, run_rows
 
@@ -171,7 +171,9 @@ ABLATIONS = (
     PrerankRow("ranktower model + bce", "ranktower", "bce", "model_vs_loss"),
     PrerankRow("two_tower model + hybrid loss", "dssm", "ranktower", "model_vs_loss"),
 )  # fmt: skip
-#: Which Table 1 row's tuned grid point an ablation row takes (default: RankTower's).
+#: The Table 1 row whose tuned grid point an ablation row takes, unless :data:`POINT_OF` names another.
+SHARED_POINT = "ranktower"
+#: Ablation rows that take another Table 1 row's tuned grid point than :data:`SHARED_POINT`'s.
 POINT_OF = {"two_tower model + hybrid loss": "two_tower"}
 #: The row each ablation table compares against (its first line in the paper), run once in Table 1.
 TABLE_BASE_ROW = {"table2": "ranktower", "table3": "ranktower", "table4": "ranktower", "model_vs_loss": "ranktower"}
@@ -531,11 +533,11 @@ def _tune(
     tuned rows and one record per grid point. An ablation takes RankTower's point (:data:`POINT_OF`: or another
     row's), so that row's grid runs whenever the ablation is asked for."""
     table1 = [r for r in rows if r.table == "table1"]
-    sources = {POINT_OF.get(r.key, "ranktower") for r in rows if r.table != "table1"}  # the ablations' points
+    sources = {POINT_OF.get(r.key, SHARED_POINT) for r in rows if r.table != "table1"}  # the ablations' points
     missing = [r for r in TABLE1 if r.key in sources and all(t.key != r.key for t in table1)]
     table1 += _benchmark_rows(missing, common["data"], common["out_dir"], keep)
     valid, tuning = {}, []
-    points = {f"tune {r.key}: {p.label}": (r.key, p) for r in table1 if r.key in grid for p in grid[r.key]}
+    points = {tuning_key(r.key, p): (r.key, p) for r in table1 if r.key in grid for p in grid[r.key]}
     for row, _seed, record in run_rows(tuning_rows(table1, grid), repeats=1, **common):
         valid[row.key] = record["valid"][selection]
         key, point = points[row.key]
@@ -546,7 +548,7 @@ def _tune(
     for entry in tuning:
         entry["chosen"] = best[entry["row"]].label == entry["point"]
     log.info("tuned points: %s", {k: p.label for k, p in best.items()})
-    return tuned_rows(rows, best, shared="ranktower", point_of=POINT_OF), tuning
+    return tuned_rows(rows, best, shared=SHARED_POINT, point_of=POINT_OF), tuning
 
 
 def _tables(runs: list[dict]) -> dict[str, list[str]]:

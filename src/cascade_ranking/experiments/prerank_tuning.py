@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from .. import losses
 from .runner import BenchmarkRow
 
-__all__ = ["GRID_BUDGET", "TUNING_GRID", "GridPoint", "choose_points", "tuned_rows", "tuning_rows"]
+__all__ = ["GRID_BUDGET", "TUNING_GRID", "GridPoint", "choose_points", "tuned_rows", "tuning_key", "tuning_rows"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ def with_point(updates: Mapping, point: GridPoint) -> dict:
     return out
 
 
-def _tuning_key(row: str, point: GridPoint) -> str:
+def tuning_key(row: str, point: GridPoint) -> str:
+    """The name of row ``row``'s run at ``point`` (its run folders: ``runs/<slug>-seed<s>``)."""
     return f"tune {row}: {point.label}"
 
 
@@ -90,7 +91,7 @@ def tuning_rows(rows: Sequence[BenchmarkRow], grid: Mapping[str, Sequence[GridPo
     if len(sizes) > 1:
         raise ValueError(f"tuning grids must have the same number of points for every row, got sizes {sorted(sizes)}")
     return [
-        BenchmarkRow(_tuning_key(r.key, p), with_point(r.updates, p), r.data, "tuning")
+        BenchmarkRow(tuning_key(r.key, p), with_point(r.updates, p), r.data, "tuning")
         for r in rows
         if r.key in grid
         for p in grid[r.key]
@@ -105,7 +106,7 @@ def choose_points(
     best: dict[str, GridPoint] = {}
     for r in rows:
         if r.key in grid:
-            best[r.key] = max(grid[r.key], key=lambda p: valid[_tuning_key(r.key, p)])
+            best[r.key] = max(grid[r.key], key=lambda p: valid[tuning_key(r.key, p)])
     return best
 
 
@@ -120,7 +121,7 @@ def tuned_rows(
         source = (point_of or {}).get(r.key, shared)
         if r.key in best:
             p = best[r.key]
-            out.append(BenchmarkRow(r.key, with_point(r.updates, p), r.data, r.table, folder=_tuning_key(r.key, p)))
+            out.append(BenchmarkRow(r.key, with_point(r.updates, p), r.data, r.table, folder=tuning_key(r.key, p)))
         elif source in best:
             out.append(BenchmarkRow(r.key, with_point(r.updates, best[source]), r.data, r.table))
         else:

@@ -43,7 +43,7 @@ class EarlyStopping(BaseModel):
         every: optimizer steps between checks (> 0).
         patience: checks without improvement before stopping (> 0).
         metric: the validation metric to maximise, a key of the validation metrics (``joint_recall``,
-            ``recall@retrieval``, ...; the pre-ranking benchmark uses its own, e.g. ``recall@100``).
+            ``recall@retrieval``, ...; the pre-ranking benchmark passes its own, Recall@keep per user's list).
         min_delta: the least gain that counts as an improvement (>= 0).
     """
 
